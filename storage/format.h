@@ -121,7 +121,7 @@ struct CommitBody {
   uint64_t prev_commit_offset;  // kNoCommit for the first commit
   uint64_t commit_index;        // 0-based
   uint32_t checkpoint_codec;    // kCheckpointRaw or kCheckpointZstd
-  uint32_t reserved0;
+  uint32_t checkpoint_tokens;   // tokens in the hot-tier checkpoint
   uint64_t checkpoint_raw_bytes;     // after decompression
   uint64_t checkpoint_stored_bytes;  // as stored; followed by zero padding to 8
   uint64_t reserved1;

@@ -44,7 +44,7 @@ Result<MappedFile> MappedFile::Open(const std::string& path) {
     return Status::FromErrno(err, "cannot stat '" + path + "'");
   }
   if (S_ISDIR(st.st_mode))
-    return Status::NotAnArchive("'" + path + "' is a directory, not a kiv archive");
+    return Status::NotAnArchive("'" + path + "' is a directory");
   if (!S_ISREG(st.st_mode))
     return Status::NotAnArchive("'" + path + "' is not a regular file");
   f.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -57,7 +57,7 @@ Status MappedFile::Remap() {
   struct stat st;
   if (::fstat(fd_, &st) != 0) return Status::FromErrno(errno, "cannot stat '" + path_ + "'");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size == 0) return Status::NotAnArchive("'" + path_ + "' is empty (0 bytes): not a kiv archive");
+  if (size == 0) return Status::NotAnArchive("'" + path_ + "' is empty (0 bytes)");
   if (data_ && size == size_) return Status::Ok();
   void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd_, 0);
   if (p == MAP_FAILED) return Status::FromErrno(errno, "cannot map '" + path_ + "'");

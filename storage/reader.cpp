@@ -91,9 +91,12 @@ Result<HotCheckpoint> ArchiveReader::LoadCheckpoint() const {
 Result<HotCheckpoint> ArchiveReader::LoadCheckpoint(const CommitInfo& c) const {
   auto cp = DecompressCheckpoint(c.checkpoint_codec, data() + c.checkpoint_offset(),
                                  c.checkpoint_stored_bytes, c.checkpoint_raw_bytes);
-  if (!cp.ok())
-    return Status::Corruption("checkpoint of commit " + std::to_string(c.index) + " at offset " +
-                              std::to_string(c.offset) + ": " + cp.status().message());
+  const std::string where =
+      "checkpoint of commit " + std::to_string(c.index) + " at offset " + std::to_string(c.offset);
+  if (!cp.ok()) return Status::Corruption(where + ": " + cp.status().message());
+  if (cp->token_count() != c.checkpoint_tokens)
+    return Status::Corruption(where + " holds " + std::to_string(cp->token_count()) +
+                              " tokens, its commit says " + std::to_string(c.checkpoint_tokens));
   return cp;
 }
 

@@ -72,6 +72,7 @@ std::string CheckCommit(const uint8_t* data, const WalkState& st, uint64_t offse
   ci.committed_tokens = c.committed_tokens;
   ci.segment_count = c.segment_count;
   ci.checkpoint_codec = c.checkpoint_codec;
+  ci.checkpoint_tokens = c.checkpoint_tokens;
   ci.checkpoint_raw_bytes = c.checkpoint_raw_bytes;
   ci.checkpoint_stored_bytes = c.checkpoint_stored_bytes;
   return "";

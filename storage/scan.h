@@ -29,6 +29,7 @@ struct CommitInfo {
   uint64_t committed_tokens = 0;
   uint64_t segment_count = 0;
   uint32_t checkpoint_codec = 0;
+  uint32_t checkpoint_tokens = 0;
   uint64_t checkpoint_raw_bytes = 0;
   uint64_t checkpoint_stored_bytes = 0;
   uint64_t checkpoint_offset() const {

@@ -119,7 +119,7 @@ std::vector<uint8_t> EncodeHeader(const ArchiveSpec& spec) {
 
 Result<ArchiveSpec> DecodeHeader(const uint8_t* data, uint64_t size, uint64_t* header_bytes) {
   if (size < sizeof format::kMagic || std::memcmp(data, format::kMagic, sizeof format::kMagic))
-    return Status::NotAnArchive("does not start with the kiv magic bytes: not a kiv archive");
+    return Status::NotAnArchive("it does not start with the kiv magic bytes");
   if (size < format::kFileHeaderBytes)
     return Status::Corruption("the file header is cut short (" + Str(size) + " of " +
                               Str(format::kFileHeaderBytes) + " bytes)");

@@ -14,8 +14,6 @@ Status Status::FromErrno(int err, const std::string& what) {
     case EFBIG:
     case EDQUOT:
       return NoSpace(std::move(m));
-    case EWOULDBLOCK:
-      return Locked(std::move(m));
     default:
       return IOError(std::move(m));
   }

@@ -50,6 +50,7 @@ Result<std::unique_ptr<UringFile>> UringFile::Make(int fd, std::string path,
   const int err = io_uring_queue_init(f->options_.queue_depth, &f->ring_->ring, 0);
   if (err < 0) {
     f->ring_.reset();
+    f->fd_ = -1;  // the caller still owns it
     return Status::FromErrno(-err, "io_uring is not available (kiv writes archives through it)");
   }
   return f;

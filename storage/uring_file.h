@@ -33,7 +33,8 @@ struct UringOptions {
 
 class UringFile {
  public:
-  // Takes ownership of `fd` (opened for writing). `path` is only for messages.
+  // Takes ownership of `fd` (opened for writing) on success; on failure the caller keeps it.
+  // `path` is only for messages.
   static Result<std::unique_ptr<UringFile>> Make(int fd, std::string path,
                                                  const UringOptions& options);
   ~UringFile();

@@ -60,6 +60,10 @@ Result<VerifyReport> VerifyBytes(const uint8_t* data, uint64_t size,
   r.commits = scan.commits.size();
   // Header, block headers, trailers and commit bodies were all checked by the walk.
   r.checksums_checked = 2 + 2 * scan.commits.size() + 2 * scan.segments.size();
+  r.bytes_checked = scan.header_bytes;
+  for (const CommitInfo& c : scan.commits) r.bytes_checked += c.end_offset - c.offset;
+  for (const SegmentInfo& s : scan.segments)
+    r.bytes_checked += format::kBlockHeaderBytes + 8ull * s.layout.trailer_entries;
   r.tail_bytes = scan.tail_bytes;
   r.tail_reason = scan.tail_reason;
   for (size_t i = 0; i < scan.segments.size(); ++i) {

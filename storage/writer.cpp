@@ -15,9 +15,17 @@ namespace {
 
 std::string Str(uint64_t v) { return std::to_string(v); }
 
-Status LockForWriting(int fd, const std::string& path) {
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();
-  const int err = errno;
+// A writer killed a moment ago still holds its lock for a few milliseconds after its parent's
+// waitpid returns (the kernel tears its io_uring down, and the writes in flight hold the file,
+// asynchronously), so a held lock is retried every millisecond for up to `wait_ms`.
+Status LockForWriting(int fd, const std::string& path, uint32_t wait_ms) {
+  int err = 0;
+  for (uint32_t tries = 0; tries <= wait_ms; ++tries) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return Status::Ok();
+    err = errno;
+    if (err != EWOULDBLOCK && err != EINTR) break;
+    ::usleep(1000);
+  }
   if (err == EWOULDBLOCK)
     return Status::Locked("'" + path + "' is open for writing elsewhere (one writer at a time; "
                           "readers need no lock)");
@@ -72,12 +80,9 @@ Result<std::unique_ptr<ArchiveWriter>> ArchiveWriter::Create(const std::string& 
   w->path_ = path;
   w->spec_ = spec;
   auto created = [&]() -> Status {
-    KIV_RETURN_IF_ERROR(LockForWriting(fd, path));
+    KIV_RETURN_IF_ERROR(LockForWriting(fd, path, options.lock_wait_ms));
     auto file = UringFile::Make(fd, path, options.io);
-    if (!file.ok()) {
-      ::close(fd);
-      return file.status();
-    }
+    if (!file.ok()) return file.status();  // fd is closed below
     w->file_ = std::move(file.value());
     std::vector<uint8_t> header = EncodeHeader(spec);
     w->end_offset_ = header.size();
@@ -111,7 +116,7 @@ Result<std::unique_ptr<ArchiveWriter>> ArchiveWriter::Open(const std::string& pa
 
   const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return Status::FromErrno(errno, "cannot open '" + path + "' for writing");
-  if (Status s = LockForWriting(fd, path); !s.ok()) {
+  if (Status s = LockForWriting(fd, path, options.lock_wait_ms); !s.ok()) {
     ::close(fd);
     return s;
   }
@@ -233,6 +238,7 @@ Status ArchiveWriter::Commit(const HotCheckpoint& cp) {
   c.prev_commit_offset = last_commit_offset_;
   c.commit_index = commit_index_;
   c.checkpoint_codec = stored->codec;
+  c.checkpoint_tokens = cp.token_count();
   c.checkpoint_raw_bytes = stored->raw_bytes;
   c.checkpoint_stored_bytes = stored->bytes.size();
   format::Store(b, c);
@@ -253,6 +259,13 @@ Status ArchiveWriter::Commit(const HotCheckpoint& cp) {
   committed_tokens_ = token_count_;
   last_commit_offset_ = offset;
   ++commit_index_;
+  return Status::Ok();
+}
+
+Status ArchiveWriter::Flush() {
+  if (!failure_.ok()) return failure_;
+  if (!file_) return Status::InvalidArgument("the writer for '" + path_ + "' is closed");
+  if (Status s = file_->Drain(); !s.ok()) return Fail(s);
   return Status::Ok();
 }
 

@@ -29,6 +29,9 @@ struct SegmentView {
 
 struct WriterOptions {
   UringOptions io;
+  // How long to wait for the lock of a writer that is going away (a killed process keeps its
+  // lock for a few milliseconds); a live second writer is refused after this.
+  uint32_t lock_wait_ms = 1000;
 };
 
 class ArchiveWriter {
@@ -48,6 +51,9 @@ class ArchiveWriter {
 
   Status Append(const SegmentView& segment);
   Status Commit(const HotCheckpoint& checkpoint);
+  // Waits until every appended byte has reached the file (the page cache), without making it
+  // durable. For measuring and for readers in the same process; Commit is what persists.
+  Status Flush();
   // Waits for queued writes and releases the lock. Does not commit: what was appended since the
   // last commit is a tail the next open drops.
   Status Close();
