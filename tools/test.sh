@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 bash tools/build.sh -DKIV_WERROR=ON
-ctest --test-dir build --output-on-failure -j2
+# The durability tests print their counts (flips detected, offsets truncated, crash trials and
+# losses); ctest hides the output of passing tests, so keep it in a log and show those lines.
+ctest --test-dir build --output-on-failure -j2 -V > build/ctest.log 2>&1 || { cat build/ctest.log; exit 1; }
+grep -E "^[0-9]+: ((bitflip|truncation|crash):|.*MESSAGE: (writes|full disk))" build/ctest.log |
+  sed -E 's/^[0-9]+: (.*MESSAGE: )?/  /' || true
+grep -E "tests passed|Total Test time" build/ctest.log
 echo
 echo "== storage tests under ASan + UBSan =="
 KIV_BUILD_DIR=build-asan bash tools/build.sh -DKIV_WERROR=ON -DKIV_SANITIZE=ON -DKIV_STORAGE_ONLY=ON \
