@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/json.h"
 #include "cli/progress.h"
+#include "cli/shape_options.h"
 #include "cli/util.h"
 #include "storage/writer.h"
 
@@ -27,12 +28,8 @@ namespace {
 struct Options {
   std::string path;
   uint64_t tokens = 0;
-  uint32_t layers = 30;
-  uint32_t kv_heads = 3;
-  uint32_t q_heads = 9;
-  uint32_t head_dim = 64;
+  ShapeOptions shape;
   uint32_t vocab = 32000;
-  uint32_t signature_bits = 128;
   uint32_t segment_tokens = 256;
   uint64_t commit_every = 4096;
   uint64_t seed = 1;
@@ -74,16 +71,10 @@ uint32_t TokenId(const Options& o, uint64_t token) {
 }
 
 ArchiveSpec MakeSpec(const Options& o) {
-  ArchiveSpec spec;
-  spec.model.architecture = "synthetic";
-  spec.model.num_layers = o.layers;
-  spec.model.num_q_heads = o.q_heads;
-  spec.model.num_kv_heads = o.kv_heads;
-  spec.model.head_dim = o.head_dim;
+  ArchiveSpec spec = ShapeSpec(o.shape, "synthetic");
   spec.model.vocab_size = o.vocab;
   spec.model.weights_hash = Mix(StreamStart(o.seed, kWeights, 0, 0, 0));
   spec.model.tokenizer_hash = Mix(StreamStart(o.seed, kTokenizer, 0, 0, 0));
-  spec.codec.signature_bits = o.signature_bits;
   spec.codec.projection_seed = o.seed;
   return spec;
 }
@@ -104,9 +95,9 @@ SegmentView FillSegment(const Options& o, const ArchiveSpec& spec, uint64_t firs
   b.signatures.resize(spec.heads_per_token() * n * sb);
   b.token_ids.resize(n);
   b.positions.resize(n);
-  for (uint32_t l = 0; l < o.layers; ++l) {
-    for (uint32_t h = 0; h < o.kv_heads; ++h) {
-      const size_t run = (size_t{l} * o.kv_heads + h) * n;  // first (l, h, token) slot
+  for (uint32_t l = 0; l < o.shape.layers; ++l) {
+    for (uint32_t h = 0; h < o.shape.kv_heads; ++h) {
+      const size_t run = (size_t{l} * o.shape.kv_heads + h) * n;  // first (l, h, token) slot
       for (uint32_t i = 0; i < n; ++i) {
         Stream(StreamStart(o.seed, kRecord, first + i, l, h)).Fill(&b.records[(run + i) * rb], rb);
         Stream(StreamStart(o.seed, kSignature, first + i, l, h))
@@ -132,23 +123,23 @@ HotCheckpoint MakeCheckpoint(const Options& o, const ArchiveSpec& spec, uint64_t
   const uint64_t first = count - n;
   HotCheckpoint cp;
   cp.dtype = format::kDtypeF32;
-  cp.num_layers = o.layers;
-  cp.num_kv_heads = o.kv_heads;
-  cp.head_dim = o.head_dim;
+  cp.num_layers = o.shape.layers;
+  cp.num_kv_heads = o.shape.kv_heads;
+  cp.head_dim = o.shape.head_dim;
   for (uint64_t t = first; t < count; ++t) {
     cp.token_ids.push_back(TokenId(o, t));
     cp.positions.push_back(static_cast<uint32_t>(t));
   }
-  const size_t elements = size_t{o.layers} * o.kv_heads * n * o.head_dim;
+  const size_t elements = size_t{o.shape.layers} * o.shape.kv_heads * n * o.shape.head_dim;
   cp.keys.resize(elements * sizeof(float));    // [L][H_kv][n][d] f32
   cp.values.resize(elements * sizeof(float));  // [L][H_kv][n][d] f32
   size_t at = 0;                               // byte offset of the next element
-  for (uint32_t l = 0; l < o.layers; ++l) {
-    for (uint32_t h = 0; h < o.kv_heads; ++h) {
+  for (uint32_t l = 0; l < o.shape.layers; ++l) {
+    for (uint32_t h = 0; h < o.shape.kv_heads; ++h) {
       for (uint64_t t = first; t < count; ++t) {
         Stream ks(StreamStart(o.seed, kKey, t, l, h));
         Stream vs(StreamStart(o.seed, kValue, t, l, h));
-        for (uint32_t j = 0; j < o.head_dim; ++j, at += sizeof(float)) {
+        for (uint32_t j = 0; j < o.shape.head_dim; ++j, at += sizeof(float)) {
           const float k = SyntheticFloat(ks);
           const float v = SyntheticFloat(vs);
           std::memcpy(&cp.keys[at], &k, sizeof(float));
@@ -245,24 +236,10 @@ void SetupArchiveSynth(CLI::App& archive) {
   sub->add_option("-n,--tokens", o->tokens, "How many tokens to write")
       ->required()
       ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 32));
-  sub->add_option("--layers", o->layers, "Layers of the model shape")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  sub->add_option("--kv-heads", o->kv_heads, "Key/value heads per layer")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  sub->add_option("--q-heads", o->q_heads, "Query heads per layer (a multiple of --kv-heads)")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  sub->add_option("--head-dim", o->head_dim, "Head dimension (a multiple of 64)")
-      ->capture_default_str()
-      ->check(CLI::Range(64, 1024));
+  AddShapeOptions(*sub, o->shape);
   sub->add_option("--vocab", o->vocab, "Vocabulary size; token ids are below it")
       ->capture_default_str()
       ->check(CLI::Range(1u, ~0u));
-  sub->add_option("--signature-bits", o->signature_bits, "Bits per signature (a multiple of 64)")
-      ->capture_default_str()
-      ->check(CLI::Range(64, 4096));
   sub->add_option("--segment-tokens", o->segment_tokens, "Tokens per segment")
       ->capture_default_str()
       ->check(CLI::Range(1u, format::kMaxSegmentTokens));

@@ -21,6 +21,7 @@
 #include "cli/commands.h"
 #include "cli/json.h"
 #include "cli/progress.h"
+#include "cli/shape_options.h"
 #include "cli/util.h"
 #include "storage/writer.h"
 
@@ -32,10 +33,7 @@ struct Options {
   std::string dir = ".";
   double gib = 4.0;
   uint32_t segment_tokens = 1024;
-  uint32_t layers = 30;
-  uint32_t kv_heads = 3;
-  uint32_t head_dim = 64;
-  uint32_t signature_bits = 128;
+  ShapeOptions shape;
   uint32_t queue_depth = 32;
   uint32_t runs = 3;
   std::string out;
@@ -85,14 +83,8 @@ void MakeSegment(const ArchiveSpec& spec, uint32_t n, Segment& s) {
 }
 
 ArchiveSpec MakeSpec(const Options& o) {
-  ArchiveSpec spec;
-  spec.model.architecture = "bench";
-  spec.model.num_layers = o.layers;
-  spec.model.num_q_heads = o.kv_heads;
-  spec.model.num_kv_heads = o.kv_heads;
-  spec.model.head_dim = o.head_dim;
+  ArchiveSpec spec = ShapeSpec(o.shape, "bench");
   spec.model.vocab_size = 32000;
-  spec.codec.signature_bits = o.signature_bits;
   return spec;
 }
 
@@ -106,9 +98,9 @@ Result<RunResult> RunOnce(const Options& o, const std::string& path, const Archi
   if (!created.ok()) return created.status();
   ArchiveWriter& w = *created.value();
   HotCheckpoint empty;  // the hot tier is not what is measured here
-  empty.num_layers = o.layers;
-  empty.num_kv_heads = o.kv_heads;
-  empty.head_dim = o.head_dim;
+  empty.num_layers = o.shape.layers;
+  empty.num_kv_heads = o.shape.kv_heads;
+  empty.head_dim = o.shape.head_dim;
 
   RunResult r;
   const uint64_t start_bytes = w.file_bytes();
@@ -172,9 +164,9 @@ void WriteResultJson(std::ostream& out, const Options& o, const ArchiveSpec& spe
   }
   w.EndArray().EndObject();
   w.Key("knobs").BeginObject().Field("dir", o.dir).Field("gib", o.gib);
-  w.Field("segment_tokens", o.segment_tokens).Field("layers", o.layers);
-  w.Field("kv_heads", o.kv_heads).Field("head_dim", o.head_dim);
-  w.Field("signature_bits", o.signature_bits).Field("queue_depth", o.queue_depth);
+  w.Field("segment_tokens", o.segment_tokens).Field("layers", o.shape.layers);
+  w.Field("q_heads", o.shape.q_heads).Field("kv_heads", o.shape.kv_heads).Field("head_dim", o.shape.head_dim);
+  w.Field("signature_bits", o.shape.signature_bits).Field("queue_depth", o.queue_depth);
   w.Field("runs", o.runs).Field("bytes_per_token", spec.bytes_per_token());
   w.Field("write_bytes_max", uint64_t{UringOptions{}.write_bytes_max});
   w.Field("buffered_bytes_max", UringOptions{}.buffered_bytes_max).EndObject();
@@ -274,18 +266,7 @@ void SetupBenchAppend(CLI::App& bench) {
   sub->add_option("--segment-tokens", o->segment_tokens, "Tokens per appended segment")
       ->capture_default_str()
       ->check(CLI::Range(1u, format::kMaxSegmentTokens));
-  sub->add_option("--layers", o->layers, "Layers of the model shape")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  sub->add_option("--kv-heads", o->kv_heads, "Key/value heads per layer")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  sub->add_option("--head-dim", o->head_dim, "Head dimension (a multiple of 64)")
-      ->capture_default_str()
-      ->check(CLI::Range(64, 1024));
-  sub->add_option("--signature-bits", o->signature_bits, "Bits per signature (a multiple of 64)")
-      ->capture_default_str()
-      ->check(CLI::Range(64, 4096));
+  AddShapeOptions(*sub, o->shape);
   sub->add_option("--queue-depth", o->queue_depth, "io_uring writes in flight at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));

@@ -26,7 +26,7 @@ bool VerifySegment(const uint8_t* data, const ArchiveSpec& spec, const SegmentIn
     if (format::Checksum(data + offset, bytes, offset) == want) return true;
     r->damaged = true;
     r->damage_offset = offset;
-    r->damage_what = what + where + " fails its checksum";
+    r->damage_what = what + where + ": checksum mismatch";
     return false;
   };
   for (uint32_t layer = 0; layer < layers; ++layer) {
