@@ -1,0 +1,45 @@
+#include "index/signature.h"
+
+#include <cassert>
+#include <cstddef>
+
+namespace kiv::index {
+
+uint64_t SplitMix64(uint64_t* state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+SignatureProjection::SignatureProjection(uint64_t seed, uint32_t bits, uint32_t dim)
+    : seed_(seed), bits_(bits), dim_(dim), matrix_(std::size_t{bits} * dim) {
+  assert(bits > 0 && bits % 64 == 0 && dim > 0);
+  uint64_t state = seed;
+  for (float& m : matrix_) {
+    // Irwin–Hall(12): the sum of 12 U(0,1) has mean 6 and variance 1. With 16-bit draws u_i,
+    // (sum u_i − 12 · 32767.5) / 65536 = (2 · sum − 786420) / 131072: an integer over a power
+    // of two below 2^24, so the float is exact.
+    int64_t sum = 0;
+    for (int i = 0; i < 3; ++i) {
+      const uint64_t r = SplitMix64(&state);
+      for (int j = 0; j < 4; ++j) sum += static_cast<int64_t>((r >> (16 * j)) & 0xFFFF);
+    }
+    m = static_cast<float>(2 * sum - 786420) / 131072.0f;
+  }
+}
+
+void SignatureProjection::Sign(const float* x, const float* centre, uint64_t* out) const {
+  float centred[1024];
+  assert(dim_ <= 1024);
+  for (uint32_t j = 0; j < dim_; ++j) centred[j] = centre ? x[j] - centre[j] : x[j];
+  for (uint32_t w = 0; w < words(); ++w) out[w] = 0;
+  for (uint32_t i = 0; i < bits_; ++i) {
+    const float* row = matrix_.data() + std::size_t{i} * dim_;
+    float dot = 0.0f;
+    for (uint32_t j = 0; j < dim_; ++j) dot += row[j] * centred[j];
+    if (dot > 0.0f) out[i / 64] |= uint64_t{1} << (i % 64);
+  }
+}
+
+}  // namespace kiv::index
