@@ -35,7 +35,7 @@ struct Facts {
 };
 
 std::string CodecName(uint32_t codec_id) {
-  if (codec_id == format::kCodecK4V8) return "K4V8";
+  if (const char* name = format::CodecName(codec_id)) return name;
   return "unknown codec " + std::to_string(codec_id);
 }
 

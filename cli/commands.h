@@ -13,6 +13,7 @@ void SetupArchiveVerify(CLI::App& archive);
 void SetupArchiveSynth(CLI::App& archive);
 // Under `kiv bench`.
 void SetupBenchAppend(CLI::App& bench);
+void SetupBenchRecall(CLI::App& bench);
 
 // Registers `run` as the subcommand's action. A nonzero exit code travels to main() as a
 // CLI::RuntimeError, which CLI11 passes through silently; main() returns its code.

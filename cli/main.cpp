@@ -38,6 +38,7 @@ void SetupApp(CLI::App& app) {
   kiv bench append --dir /mnt/nvme --gib 4 --out append.json)");
   bench->require_subcommand(1);
   kiv::cli::SetupBenchAppend(*bench);
+  kiv::cli::SetupBenchRecall(*bench);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "index/half.h"
+#include "storage/format.h"
 
 namespace kiv::index {
 namespace {
@@ -16,10 +17,10 @@ struct CodecIdEntry {
   bool rotate;
 };
 constexpr CodecIdEntry kCodecIds[] = {
-    {1, 4, 8, false},  // K4V8
-    {2, 4, 8, true},   // K4V8 with Hadamard-rotated keys
-    {3, 6, 6, true},   // K6V6, rotated keys
-    {4, 5, 7, true},   // K5V7, rotated keys
+    {format::kCodecK4V8, 4, 8, false},
+    {format::kCodecK4V8Rotated, 4, 8, true},
+    {format::kCodecK6V6Rotated, 6, 6, true},
+    {format::kCodecK5V7Rotated, 5, 7, true},
 };
 
 // The quantization grid of one 64-float vector: value = min + q · scale, both as stored (fp16).

@@ -43,7 +43,22 @@ inline constexpr uint16_t kChecksumXxh3Offset = 1;
 
 // ---- codec --------------------------------------------------------------------------------------
 inline constexpr uint32_t kRecordBytesPer64 = 104;  // one 64-dim head slice of one token
-inline constexpr uint32_t kCodecK4V8 = 1;           // see docs/format.md "Records"
+// Record codecs (docs/format.md "Records"): key bits, value bits, Hadamard-rotated keys or not.
+inline constexpr uint32_t kCodecK4V8 = 1;
+inline constexpr uint32_t kCodecK4V8Rotated = 2;
+inline constexpr uint32_t kCodecK6V6Rotated = 3;  // the default: see docs/quality.md
+inline constexpr uint32_t kCodecK5V7Rotated = 4;
+inline constexpr uint32_t kCodecDefault = kCodecK6V6Rotated;
+// "K6V6, rotated keys", or nullptr for an unknown id.
+constexpr const char* CodecName(uint32_t codec_id) {
+  switch (codec_id) {
+    case kCodecK4V8: return "K4V8";
+    case kCodecK4V8Rotated: return "K4V8, rotated keys";
+    case kCodecK6V6Rotated: return "K6V6, rotated keys";
+    case kCodecK5V7Rotated: return "K5V7, rotated keys";
+    default: return nullptr;
+  }
+}
 
 // ---- alignment and limits ------------------------------------------------------------------------
 inline constexpr uint64_t kAlign = 8;  // every block and section starts on 8 bytes
@@ -77,7 +92,7 @@ struct FileHeader {
   uint64_t weights_hash;    // XXH3-64 of the weights, as the runtime defines it
   uint64_t tokenizer_hash;  // XXH3-64 of tokenizer.json
   // Codec parameters.
-  uint32_t codec_id;           // kCodecK4V8
+  uint32_t codec_id;           // kCodecK4V8 .. kCodecK5V7Rotated
   uint32_t record_bytes;       // per (token, layer, kv-head): 104 * head_dim / 64
   uint32_t signature_bits;     // per (token, layer, kv-head); a multiple of 64
   uint32_t sinks;              // hot-tier sink tokens

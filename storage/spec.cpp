@@ -44,7 +44,7 @@ Status ArchiveSpec::Validate() const {
   if (m.head_dim == 0 || m.head_dim % 64 || m.head_dim > format::kMaxHeadDim)
     return Status::InvalidArgument("head_dim must be a multiple of 64 up to " +
                                    Str(format::kMaxHeadDim) + ", is " + Str(m.head_dim));
-  if (codec.codec_id != format::kCodecK4V8)
+  if (format::CodecName(codec.codec_id) == nullptr)
     return Status::InvalidArgument("unknown codec id " + Str(codec.codec_id));
   if (codec.signature_bits == 0 || codec.signature_bits % 64 ||
       codec.signature_bits > format::kMaxSignatureBits)

@@ -25,7 +25,7 @@ struct ModelFingerprint {
 };
 
 struct CodecParams {
-  uint32_t codec_id = format::kCodecK4V8;
+  uint32_t codec_id = format::kCodecDefault;
   uint32_t signature_bits = 128;
   uint64_t projection_seed = 0;
   uint32_t sinks = 4;

@@ -141,7 +141,7 @@ TEST_CASE("synth, then inspect reports what was written") {
   CHECK(human.code == 0);
   CHECK(human.out.find("tokens      700") != std::string::npos);
   CHECK(human.out.find("synthetic") != std::string::npos);
-  CHECK(human.out.find("K4V8") != std::string::npos);
+  CHECK(human.out.find("K6V6") != std::string::npos);
   CHECK(human.err.empty());
 
   const Outcome json = RunKiv({"archive", "inspect", p.string(), "--json"});

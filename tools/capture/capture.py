@@ -280,7 +280,6 @@ def capture(a, params):
         die(f"check 1 FAILED: max |logit diff| {logits_diff:.3e} >= {TOL}")
 
     # ---- write into OUT.tmp-PID ------------------------------------------------------------------
-    parent = os.path.dirname(a.out)
     tmp = f"{a.out}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -389,6 +388,11 @@ def main(argv=None):
         if not a.force and is_complete(a.out, params):
             say(f"present at {a.out}")
             return 0
+        # Leftovers of killed runs (we hold the lock, so none of them is running now).
+        parent, base = os.path.split(a.out)
+        for name in os.listdir(parent):
+            if name.startswith(base + ".tmp-") or name.startswith(base + ".old-"):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         capture(a, params)
     return 0
 
