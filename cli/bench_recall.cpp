@@ -402,6 +402,8 @@ int RunBenchRecall(const Options& o) {
   if (o.steps + o.window + o.sinks + o.k >= m.tokens || o.stride == 0)
     return UsageError("--steps, --window, --sinks and --k leave no cold tokens in a capture of " +
                       std::to_string(m.tokens));
+  // Taken before the run: the commit and command are those of the binary that measured.
+  const BenchEnvironment env = CollectEnvironment(".");
   Tally tally;
   const uint32_t g = m.num_q_heads / m.num_kv_heads, T = m.tokens, d = m.head_dim;
   ProgressBar bar("recall", uint64_t{m.layers.size()} * m.num_kv_heads, ProgressBar::Unit::kTokens);
@@ -437,7 +439,7 @@ int RunBenchRecall(const Options& o) {
   w.Field("seed", o.seed).Field("group", g).EndObject();
   Report(o, m, tally, w, text);
   ScanSpeed(w, text);
-  WriteEnvironmentJson(w, CollectEnvironment("."));
+  WriteEnvironmentJson(w, env);
   w.EndObject().Finish();
   std::cerr << text.str();
   if (!o.out.empty()) std::cerr << "result written to " << o.out << '\n';

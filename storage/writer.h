@@ -59,6 +59,7 @@ class ArchiveWriter {
   Status Close();
 
   const ArchiveSpec& spec() const { return spec_; }
+  const std::string& path() const { return path_; }
   uint64_t token_count() const { return token_count_; }  // appended, committed or not
   uint64_t committed_tokens() const { return committed_tokens_; }
   uint64_t file_bytes() const { return end_offset_; }

@@ -1,0 +1,211 @@
+#include "runtime/llama.h"
+
+#include <torch/torch.h>
+
+#include <cassert>
+#include <cmath>
+
+#include "runtime/kv_cache.h"
+#include "runtime/safetensors.h"
+
+namespace kiv {
+
+struct LlamaModel::Layer {
+  at::Tensor input_norm;  // [hidden]
+  at::Tensor q_w, k_w, v_w, o_w;  // [H_q*d, hidden], [H_kv*d, hidden] x2, [hidden, H_q*d]
+  at::Tensor q_b, k_b, v_b, o_b;  // biases, undefined when the model has none
+  at::Tensor post_norm;  // [hidden]
+  at::Tensor gate_w, up_w, down_w;  // [inter, hidden] x2, [hidden, inter]
+  at::Tensor gate_b, up_b, down_b;  // undefined unless mlp_bias
+};
+
+namespace {
+
+// Loads one weight, checks its shape, and moves it to the run's device and dtype (a no-op, so
+// still a view of the mapping, when they already match).
+class WeightLoader {
+ public:
+  WeightLoader(const SafetensorsWeights& w, c10::Device device, at::ScalarType dtype)
+      : w_(w), device_(device), dtype_(dtype) {}
+
+  Status Get(const std::string& name, std::vector<int64_t> shape, at::Tensor* out) const {
+    Result<at::Tensor> t = w_.Tensor(name);
+    if (!t.ok()) return t.status();
+    if (t->sizes().vec() != shape)
+      return Status::Corruption(w_.source() + ": tensor '" + name + "' has shape " +
+                                ShapeString(t->sizes().vec()) + ", the config implies " +
+                                ShapeString(shape));
+    *out = t->to(device_, dtype_);
+    return Status::Ok();
+  }
+  Status GetIf(bool present, const std::string& name, std::vector<int64_t> shape,
+               at::Tensor* out) const {
+    return present ? Get(name, std::move(shape), out) : Status::Ok();
+  }
+
+ private:
+  static std::string ShapeString(const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+  }
+  const SafetensorsWeights& w_;
+  c10::Device device_;
+  at::ScalarType dtype_;
+};
+
+// transformers' LlamaRMSNorm: the statistics in float32, the weight applied in the run dtype.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+}  // namespace
+
+at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
+  // Each line mirrors a line of transformers' modeling_rope_utils.py; Python's `s / t` on a
+  // tensor is t.reciprocal() * s, and `s ** t` is pow(s, t), reproduced so the float32 rounding
+  // is the same.
+  const int64_t dim = c.head_dim;
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / dim;
+  at::Tensor inv_freq = at::pow(c.rope_theta, exponent).reciprocal() * 1.0;
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type == RopeScaling::Type::kLinear) return inv_freq / s.factor;
+  if (s.type != RopeScaling::Type::kLlama3) return inv_freq;
+  const int64_t old_context_len = s.original_max_position_embeddings;
+  const double low_freq_wavelen = static_cast<double>(old_context_len) / s.low_freq_factor;
+  const double high_freq_wavelen = static_cast<double>(old_context_len) / s.high_freq_factor;
+  at::Tensor wavelen = inv_freq.reciprocal() * (2 * M_PI);
+  at::Tensor inv_freq_llama = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  at::Tensor smooth_factor = (wavelen.reciprocal() * old_context_len - s.low_freq_factor) /
+                             (s.high_freq_factor - s.low_freq_factor);
+  at::Tensor smoothed_inv_freq = at::rsub(smooth_factor, 1) * inv_freq_llama / s.factor +
+                                 smooth_factor * inv_freq_llama;
+  at::Tensor is_medium_freq =
+      (wavelen < high_freq_wavelen).logical_not() * (wavelen > low_freq_wavelen).logical_not();
+  return at::where(is_medium_freq, smoothed_inv_freq, inv_freq_llama);
+}
+
+at::ScalarType DefaultDtype(c10::Device device) {
+  return device.is_cuda() ? at::kBFloat16 : at::kFloat;
+}
+
+LlamaModel::LlamaModel(ModelConfig config, c10::Device device, at::ScalarType dtype)
+    : config_(std::move(config)), device_(device), dtype_(dtype) {}
+
+LlamaModel::~LlamaModel() = default;
+
+Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, c10::Device device,
+                                                     at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf)
+    return Status::InvalidArgument(std::string("cannot run a model in dtype ") +
+                                   c10::toString(dtype) + " (float32, bfloat16 or float16)");
+  Result<ModelConfig> config = LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  Result<SafetensorsWeights> weights = SafetensorsWeights::OpenDir(dir);
+  if (!weights.ok()) return weights.status();
+  std::unique_ptr<LlamaModel> m(new LlamaModel(std::move(config).value(), device, dtype));
+  const ModelConfig& c = m->config_;
+  m->weights_hash_ = weights->HashWeights();
+
+  c10::InferenceMode guard;
+  const WeightLoader load(*weights, device, dtype);
+  const int64_t hidden = c.hidden_size, inter = c.intermediate_size;
+  const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  KIV_RETURN_IF_ERROR(load.Get("model.embed_tokens.weight", {c.vocab_size, hidden}, &m->embed_));
+  KIV_RETURN_IF_ERROR(load.Get("model.norm.weight", {hidden}, &m->norm_));
+  if (c.tie_word_embeddings) {
+    m->lm_head_ = m->embed_;
+  } else {
+    KIV_RETURN_IF_ERROR(load.Get("lm_head.weight", {c.vocab_size, hidden}, &m->lm_head_));
+  }
+  m->layers_.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    Layer& l = m->layers_[static_cast<size_t>(i)];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const std::string a = p + "self_attn.", f = p + "mlp.";
+    KIV_RETURN_IF_ERROR(load.Get(p + "input_layernorm.weight", {hidden}, &l.input_norm));
+    KIV_RETURN_IF_ERROR(load.Get(p + "post_attention_layernorm.weight", {hidden}, &l.post_norm));
+    KIV_RETURN_IF_ERROR(load.Get(a + "q_proj.weight", {q_dim, hidden}, &l.q_w));
+    KIV_RETURN_IF_ERROR(load.Get(a + "k_proj.weight", {kv_dim, hidden}, &l.k_w));
+    KIV_RETURN_IF_ERROR(load.Get(a + "v_proj.weight", {kv_dim, hidden}, &l.v_w));
+    KIV_RETURN_IF_ERROR(load.Get(a + "o_proj.weight", {hidden, q_dim}, &l.o_w));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.qkv_bias, a + "q_proj.bias", {q_dim}, &l.q_b));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.qkv_bias, a + "k_proj.bias", {kv_dim}, &l.k_b));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.qkv_bias, a + "v_proj.bias", {kv_dim}, &l.v_b));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.o_bias, a + "o_proj.bias", {hidden}, &l.o_b));
+    KIV_RETURN_IF_ERROR(load.Get(f + "gate_proj.weight", {inter, hidden}, &l.gate_w));
+    KIV_RETURN_IF_ERROR(load.Get(f + "up_proj.weight", {inter, hidden}, &l.up_w));
+    KIV_RETURN_IF_ERROR(load.Get(f + "down_proj.weight", {hidden, inter}, &l.down_w));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "gate_proj.bias", {inter}, &l.gate_b));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "up_proj.bias", {inter}, &l.up_b));
+    KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "down_proj.bias", {hidden}, &l.down_b));
+  }
+  m->inv_freq_ = RopeInverseFrequencies(c).to(device);
+  return m;
+}
+
+// cos and sin [n, d] in the run dtype for positions [first_position, first_position + n), as
+// LlamaRotaryEmbedding.forward: angles inv_freq x position in float32 (an outer product equals
+// its one-term matmul exactly), cat(freqs, freqs), cos/sin in float32, then the cast.
+at::Tensor LlamaModel::RopeCosSin(int64_t first_position, int64_t n, at::Tensor* sin) const {
+  at::Tensor positions =
+      at::arange(first_position, first_position + n, at::TensorOptions(device_).dtype(at::kLong))
+          .to(at::kFloat);
+  at::Tensor freqs = at::outer(positions, inv_freq_);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  *sin = emb.sin().to(dtype_);
+  return emb.cos().to(dtype_);
+}
+
+// input_layernorm → q/k/v → RoPE → cache.Attend → o_proj; returns the attention block's output
+// [n, hidden] (before the residual add).
+at::Tensor LlamaModel::AttentionBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                                      const at::Tensor& sin, int64_t first_position,
+                                      KvCache& cache) const {
+  const Layer& l = layers_[static_cast<size_t>(layer)];
+  const int64_t n = h.size(0), d = config_.head_dim;
+  at::Tensor x = RmsNorm(h, l.input_norm, config_.rms_norm_eps);
+  // [n, H*d] → [H, n, d]
+  at::Tensor q = at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}).transpose(0, 1);
+  at::Tensor k = at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  at::Tensor v = at::linear(x, l.v_w, l.v_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  q = q * cos + RotateHalf(q) * sin;
+  k = k * cos + RotateHalf(k) * sin;
+  at::Tensor attn = cache.Attend(layer, q, k, v, first_position);  // [H_q, n, d]
+  assert(attn.size(0) == config_.num_q_heads && attn.size(1) == n && attn.size(2) == d);
+  return at::linear(attn.transpose(0, 1).reshape({n, config_.num_q_heads * d}), l.o_w, l.o_b);
+}
+
+at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache,
+                               Logits which) {
+  assert(!tokens.empty());
+  c10::InferenceMode guard;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t first_position = cache.length();
+  at::Tensor ids = at::tensor(tokens, at::kLong).to(device_);
+  at::Tensor h = at::embedding(embed_, ids);  // [n, hidden]
+  at::Tensor sin;
+  at::Tensor cos = RopeCosSin(first_position, n, &sin);
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    const Layer& l = layers_[static_cast<size_t>(i)];
+    h = h + AttentionBlock(i, h, cos, sin, first_position, cache);
+    at::Tensor x = RmsNorm(h, l.post_norm, config_.rms_norm_eps);
+    at::Tensor gate = at::silu(at::linear(x, l.gate_w, l.gate_b));
+    h = h + at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b);
+  }
+  if (which == Logits::kLast) h = h.narrow(0, n - 1, 1);
+  h = RmsNorm(h, norm_, config_.rms_norm_eps);
+  at::Tensor logits = at::linear(h, lm_head_).to(at::kFloat);
+  cache.EndChunk(tokens);
+  return logits;
+}
+
+}  // namespace kiv

@@ -1,0 +1,80 @@
+// The Llama-family model runner (Llama incl. llama3 RoPE scaling, Mistral, Qwen2, SmolLM2): one
+// forward pass over a chunk of tokens, with attention delegated to a KvCache (runtime/kv_cache.h)
+// so the same code runs over the full cache and the tiered one.
+//
+// It computes what transformers' LlamaForCausalLM computes, op for op where rounding depends on
+// it: RMSNorm in float32, RoPE angles in float32 (inv_freq x position), rotate_half pairing
+// dimension i with i + d/2, SwiGLU, lm_head tied to the embedding when the config says so.
+// Weights stay in the mmapped safetensors when the file's dtype and device already match (fp32 on
+// the CPU); otherwise they are converted once at load (bf16 on CUDA).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/model_config.h"
+#include "storage/status.h"
+
+namespace kiv {
+
+class KvCache;
+
+// RoPE inverse frequencies [head_dim / 2] float32 on the CPU, computed with the same tensor ops
+// in the same order as transformers (compute_default_rope_parameters and
+// _compute_llama3_parameters / _compute_linear_scaling_rope_parameters), so they match its
+// float32 values bit for bit.
+at::Tensor RopeInverseFrequencies(const ModelConfig& config);
+
+// The dtype kiv runs a model in on `device`: float32 on the CPU, bfloat16 on CUDA.
+at::ScalarType DefaultDtype(c10::Device device);
+
+class LlamaModel {
+ public:
+  // Which positions of a chunk Forward returns logits for. Prefill usually needs only the last
+  // one, and the lm_head over every position is a large share of prefill time.
+  enum class Logits { kAll, kLast };
+
+  // Reads `dir`/config.json and the safetensors weights. Checks every weight's shape against
+  // the config; names a missing tensor or a wrong shape.
+  static Result<std::unique_ptr<LlamaModel>> Load(const std::string& dir, c10::Device device,
+                                                  at::ScalarType dtype);
+  ~LlamaModel();
+
+  // Runs `tokens` (non-empty ids < vocab_size) at absolute positions [cache.length(),
+  // cache.length() + n): for each layer, q/k/v after RoPE go to cache.Attend; then
+  // cache.EndChunk(tokens). Returns float32 logits on the model's device, [n, vocab] for kAll
+  // and [1, vocab] (the chunk's last token) for kLast.
+  at::Tensor Forward(const std::vector<int64_t>& tokens, KvCache& cache,
+                     Logits which = Logits::kAll);
+
+  const ModelConfig& config() const { return config_; }
+  c10::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  // SafetensorsWeights::HashWeights of the loaded files (computed once at load).
+  uint64_t weights_hash() const { return weights_hash_; }
+
+ private:
+  struct Layer;
+  LlamaModel(ModelConfig config, c10::Device device, at::ScalarType dtype);
+  at::Tensor RopeCosSin(int64_t first_position, int64_t n, at::Tensor* sin) const;
+  at::Tensor AttentionBlock(int64_t layer, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin, int64_t first_position, KvCache& cache) const;
+
+  ModelConfig config_;
+  c10::Device device_;
+  at::ScalarType dtype_;
+  uint64_t weights_hash_ = 0;
+  std::vector<Layer> layers_;
+  at::Tensor embed_;     // [vocab, hidden]
+  at::Tensor norm_;      // [hidden]
+  at::Tensor lm_head_;   // [vocab, hidden]; the same tensor as embed_ when tied
+  at::Tensor inv_freq_;  // [head_dim / 2] float32 on device_
+};
+
+}  // namespace kiv

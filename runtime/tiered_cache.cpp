@@ -1,0 +1,342 @@
+#include "runtime/tiered_cache.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "index/asym_scan.h"
+#include "index/rerank.h"
+
+namespace kiv {
+
+// The records of one segment appended since the last commit, laid out as the segment is:
+// [L][H_kv][n][record_bytes].
+struct TieredCache::ColdRun {
+  uint64_t first_token = 0;
+  uint32_t count = 0;
+  std::vector<uint8_t> records;
+};
+
+torch::Tensor AttentionWithLse(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, int64_t causal_offset, torch::Tensor* lse) {
+  const int64_t hq = q.size(0), hkv = k.size(0), n = q.size(1), m = k.size(1), d = q.size(2);
+  const torch::Tensor qf = q.to(torch::kFloat32);
+  torch::Tensor kf = k.to(torch::kFloat32), vf = v.to(torch::kFloat32);
+  if (hq != hkv) {
+    kf = kf.repeat_interleave(hq / hkv, 0);
+    vf = vf.repeat_interleave(hq / hkv, 0);
+  }
+  torch::Tensor scores = torch::matmul(qf, kf.transpose(1, 2)) / std::sqrt(double(d));  // [Hq,n,m]
+  if (causal_offset >= 0 && causal_offset + n - 1 >= 0 && causal_offset < m) {
+    // key i visible to query j iff i <= causal_offset + j
+    const torch::Tensor i = torch::arange(m, scores.options().dtype(torch::kLong));
+    const torch::Tensor j = torch::arange(n, scores.options().dtype(torch::kLong)).unsqueeze(1);
+    scores = scores.masked_fill(i.unsqueeze(0) > j + causal_offset, -INFINITY);
+  }
+  *lse = torch::logsumexp(scores, -1);  // [Hq, n]
+  return torch::matmul(torch::exp(scores - lse->unsqueeze(-1)), vf);
+}
+
+TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& options,
+                         torch::Device device, torch::Dtype dtype)
+    : shape_(shape),
+      options_(options),
+      device_(device),
+      dtype_(dtype),
+      projection_(options.projection_seed, options.signature_bits, shape.head_dim) {
+  const bool known = index::RecordCodec::FromId(options.codec_id, &codec_);
+  TORCH_CHECK(known, "unknown record codec id ", options.codec_id);
+  TORCH_CHECK(shape.head_dim % 64 == 0, "head_dim must be a multiple of 64, is ", shape.head_dim);
+  const auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  for (uint32_t l = 0; l < shape.num_layers; ++l) {
+    hot_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
+    hot_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
+    if (options.exact_cold) {
+      exact_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
+      exact_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
+    }
+  }
+  signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
+}
+
+TieredCache::~TieredCache() = default;
+
+torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
+                                  const torch::Tensor& v, int64_t first_position) {
+  TORCH_CHECK(first_position == length_, "chunk starts at ", first_position, ", cache holds ",
+              length_);
+  const int64_t previous = hot_k_[layer].size(1);
+  hot_k_[layer] = torch::cat({hot_k_[layer], k.to(dtype_)}, 1);
+  hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
+  torch::Tensor lse_hot;
+  torch::Tensor out = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous, &lse_hot);
+  if (options_.retrieval && cold_tokens_ > 0) {
+    torch::Tensor lse_cold;
+    const torch::Tensor cold = ColdAttention(layer, q, &lse_cold).to(out.device());
+    // One softmax over the union: weight each part by its share of the total exp-sum.
+    const torch::Tensor lse = torch::logaddexp(lse_hot, lse_cold.to(out.device()));
+    out = out * torch::exp(lse_hot - lse).unsqueeze(-1) +
+          cold * torch::exp(lse_cold.to(out.device()) - lse).unsqueeze(-1);
+  }
+  return out.to(q.dtype());
+}
+
+torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
+                                         torch::Tensor* lse) {
+  const uint32_t hkv = shape_.num_kv_heads, d = shape_.head_dim;
+  const uint32_t g = shape_.num_q_heads / hkv;
+  const int64_t n = q.size(1);
+  const torch::Tensor qf = q.to(torch::kFloat32).to(torch::kCPU).contiguous();  // [Hq, n, d]
+  torch::Tensor out = torch::zeros({int64_t(shape_.num_q_heads), n, d}, torch::kFloat32);
+  *lse = torch::full({int64_t(shape_.num_q_heads), n}, -INFINITY, torch::kFloat32);
+  const int64_t block = n == 1 ? 1 : std::max<int64_t>(1, options_.prefill_block);
+  std::vector<float> queries;
+  std::vector<float> key(d), value(d);
+  for (uint32_t h = 0; h < hkv; ++h) {
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+      const int64_t m = std::min(block, n - b0);
+      // The block's queries of every head in the group share one retrieval.
+      const torch::Tensor qb = qf.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).contiguous();
+      queries.assign(qb.data_ptr<float>(), qb.data_ptr<float>() + qb.numel());
+      const std::vector<uint32_t> picked = Retrieve(layer, h, queries.data(), uint32_t(g * m));
+      if (picked.empty()) continue;
+      const int64_t r = int64_t(picked.size());
+      torch::Tensor ks, vs;
+      if (options_.exact_cold) {
+        const torch::Tensor idx = torch::from_blob(const_cast<uint32_t*>(picked.data()), {r},
+                                                   torch::kInt32).to(torch::kLong);
+        ks = exact_k_[layer][h].index_select(0, idx);
+        vs = exact_v_[layer][h].index_select(0, idx);
+      } else {
+        ks = torch::empty({r, int64_t(d)}, torch::kFloat32);
+        vs = torch::empty({r, int64_t(d)}, torch::kFloat32);
+        for (int64_t i = 0; i < r; ++i) {
+          const uint8_t* rec = Record(picked[i], uint32_t(layer), h);
+          for (uint32_t s = 0; s < d / 64; ++s)
+            codec_.Decode(rec + s * index::kRecordBytes, ks.data_ptr<float>() + i * d + s * 64,
+                          vs.data_ptr<float>() + i * d + s * 64);
+        }
+      }
+      stats_.tokens_retrieved += uint64_t(r);
+      torch::Tensor block_lse;
+      const torch::Tensor o =
+          AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0), -1, &block_lse);  // [g, m, d]
+      out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o);
+      lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(block_lse);
+    }
+  }
+  return out;
+}
+
+std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const float* queries,
+                                            uint32_t count) {
+  const uint32_t d = shape_.head_dim, words = options_.signature_bits / 64;
+  const size_t n = cold_tokens_;
+  std::vector<uint32_t> picked;
+  ++stats_.scans;
+  if (n <= options_.top_k) {  // everything cold fits: nothing to choose
+    picked.resize(n);
+    for (size_t t = 0; t < n; ++t) picked[t] = uint32_t(t);
+    return picked;
+  }
+  const std::vector<uint64_t>& sigs = signatures_[size_t(layer) * shape_.num_kv_heads + head];
+  std::vector<float> table(size_t{options_.signature_bits / 8} * 256), scores(n);
+  index::BuildGroupTable(projection_, queries, count, table.data());
+  index::AsymmetricScan(sigs.data(), nullptr, n, words, table.data(), scores.data());
+  stats_.tokens_scanned += n;
+  std::vector<uint32_t> candidates(std::min<size_t>(options_.candidates, n));
+  candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
+  std::vector<float> rotated(size_t{count} * d);
+  for (uint32_t j = 0; j < count; ++j)
+    for (uint32_t s = 0; s < d / 64; ++s)
+      codec_.RotateQuery(queries + size_t{j} * d + s * 64, rotated.data() + size_t{j} * d + s * 64);
+  std::vector<const uint8_t*> records(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i)
+    records[i] = Record(candidates[i], uint32_t(layer), head);
+  picked.resize(std::min<size_t>(options_.top_k, candidates.size()));
+  std::vector<float> scratch;
+  picked.resize(index::RerankTopK(codec_, rotated.data(), count, d, candidates.data(),
+                                  records.data(), candidates.size(), options_.top_k, picked.data(),
+                                  &scratch));
+  return picked;
+}
+
+const uint8_t* TieredCache::Record(uint64_t token, uint32_t layer, uint32_t head) const {
+  if (token < committed_tokens_) return reader_->Record(token, layer, head);
+  // Runs are consecutive from committed_tokens_; find the one holding the token.
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), token,
+                             [](uint64_t t, const std::unique_ptr<ColdRun>& r) {
+                               return t < r->first_token;
+                             });
+  const ColdRun& run = **(it - 1);
+  const uint64_t index = (uint64_t{layer} * shape_.num_kv_heads + head) * run.count +
+                         (token - run.first_token);
+  return run.records.data() + index * record_bytes();
+}
+
+void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
+  for (int64_t id : token_ids) {
+    hot_ids_.push_back(id);
+    hot_positions_.push_back(length_++);
+  }
+  const uint64_t keep = uint64_t{options_.sinks} + options_.window;
+  if (status_.ok() && hot_ids_.size() > keep) status_ = Evict(uint32_t(hot_ids_.size() - keep));
+}
+
+// Moves hot tokens [sinks, sinks + count) to the cold tier: records and signatures for every
+// layer and head, one archive segment, and out of the hot tensors.
+Status TieredCache::Evict(uint32_t count) {
+  const uint32_t L = shape_.num_layers, H = shape_.num_kv_heads, d = shape_.head_dim;
+  const uint32_t words = options_.signature_bits / 64, rb = record_bytes();
+  const int64_t s0 = options_.sinks;
+  auto run = std::make_unique<ColdRun>();
+  run->first_token = cold_tokens_;
+  run->count = count;
+  run->records.resize(size_t{L} * H * count * rb);
+  std::vector<uint64_t> sigs(size_t{L} * H * count * words);
+  for (uint32_t l = 0; l < L; ++l) {
+    const torch::Tensor kk = hot_k_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
+    const torch::Tensor vv = hot_v_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
+    for (uint32_t h = 0; h < H; ++h) {
+      std::vector<uint64_t>& head_sigs = signatures_[size_t{l} * H + h];
+      for (uint32_t t = 0; t < count; ++t) {
+        const float* key = kk.data_ptr<float>() + (size_t{h} * count + t) * d;
+        const float* value = vv.data_ptr<float>() + (size_t{h} * count + t) * d;
+        const size_t slot = (size_t{l} * H + h) * count + t;
+        for (uint32_t s = 0; s < d / 64; ++s)
+          codec_.Encode(key + s * 64, value + s * 64,
+                        run->records.data() + slot * rb + s * index::kRecordBytes);
+        projection_.Sign(key, nullptr, sigs.data() + slot * words);
+        head_sigs.insert(head_sigs.end(), sigs.data() + slot * words,
+                         sigs.data() + (slot + 1) * words);
+      }
+    }
+    if (options_.exact_cold) {
+      exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
+      exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
+    }
+    hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
+    hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
+  }
+  std::vector<uint32_t> ids(count), positions(count);
+  for (uint32_t t = 0; t < count; ++t) {
+    ids[t] = uint32_t(hot_ids_[s0 + t]);
+    positions[t] = uint32_t(hot_positions_[s0 + t]);
+  }
+  hot_ids_.erase(hot_ids_.begin() + s0, hot_ids_.begin() + s0 + count);
+  hot_positions_.erase(hot_positions_.begin() + s0, hot_positions_.begin() + s0 + count);
+  if (writer_) {
+    SegmentView view{count, run->records.data(), reinterpret_cast<const uint8_t*>(sigs.data()),
+                     ids.data(), positions.data()};
+    KIV_RETURN_IF_ERROR(writer_->Append(view));
+  }
+  runs_.push_back(std::move(run));
+  cold_tokens_ += count;
+  return Status::Ok();
+}
+
+Status TieredCache::Commit(const std::vector<uint8_t>& extra) {
+  KIV_RETURN_IF_ERROR(status_);
+  if (!writer_) return Status::InvalidArgument("this cache has no archive to commit to");
+  HotCheckpoint cp;
+  cp.dtype = dtype_ == torch::kBFloat16 ? format::kDtypeBF16
+             : dtype_ == torch::kHalf   ? format::kDtypeF16
+                                        : format::kDtypeF32;
+  cp.num_layers = shape_.num_layers;
+  cp.num_kv_heads = shape_.num_kv_heads;
+  cp.head_dim = shape_.head_dim;
+  for (size_t i = 0; i < hot_ids_.size(); ++i) {
+    cp.token_ids.push_back(uint32_t(hot_ids_[i]));
+    cp.positions.push_back(uint32_t(hot_positions_[i]));
+  }
+  for (uint32_t l = 0; l < shape_.num_layers; ++l) {
+    for (auto* dst : {&cp.keys, &cp.values}) {
+      const torch::Tensor t = (dst == &cp.keys ? hot_k_[l] : hot_v_[l]).to(torch::kCPU).contiguous();
+      const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+      dst->insert(dst->end(), p, p + t.nbytes());
+    }
+  }
+  cp.extra = extra;
+  KIV_RETURN_IF_ERROR(writer_->Commit(cp));
+  if (!reader_) {
+    auto r = ArchiveReader::Open(writer_->path());
+    if (!r.ok()) return r.status();
+    reader_ = std::move(r.value());
+  } else {
+    KIV_RETURN_IF_ERROR(reader_->Refresh());
+  }
+  committed_tokens_ = reader_->token_count();
+  if (committed_tokens_ != cold_tokens_)
+    return Status::Corruption("the archive holds " + std::to_string(committed_tokens_) +
+                              " cold tokens after commit, the cache " +
+                              std::to_string(cold_tokens_));
+  runs_.clear();
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<TieredCache>> TieredCache::Open(ArchiveWriter* writer,
+                                                       const CacheShape& shape,
+                                                       const TieredCacheOptions& options,
+                                                       torch::Device device, torch::Dtype dtype,
+                                                       std::vector<uint8_t>* extra) {
+  // The archive's own codec parameters win: a resumed session must continue exactly.
+  const CodecParams& c = writer->spec().codec;
+  TieredCacheOptions o = options;
+  o.codec_id = c.codec_id;
+  o.signature_bits = c.signature_bits;
+  o.projection_seed = c.projection_seed;
+  o.sinks = c.sinks;
+  o.window = c.hot_window;
+  auto cache = std::make_unique<TieredCache>(shape, o, device, dtype);
+  cache->writer_ = writer;
+  if (writer->commit_count() <= 1 && writer->committed_tokens() == 0) return cache;  // new
+  auto r = ArchiveReader::Open(writer->path());
+  if (!r.ok()) return r.status();
+  cache->reader_ = std::move(r.value());
+  auto cp = cache->reader_->LoadCheckpoint();
+  if (!cp.ok()) return cp.status();
+  KIV_RETURN_IF_ERROR(cache->Restore(cp.value()));
+  if (extra) *extra = cp->extra;
+  return cache;
+}
+
+Status TieredCache::Restore(const HotCheckpoint& cp) {
+  const uint32_t L = shape_.num_layers, H = shape_.num_kv_heads, d = shape_.head_dim;
+  const int64_t n = cp.token_count();
+  if (cp.num_layers != L || cp.num_kv_heads != H || cp.head_dim != d)
+    return Status::Incompatible("the archive's checkpoint shape is not the model's");
+  const torch::Dtype dt = cp.dtype == format::kDtypeBF16 ? torch::kBFloat16
+                          : cp.dtype == format::kDtypeF16 ? torch::kHalf
+                                                          : torch::kFloat32;
+  const size_t layer_bytes = size_t{H} * n * d * DtypeBytes(cp.dtype);
+  for (uint32_t l = 0; l < L; ++l) {
+    auto load = [&](const std::vector<uint8_t>& bytes) {
+      return torch::from_blob(const_cast<uint8_t*>(bytes.data()) + l * layer_bytes, {H, n, d}, dt)
+          .clone()
+          .to(device_, dtype_);
+    };
+    hot_k_[l] = load(cp.keys);
+    hot_v_[l] = load(cp.values);
+  }
+  hot_ids_.assign(cp.token_ids.begin(), cp.token_ids.end());
+  hot_positions_.assign(cp.positions.begin(), cp.positions.end());
+  committed_tokens_ = cold_tokens_ = reader_->token_count();
+  for (size_t s = 0; s < reader_->segment_count(); ++s) {
+    for (uint32_t l = 0; l < L; ++l) {
+      for (uint32_t h = 0; h < H; ++h) {
+        const SignatureRun run = reader_->Signatures(s, l, h);
+        const auto* words = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
+        auto& dst = signatures_[size_t{l} * H + h];
+        dst.insert(dst.end(), words, words + size_t{run.token_count} * (options_.signature_bits / 64));
+      }
+    }
+  }
+  if (options_.exact_cold)
+    return Status::NotImplemented("resuming a session whose cold tier is kept exact (a test mode)");
+  length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
+  return Status::Ok();
+}
+
+}  // namespace kiv

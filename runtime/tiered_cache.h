@@ -1,0 +1,122 @@
+// The tiered cache: sinks and the recent window exact (the hot tier), every older token a 104-byte
+// record in the archive plus its signature (the cold tier), retrieved per layer and kv-head at
+// every step: asymmetric scan → top-C candidates → re-rank with their decoded keys → top-k.
+//
+// Attention runs over sinks ∪ retrieved ∪ hot ∪ the chunk itself (causal) as two parts — the hot
+// part (with the causal mask) and the cold part (the retrieved tokens, all older than the chunk) —
+// merged with their log-sum-exps, which equals one softmax over the union.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "index/defaults.h"
+#include "index/record.h"
+#include "index/signature.h"
+#include "runtime/kv_cache.h"
+#include "storage/reader.h"
+#include "storage/writer.h"
+
+namespace kiv {
+
+struct TieredCacheOptions {
+  uint32_t sinks = 4;
+  uint32_t window = 256;
+  uint32_t top_k = index::kDefaultTopK;
+  uint32_t candidates = index::kDefaultCandidates;
+  uint32_t signature_bits = index::kDefaultSignatureBits;
+  uint32_t codec_id = index::kDefaultCodec;
+  uint64_t projection_seed = 0x6b6976;  // "kiv"
+  // Prefill queries share one retrieval per block of this many (per kv-head): retrieving for
+  // each of 1,024 queries of a chunk would cost more than the attention it feeds.
+  uint32_t prefill_block = 64;
+  bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
+  bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
+};
+
+struct CacheShape {
+  uint32_t num_layers = 0;
+  uint32_t num_q_heads = 0;
+  uint32_t num_kv_heads = 0;
+  uint32_t head_dim = 0;
+};
+
+// What retrieval did, summed since the cache was made (for the run summary and the benches).
+struct RetrievalStats {
+  uint64_t scans = 0;            // (layer, kv-head, query block) retrievals
+  uint64_t tokens_scanned = 0;   // signatures scored
+  uint64_t tokens_retrieved = 0; // records decoded into attention
+};
+
+class TieredCache : public KvCache {
+ public:
+  // A cache with no archive (benchmarks, tests): cold records stay in memory.
+  TieredCache(const CacheShape& shape, const TieredCacheOptions& options,
+              torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat32);
+  // A cache over an archive: appends its cold tokens there, and when the archive already holds
+  // tokens, restores the hot tier from its last checkpoint and the signatures from its segments.
+  static Result<std::unique_ptr<TieredCache>> Open(ArchiveWriter* writer, const CacheShape& shape,
+                                                    const TieredCacheOptions& options,
+                                                    torch::Device device, torch::Dtype dtype,
+                                                    std::vector<uint8_t>* extra);
+  ~TieredCache() override;
+
+  torch::Tensor Attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
+                       const torch::Tensor& v, int64_t first_position) override;
+  void EndChunk(const std::vector<int64_t>& token_ids) override;
+  int64_t length() const override { return length_; }
+
+  // Makes everything so far durable: the archive commits, carrying the hot tier and `extra`
+  // (the runtime's own state) as its checkpoint.
+  Status Commit(const std::vector<uint8_t>& extra);
+  // Fails the next call with this status if an archive write failed inside EndChunk.
+  const Status& status() const { return status_; }
+
+  uint64_t cold_tokens() const { return cold_tokens_; }
+  uint64_t hot_tokens() const { return hot_ids_.size(); }
+  const RetrievalStats& stats() const { return stats_; }
+  const std::vector<int64_t>& hot_token_ids() const { return hot_ids_; }
+  TieredCacheOptions& options() { return options_; }
+
+ private:
+  struct ColdRun;  // records of one appended-but-uncommitted segment
+  torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
+  std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
+  const uint8_t* Record(uint64_t token, uint32_t layer, uint32_t head) const;
+  uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
+  Status Evict(uint32_t count);
+  Status Restore(const HotCheckpoint& cp);
+
+  CacheShape shape_;
+  TieredCacheOptions options_;
+  torch::Device device_;
+  torch::Dtype dtype_;
+  index::RecordCodec codec_;
+  index::SignatureProjection projection_;
+  ArchiveWriter* writer_ = nullptr;             // not owned; null for an in-memory cache
+  std::unique_ptr<ArchiveReader> reader_;       // the committed records, mapped
+  std::vector<std::unique_ptr<ColdRun>> runs_;  // records after the reader's committed prefix
+  uint64_t committed_tokens_ = 0;               // records the reader serves
+
+  // Hot tier: per layer [H_kv, n_hot, d] keys (post-RoPE) and values; the same tokens in all.
+  std::vector<torch::Tensor> hot_k_, hot_v_;
+  std::vector<int64_t> hot_ids_, hot_positions_;
+  // Cold tier: per (layer, kv-head) signatures [n_cold][words]; exact keys/values when
+  // exact_cold, per layer [H_kv, n_cold, d].
+  std::vector<std::vector<uint64_t>> signatures_;
+  std::vector<torch::Tensor> exact_k_, exact_v_;
+  uint64_t cold_tokens_ = 0;
+  int64_t length_ = 0;
+  RetrievalStats stats_;
+  Status status_;
+};
+
+// Attention of q [H_q, n, d] over k, v [H_kv, m, d] (GQA: query head j reads kv-head j / g),
+// float32 softmax with scale 1/sqrt(d). Key i is visible to query j when `causal_offset` < 0
+// or i <= causal_offset + j. Returns the output [H_q, n, d] and its log-sum-exp [H_q, n].
+torch::Tensor AttentionWithLse(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, int64_t causal_offset, torch::Tensor* lse);
+
+}  // namespace kiv
