@@ -235,11 +235,12 @@ int RunBenchAppend(const Options& o) {
   const std::string path =
       (std::filesystem::path(o.dir) / ("kiv-bench-append-" + std::to_string(getpid()) + ".kiv"))
           .string();
+  // Taken before the runs: the commit and command are those of the binary that measured.
+  const BenchEnvironment env = CollectEnvironment(o.dir);
   std::vector<RunResult> runs;
   if (Status s = RunAll(o, path, runs); !s.ok()) {
     return Fail("bench append in " + Quoted(o.dir) + " failed: " + s.ToString());
   }
-  const BenchEnvironment env = CollectEnvironment(o.dir);
   if (!o.out.empty()) {
     std::ofstream file(o.out);
     WriteResultJson(file, o, spec, runs, env);

@@ -167,6 +167,15 @@ Status CheckNoSlidingWindow(const json& j, const std::string& source, const Mode
   if (window != 0)
     return Status::NotImplemented(source + ": sliding-window attention (sliding_window " +
                                   std::to_string(window) + ")");
+  // transformers 5 also lists each layer's attention kind.
+  if (f.Has("layer_types")) {
+    const json& types = j["layer_types"];
+    if (!types.is_array()) return f.Wrong("layer_types", "a list");
+    for (const json& t : types)
+      if (t != "full_attention")
+        return Status::NotImplemented(source + ": layer type " + t.dump() +
+                                      " (kiv runs full_attention layers only)");
+  }
   return Status::Ok();
 }
 
