@@ -204,10 +204,11 @@ Result<ChatTemplate> ChatTemplate::Detect(std::string_view jinja, std::string bo
   if (jinja.find("<|start_header_id|>") != std::string_view::npos) {
     t.format = ChatFormat::kLlama3;
     // Templates write bos_token; a few spell <|begin_of_text|> out.
-    t.bos_token = jinja.find("bos_token") != std::string_view::npos ? std::move(bos_token)
-                  : jinja.find("<|begin_of_text|>") != std::string_view::npos
-                      ? "<|begin_of_text|>"
-                      : "";
+    if (jinja.find("bos_token") != std::string_view::npos) {
+      t.bos_token = std::move(bos_token);
+    } else if (jinja.find("<|begin_of_text|>") != std::string_view::npos) {
+      t.bos_token = "<|begin_of_text|>";
+    }
     t.llama3_date_header = jinja.find("Cutting Knowledge Date") != std::string_view::npos;
     if (t.llama3_date_header) {
       constexpr std::string_view kSet = "date_string = \"";

@@ -110,10 +110,12 @@ std::array<uint32_t, 256> ByteToCodepoint() {
 
 // ByteLevel decoding of one token (decoders/byte_level.rs): if every character is in the table,
 // the bytes it stands for; otherwise the token's own UTF-8 bytes (added tokens like "<|im_end|>"
-// are all table characters and decode to themselves).
+// are all table characters and decode to themselves). *in_table says which.
 std::string ByteLevelDecode(std::string_view token,
-                            const std::unordered_map<uint32_t, uint8_t>& cp_to_byte) {
+                            const std::unordered_map<uint32_t, uint8_t>& cp_to_byte,
+                            bool* in_table) {
   std::string out;
+  *in_table = false;
   for (size_t i = 0; i < token.size();) {
     const Utf8Step st = ScanUtf8(token, i);
     if (st.kind != Utf8Kind::kValid) return std::string(token);
@@ -125,6 +127,7 @@ std::string ByteLevelDecode(std::string_view token,
     out.push_back(static_cast<char>(it->second));
     i += st.len;
   }
+  *in_table = true;
   return out;
 }
 
@@ -183,8 +186,8 @@ class Regex {
     int err = 0;
     PCRE2_SIZE offset = 0;
     const std::string p = literal ? std::string(pattern) : OnigCompatiblePattern(pattern);
-    uint32_t options = PCRE2_UTF | PCRE2_UCP;
-    if (literal) options |= PCRE2_LITERAL;
+    // UCP changes only what classes mean, and a literal has none (PCRE2 refuses the pair).
+    const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
     pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), options,
                                      &err, &offset, nullptr);
     if (code == nullptr) {
@@ -315,8 +318,10 @@ struct Tokenizer::Impl {
   StringMap vocab;                    // model spelling ("Ġthe") -> id
   StringMap byte_vocab;               // raw bytes (" the") -> id; only with ignore_merges
   std::unordered_map<uint64_t, MergeInfo> merges;
-  std::array<int32_t, 256> byte_id{};      // initial symbol of each byte, -1 if none
-  std::array<int32_t, 256> fallback_id{};  // <0xAB> tokens for byte_fallback, -1 if none
+  std::array<int32_t, 256> byte_id{};  // initial symbol of each byte, -1 if none
+  // byte_fallback's tokens for each byte, as the library looks them up: <0xXY> for each UTF-8
+  // byte of the byte's table character (so 1 or 2 of them), all present or none.
+  std::array<std::vector<int32_t>, 256> fallback_ids;
   int32_t unk_id = -1;
   bool fuse_unk = false;
   bool byte_fallback = false;
@@ -324,8 +329,8 @@ struct Tokenizer::Impl {
 
   // Pipeline.
   std::vector<AddedToken> added;
-  LiteralMatcher raw_added;         // normalized=false: matched on the raw text
-  LiteralMatcher normalized_added;  // normalized=true: matched after the normalizer
+  LiteralMatcher raw_added;                      // normalized=false: matched on the raw text
+  LiteralMatcher normalized_added;               // normalized=true: matched after the normalizer
   std::unique_ptr<Regex> space_char, word_char;  // for lstrip/rstrip and single_word
   bool nfc = false;
   std::vector<PreStep> steps;
@@ -341,10 +346,10 @@ struct Tokenizer::Impl {
 
   struct EncodeState {
     std::vector<int32_t>* out;
-    std::vector<pcre2_match_data*> match_data;  // one per step: steps nest
+    std::vector<pcre2_match_data*> match_data;   // one per step: steps nest
     pcre2_match_data* aux_match_data = nullptr;  // for the added tokens' rules
-    StringMap cache_index;                     // piece bytes -> offset into cache_ids
-    std::vector<int32_t> cache_ids;            // [len, ids...] per cached piece
+    StringMap cache_index;                       // piece bytes -> offset into cache_ids
+    std::vector<int32_t> cache_ids;              // [len, ids...] per cached piece
     ~EncodeState() {
       for (pcre2_match_data* md : match_data) pcre2_match_data_free(md);
       pcre2_match_data_free(aux_match_data);
@@ -364,7 +369,7 @@ struct Tokenizer::Impl {
 
 namespace {
 
-// The character ending at `end` (for the single-word and strip rules of added tokens).
+// The last and the first character of s (for the single-word and strip rules of added tokens).
 std::string_view LastChar(std::string_view s) {
   size_t b = s.size();
   while (b > 0 && (static_cast<uint8_t>(s[b - 1]) & 0xC0) == 0x80) --b;
@@ -399,11 +404,11 @@ void Tokenizer::Impl::SplitAdded(std::string_view text, const LiteralMatcher& ma
     size_t stop = start + token->content.size();
     search = stop;
     if (token->single_word) {
-      const bool word_before = start > 0 && WholeMatch(*word_char, LastChar(text.substr(0, start)),
-                                                       st.aux_match_data);
-      const bool word_after = stop < text.size() &&
-                              WholeMatch(*word_char, FirstChar(text.substr(stop)),
-                                         st.aux_match_data);
+      const bool word_before =
+          start > 0 && WholeMatch(*word_char, LastChar(text.substr(0, start)), st.aux_match_data);
+      const bool word_after =
+          stop < text.size() &&
+          WholeMatch(*word_char, FirstChar(text.substr(stop)), st.aux_match_data);
       if (word_before || word_after) continue;
     }
     if (token->lstrip) {
@@ -555,8 +560,8 @@ void Tokenizer::Impl::Bpe(std::string_view piece, EncodeState& st) const {
   if (cacheable && st.cache_index.size() < kCacheEntriesMax) {
     const auto at = static_cast<int32_t>(st.cache_ids.size());
     st.cache_ids.push_back(static_cast<int32_t>(st.out->size() - before));
-    st.cache_ids.insert(st.cache_ids.end(),
-                        st.out->begin() + static_cast<std::ptrdiff_t>(before), st.out->end());
+    st.cache_ids.insert(st.cache_ids.end(), st.out->begin() + static_cast<std::ptrdiff_t>(before),
+                        st.out->end());
     st.cache_index.emplace(std::string(piece), at);
   }
 }
@@ -582,8 +587,8 @@ void Tokenizer::Impl::MergeWord(std::string_view piece, std::vector<int32_t>* ou
       if (pending_unk) add(unk_id);
       pending_unk = false;
       add(byte_id[b]);
-    } else if (byte_fallback && fallback_id[b] >= 0) {
-      add(fallback_id[b]);  // the library does not flush a pending unk here either
+    } else if (byte_fallback && !fallback_ids[b].empty()) {
+      for (const int32_t id : fallback_ids[b]) add(id);  // no flush of a pending unk, as there
     } else if (unk_id >= 0) {
       if (pending_unk && !fuse_unk) add(unk_id);
       pending_unk = true;
@@ -601,8 +606,8 @@ void Tokenizer::Impl::MergeWord(std::string_view piece, std::vector<int32_t>* ou
   auto push = [&](int32_t left) {
     const int32_t right = sym[static_cast<size_t>(left)].next;
     if (right < 0) return;
-    const auto it = merges.find(
-        PairKey(sym[static_cast<size_t>(left)].id, sym[static_cast<size_t>(right)].id));
+    const auto it =
+        merges.find(PairKey(sym[static_cast<size_t>(left)].id, sym[static_cast<size_t>(right)].id));
     if (it != merges.end()) queue.push({it->second.rank, left, it->second.id});
   };
   for (size_t i = 0; i + 1 < sym.size(); ++i) push(static_cast<int32_t>(i));
@@ -787,9 +792,8 @@ std::string TypeOf(const Json& j) {
 }
 
 Status NotSupported(const std::string& what, const std::string& name) {
-  return Status::NotImplemented(
-      "tokenizer.json " + what + " '" + name +
-      "': kiv reads byte-level BPE tokenizers (SmolLM2, Llama-3, Qwen2)");
+  return Status::NotImplemented("tokenizer.json " + what + " '" + name +
+                                "': kiv reads byte-level BPE tokenizers (SmolLM2, Llama-3, Qwen2)");
 }
 
 Status LoadModel(const Json& model, Tokenizer::Impl& m) {
@@ -832,8 +836,9 @@ Status LoadModel(const Json& model, Tokenizer::Impl& m) {
     // A repeated pair keeps its last rank, as the library's map does.
     m.merges[PairKey(ia->second, ib->second)] = {static_cast<int32_t>(rank), iab->second};
   }
-  auto flag = [&](const char* key) { return model.contains(key) && model[key].is_boolean() &&
-                                            model[key].get<bool>(); };
+  auto flag = [&](const char* key) {
+    return model.contains(key) && model[key].is_boolean() && model[key].get<bool>();
+  };
   m.byte_fallback = flag("byte_fallback");
   m.fuse_unk = flag("fuse_unk");
   m.ignore_merges = flag("ignore_merges");
@@ -888,8 +893,7 @@ Status LoadPreTokenizer(const Json& p, Tokenizer::Impl& m) {
     step.invert = p.value("invert", false);
   } else if (type == "Digits") {
     // Rust's char::is_numeric is the N categories; one piece per digit, or per run of them.
-    auto re = Regex::Compile(p.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)",
-                             false);
+    auto re = Regex::Compile(p.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)", false);
     if (!re.ok()) return re.status();
     step.regex = std::move(re).value();
   } else if (type == "ByteLevel") {
@@ -939,18 +943,32 @@ Status LoadPostProcessor(const Json& p, const Json& root, Tokenizer::Impl& m) {
   return Status::Ok();
 }
 
+// tokenizer/serialization.rs and added_vocabulary.rs add_tokens: the ids written in the file are
+// not used. A token whose content is in the vocabulary takes that id; the others are numbered
+// from the vocabulary's size, in file order. (In SmolLM2, Llama-3 and Qwen2 this gives the
+// file's ids.) A repeated content keeps its first id and takes the last properties.
 Status LoadAddedTokens(const Json& list, Tokenizer::Impl& m) {
+  auto next_id = static_cast<int32_t>(m.vocab.size());
   for (const Json& t : list) {
     AddedToken a;
-    a.id = t.at("id").get<int32_t>();
     a.content = t.at("content").get<std::string>();
+    if (a.content.empty()) continue;
     a.special = t.value("special", false);
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
     a.single_word = t.value("single_word", false);
     a.normalized = t.value("normalized", !a.special);
+    auto same = std::find_if(m.added.begin(), m.added.end(),
+                             [&](const AddedToken& e) { return e.content == a.content; });
+    if (same != m.added.end()) {
+      a.id = same->id;
+      *same = std::move(a);
+      continue;
+    }
+    const auto in_vocab = m.vocab.find(a.content);
+    a.id = in_vocab != m.vocab.end() ? in_vocab->second : next_id++;
+    m.vocab_size = std::max(m.vocab_size, a.id + 1);
     m.added.push_back(std::move(a));
-    m.vocab_size = std::max(m.vocab_size, m.added.back().id + 1);
   }
   return Status::Ok();
 }
@@ -964,16 +982,18 @@ void BuildTables(Tokenizer::Impl& m) {
   m.id_bytes.assign(n, {});
   m.id_known.assign(n, 0);
   m.id_special.assign(n, 0);
+  bool in_table = false;
   for (const auto& [token, id] : m.vocab) {
     if (id < 0) continue;
-    m.id_bytes[static_cast<size_t>(id)] = ByteLevelDecode(token, to_byte);
+    m.id_bytes[static_cast<size_t>(id)] = ByteLevelDecode(token, to_byte, &in_table);
     m.id_known[static_cast<size_t>(id)] = 1;
-    if (m.ignore_merges) m.byte_vocab[m.id_bytes[static_cast<size_t>(id)]] = id;
+    // ignore_merges looks a piece up by its table spelling, which only such tokens have.
+    if (m.ignore_merges && in_table) m.byte_vocab[m.id_bytes[static_cast<size_t>(id)]] = id;
   }
   for (AddedToken& a : m.added) {
     if (a.id < 0) continue;
     const auto i = static_cast<size_t>(a.id);
-    m.id_bytes[i] = ByteLevelDecode(a.content, to_byte);
+    m.id_bytes[i] = ByteLevelDecode(a.content, to_byte, &in_table);
     m.id_known[i] = 1;
     m.id_special[i] = a.special ? 1 : 0;
   }
@@ -982,10 +1002,16 @@ void BuildTables(Tokenizer::Impl& m) {
     AppendCodepoint(to_cp[b], &ch);
     const auto it = m.vocab.find(ch);
     m.byte_id[b] = it == m.vocab.end() ? -1 : it->second;
-    char hex[8];
-    std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
-    const auto fb = m.vocab.find(std::string_view(hex));
-    m.fallback_id[b] = fb == m.vocab.end() ? -1 : fb->second;
+    for (const char c : ch) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "<0x%02X>", static_cast<uint8_t>(c));
+      const auto fb = m.vocab.find(std::string_view(hex));
+      if (fb == m.vocab.end()) {
+        m.fallback_ids[b].clear();
+        break;
+      }
+      m.fallback_ids[b].push_back(fb->second);
+    }
   }
   // Normalized added tokens are looked for in normalized text, so in their normalized form.
   for (AddedToken& a : m.added) {
@@ -1082,8 +1108,8 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view tokenizer_json,
 }
 
 Result<Tokenizer> Tokenizer::Load(const std::string& model_dir) {
-  const std::string dir = model_dir.empty() || model_dir.back() == '/' ? model_dir
-                                                                        : model_dir + "/";
+  const std::string dir =
+      model_dir.empty() || model_dir.back() == '/' ? model_dir : model_dir + "/";
   auto json = ReadFile(dir + "tokenizer.json");
   if (!json.ok()) return json.status();
   std::string config, generation;

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 APT_PACKAGES=(build-essential cmake ninja-build pkg-config git xxd
-              liburing-dev libzstd-dev libxxhash-dev libcli11-dev doctest-dev)
+              liburing-dev libzstd-dev libxxhash-dev libcli11-dev doctest-dev
+              libpcre2-dev libutf8proc-dev nlohmann-json3-dev)
 TORCH_VERSION=2.13.0
 
 missing=()

@@ -77,7 +77,7 @@ def write_ids(path, ids):
 
 
 def encode_file(tokenizer, text_path, out_path, add_special=False):
-    with open(text_path, encoding="utf-8") as f:
+    with open(text_path, encoding="utf-8", newline="") as f:  # keep \r\n as it is
         text = f.read()
     ids = tokenizer.encode(text, add_special_tokens=add_special).ids
     write_ids(out_path, ids)
