@@ -11,6 +11,9 @@ namespace kiv::cli {
 void SetupArchiveInspect(CLI::App& archive);
 void SetupArchiveVerify(CLI::App& archive);
 void SetupArchiveSynth(CLI::App& archive);
+// Top level (need the runtime: LibTorch).
+void SetupRun(CLI::App& app);
+void SetupChat(CLI::App& app);
 // Under `kiv bench`.
 void SetupBenchAppend(CLI::App& bench);
 void SetupBenchRecall(CLI::App& bench);

@@ -22,6 +22,10 @@ void SetupApp(CLI::App& app) {
   app.footer(kFooter);
   app.require_subcommand(1);
 
+#ifdef KIV_HAVE_RUNTIME
+  kiv::cli::SetupRun(app);
+  kiv::cli::SetupChat(app);
+#endif
   CLI::App* archive = app.add_subcommand(
       "archive", "Look inside, check and create .kiv archives (the on-disk KV cache)");
   archive->footer(R"(Examples:

@@ -12,36 +12,14 @@
 #include <string>
 #include <vector>
 
-#include "index/defaults.h"
 #include "index/record.h"
 #include "index/signature.h"
+#include "runtime/cache_options.h"
 #include "runtime/kv_cache.h"
 #include "storage/reader.h"
 #include "storage/writer.h"
 
 namespace kiv {
-
-struct TieredCacheOptions {
-  uint32_t sinks = 4;
-  uint32_t window = 256;
-  uint32_t top_k = index::kDefaultTopK;
-  uint32_t candidates = index::kDefaultCandidates;
-  uint32_t signature_bits = index::kDefaultSignatureBits;
-  uint32_t codec_id = index::kDefaultCodec;
-  uint64_t projection_seed = 0x6b6976;  // "kiv"
-  // Prefill queries share one retrieval per block of this many (per kv-head): retrieving for
-  // each of 1,024 queries of a chunk would cost more than the attention it feeds.
-  uint32_t prefill_block = 64;
-  bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
-  bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
-};
-
-struct CacheShape {
-  uint32_t num_layers = 0;
-  uint32_t num_q_heads = 0;
-  uint32_t num_kv_heads = 0;
-  uint32_t head_dim = 0;
-};
 
 // What retrieval did, summed since the cache was made (for the run summary and the benches).
 struct RetrievalStats {

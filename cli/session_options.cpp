@@ -1,0 +1,123 @@
+#include "cli/session_options.h"
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "cli/progress.h"
+#include "cli/util.h"
+
+namespace kiv::cli {
+
+std::atomic<bool> g_interrupted{false};
+
+namespace {
+void OnInterrupt(int) {
+  if (g_interrupted.exchange(true)) std::_Exit(130);  // a second Ctrl-C: stop now, uncommitted
+}
+}  // namespace
+
+void InstallInterruptHandler() { std::signal(SIGINT, OnInterrupt); }
+
+std::string DefaultModelDir() {
+  const char* cache = std::getenv("KIV_CACHE");
+  const char* home = std::getenv("HOME");
+  const std::string root = cache ? cache : std::string(home ? home : ".") + "/.cache/kiv";
+  return root + "/models/SmolLM2-135M-Instruct";
+}
+
+void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
+  f.session.model_dir = DefaultModelDir();
+  SessionOptions& s = f.session;
+  sub.add_option("--model", s.model_dir, "HuggingFace model directory (Llama family)")
+      ->capture_default_str();
+  sub.add_option("--session", s.archive,
+                 "Session archive (.kiv): created if missing, resumed if present");
+  sub.add_option("--max-new", f.max_new, "Most tokens to generate")->capture_default_str();
+  sub.add_option("--temperature", s.sampler.temperature, "0 for greedy")->capture_default_str();
+  sub.add_option("--top-p", s.sampler.top_p, "Nucleus sampling mass")->capture_default_str();
+  sub.add_option("--seed", s.sampler.seed, "Sampler seed")->capture_default_str();
+  sub.add_option("--chunk", s.chunk_tokens, "Prefill chunk in tokens")->capture_default_str();
+  sub.add_option("--sinks", s.cache.sinks, "Sink tokens kept exact")->capture_default_str();
+  sub.add_option("--window", s.cache.window, "Recent tokens kept exact (hot window)")
+      ->capture_default_str();
+  sub.add_option("--k", s.cache.top_k, "Cold tokens retrieved per layer and kv-head")
+      ->capture_default_str();
+  sub.add_option("--candidates", s.cache.candidates, "Candidates the scan passes to re-ranking")
+      ->capture_default_str();
+  sub.add_flag("--no-retrieval", f.no_retrieval, "Never read cold tokens (the ablation)");
+  sub.add_flag("--full-cache", s.full_cache, "Keep every token exact, no archive (the baseline)");
+  sub.add_option("--device", s.device, "cpu or cuda")->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub.add_flag("-q,--quiet", f.quiet, "No progress bar and no summary line");
+}
+
+std::unique_ptr<Session> OpenSession(SessionFlags& f) {
+  f.session.cache.retrieval = !f.no_retrieval;
+  if (f.session.full_cache && !f.session.archive.empty()) {
+    UsageError("--full-cache keeps everything in memory; it cannot be combined with --session");
+    return nullptr;
+  }
+  auto s = Session::Open(f.session);
+  if (!s.ok()) {
+    Fail("cannot open the session: " + s.status().ToString());
+    return nullptr;
+  }
+  if (!f.quiet && !f.session.archive.empty()) {
+    const SessionStats st = (*s)->stats();
+    if (st.resumed)
+      std::fprintf(stderr, "resumed %s: %llu tokens (%llu hot, %llu cold), %u turns\n",
+                   f.session.archive.c_str(), (unsigned long long)st.context_tokens,
+                   (unsigned long long)st.hot_tokens, (unsigned long long)st.cold_tokens, st.turns);
+    else
+      std::fprintf(stderr, "new session %s\n", f.session.archive.c_str());
+  }
+  return std::move(s.value());
+}
+
+int RunTurn(Session& session, const SessionFlags& f, const std::vector<int32_t>& prompt_ids) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  {
+    ProgressBar bar("prefill", prompt_ids.size(), ProgressBar::Unit::kTokens, !f.quiet);
+    if (Status s = session.Prefill(prompt_ids, [&](uint64_t done, uint64_t) { bar.Update(done); });
+        !s.ok())
+      return Fail("prefill failed: " + s.ToString());
+  }
+  const auto t1 = Clock::now();
+  StreamDecoder decoder(session.tokenizer(), /*skip_special=*/true);
+  auto answer = session.Generate(f.max_new, [&](int32_t id) {
+    const std::string piece = decoder.Push(id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    return !g_interrupted.load();
+  });
+  const std::string tail = decoder.Finish();
+  std::fwrite(tail.data(), 1, tail.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!answer.ok()) return Fail("generation failed: " + answer.status().ToString());
+  const auto t2 = Clock::now();
+  if (!f.session.archive.empty()) {
+    if (Status s = session.Commit(); !s.ok()) return Fail("commit failed: " + s.ToString());
+  }
+  if (!f.quiet) {
+    const SessionStats st = session.stats();
+    const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
+    const double decode_s = std::chrono::duration<double>(t2 - t1).count();
+    std::fprintf(stderr,
+                 "[%llu context tokens: %llu hot, %llu cold | prefill %zu tokens %.1f tok/s | "
+                 "decode %zu tokens %.2f tok/s%s%s]\n",
+                 (unsigned long long)st.context_tokens, (unsigned long long)st.hot_tokens,
+                 (unsigned long long)st.cold_tokens, prompt_ids.size(),
+                 double(prompt_ids.size()) / std::max(prefill_s, 1e-9), answer->size(),
+                 double(answer->size()) / std::max(decode_s, 1e-9),
+                 f.session.archive.empty() ? "" : (" | archive " + HumanBytes(st.archive_bytes)).c_str(),
+                 g_interrupted ? " | interrupted, committed" : "");
+  }
+  return g_interrupted ? 130 : kExitOk;
+}
+
+}  // namespace kiv::cli
