@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "runtime/full_cache.h"
 #include "runtime/llama.h"
@@ -60,6 +61,8 @@ Result<std::unique_ptr<Session>> Session::Open(const SessionOptions& options) {
   auto chat = ChatTemplate::Load(options.model_dir);
   if (!chat.ok()) return chat.status();
   s->chat_ = chat.value();
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(int(options.threads ? options.threads : cores <= 2 ? 1 : cores / 2));
   const c10::Device device(options.device == "cuda" ? c10::kCUDA : c10::kCPU);
   auto model = LlamaModel::Load(options.model_dir, device, DefaultDtype(device));
   if (!model.ok()) return model.status();
