@@ -47,6 +47,12 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
       ->capture_default_str();
   sub.add_option("--candidates", s.cache.candidates, "Candidates the scan passes to re-ranking")
       ->capture_default_str();
+  sub.add_option("--prefill-block", s.cache.prefill_block,
+                 "Prefill queries sharing one retrieval (a chunk's last query has its own)")
+      ->capture_default_str();
+  sub.add_option("--prefill-tail", s.cache.prefill_tail,
+                 "Last queries of each prefill chunk that retrieve one by one")
+      ->capture_default_str();
   sub.add_flag("--no-retrieval", f.no_retrieval, "Never read cold tokens (the ablation)");
   sub.add_flag("--full-cache", s.full_cache, "Keep every token exact, no archive (the baseline)");
   sub.add_option("--device", s.device, "cpu or cuda")->capture_default_str()

@@ -19,6 +19,10 @@ struct TieredCacheOptions {
   // Prefill queries share one retrieval per block of this many (per kv-head): retrieving for
   // each of 1,024 queries of a chunk would cost more than the attention it feeds.
   uint32_t prefill_block = 64;
+  // ... except the last prefill_tail queries of each chunk, which retrieve one by one.
+  uint32_t prefill_tail = 64;
+  // Weight the scan's score by the key's norm (an estimate of q·k rather than of q·k/|k|).
+  bool scan_norms = true;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
 };

@@ -10,6 +10,22 @@
 #include "index/rerank.h"
 
 namespace kiv {
+namespace {
+// Query sets up to this size (a decode step's GQA group) scan query by query.
+constexpr uint32_t kPerQueryScanMax = 8;
+}  // namespace
+
+// |k| as the record stores it, so a resumed session, which has only the records, scores the scan
+// exactly as the live one did.
+float TieredCache::StoredKeyNorm(const uint8_t* record) const {
+  float key[index::kRecordDim];
+  float norm2 = 0.0f;
+  for (uint32_t s = 0; s < shape_.head_dim / 64; ++s) {
+    codec_.DecodeStoredKey(record + s * index::kRecordBytes, key);
+    for (float x : key) norm2 += x * x;
+  }
+  return std::sqrt(norm2);
+}
 
 // The records of one segment appended since the last commit, laid out as the segment is:
 // [L][H_kv][n][record_bytes].
@@ -59,6 +75,7 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     }
   }
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
+  key_norms_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
 }
 
 TieredCache::~TieredCache() = default;
@@ -91,12 +108,20 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
   const torch::Tensor qf = q.to(torch::kFloat32).to(torch::kCPU).contiguous();  // [Hq, n, d]
   torch::Tensor out = torch::zeros({int64_t(shape_.num_q_heads), n, d}, torch::kFloat32);
   *lse = torch::full({int64_t(shape_.num_q_heads), n}, -INFINITY, torch::kFloat32);
-  const int64_t block = n == 1 ? 1 : std::max<int64_t>(1, options_.prefill_block);
+  // Blocks of prefill_block queries share a retrieval, except the chunk's last prefill_tail
+  // queries, which retrieve one by one: that is where a question sits, and its tokens need the
+  // passage they ask about. Shared with 63 document queries, their retrieval lost a needle that
+  // their own found (docs/quality.md).
+  const int64_t block = std::max<int64_t>(1, options_.prefill_block);
+  const int64_t tail_begin = std::max<int64_t>(0, n - int64_t(options_.prefill_tail));
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // [begin, end)
+  for (int64_t b0 = 0; b0 < tail_begin; b0 += block)
+    blocks.push_back({b0, std::min(b0 + block, tail_begin)});
+  for (int64_t i = tail_begin; i < n; ++i) blocks.push_back({i, i + 1});
   std::vector<float> queries;
-  std::vector<float> key(d), value(d);
   for (uint32_t h = 0; h < hkv; ++h) {
-    for (int64_t b0 = 0; b0 < n; b0 += block) {
-      const int64_t m = std::min(block, n - b0);
+    for (const auto& [b0, b1] : blocks) {
+      const int64_t m = b1 - b0;
       // The block's queries of every head in the group share one retrieval.
       const torch::Tensor qb = qf.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).contiguous();
       queries.assign(qb.data_ptr<float>(), qb.data_ptr<float>() + qb.numel());
@@ -142,12 +167,30 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
     return picked;
   }
   const std::vector<uint64_t>& sigs = signatures_[size_t(layer) * shape_.num_kv_heads + head];
+  const float* norms = options_.scan_norms ? key_norms_[size_t(layer) * shape_.num_kv_heads + head].data() : nullptr;
   std::vector<float> table(size_t{options_.signature_bits / 8} * 256), scores(n);
-  index::BuildGroupTable(projection_, queries, count, table.data());
-  index::AsymmetricScan(sigs.data(), nullptr, n, words, table.data(), scores.data());
-  stats_.tokens_scanned += n;
-  std::vector<uint32_t> candidates(std::min<size_t>(options_.candidates, n));
-  candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
+  std::vector<uint32_t> candidates;
+  if (count <= kPerQueryScanMax) {
+    // Each query scans on its own and brings its best C / count: one head's needle is not
+    // drowned by the other heads of the group, as it is in the scan of their summed query.
+    const size_t share = (options_.candidates + count - 1) / count;
+    std::vector<uint32_t> best(std::min<size_t>(share, n));
+    for (uint32_t j = 0; j < count; ++j) {
+      index::BuildGroupTable(projection_, queries + size_t{j} * d, 1, table.data());
+      index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
+      best.resize(index::SelectLargest(scores.data(), n, share, best.data()));
+      candidates.insert(candidates.end(), best.begin(), best.end());
+    }
+    std::sort(candidates.begin(), candidates.end());
+    candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+    stats_.tokens_scanned += uint64_t{n} * count;
+  } else {
+    index::BuildGroupTable(projection_, queries, count, table.data());
+    index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
+    candidates.resize(std::min<size_t>(options_.candidates, n));
+    candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
+    stats_.tokens_scanned += n;
+  }
   std::vector<float> rotated(size_t{count} * d);
   for (uint32_t j = 0; j < count; ++j)
     for (uint32_t s = 0; s < d / 64; ++s)
@@ -209,6 +252,7 @@ Status TieredCache::Evict(uint32_t count) {
           codec_.Encode(key + s * 64, value + s * 64,
                         run->records.data() + slot * rb + s * index::kRecordBytes);
         projection_.Sign(key, nullptr, sigs.data() + slot * words);
+        key_norms_[size_t{l} * H + h].push_back(StoredKeyNorm(run->records.data() + slot * rb));
         head_sigs.insert(head_sigs.end(), sigs.data() + slot * words,
                          sigs.data() + (slot + 1) * words);
       }
@@ -330,6 +374,9 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
         const auto* words = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
         auto& dst = signatures_[size_t{l} * H + h];
         dst.insert(dst.end(), words, words + size_t{run.token_count} * (options_.signature_bits / 64));
+        auto& norms = key_norms_[size_t{l} * H + h];
+        for (uint32_t t = 0; t < run.token_count; ++t)
+          norms.push_back(StoredKeyNorm(reader_->Record(run.first_token + t, l, h)));
       }
     }
   }

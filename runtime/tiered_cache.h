@@ -63,6 +63,7 @@ class TieredCache : public KvCache {
   torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
   std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
   const uint8_t* Record(uint64_t token, uint32_t layer, uint32_t head) const;
+  float StoredKeyNorm(const uint8_t* record) const;
   uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
   Status Evict(uint32_t count);
   Status Restore(const HotCheckpoint& cp);
@@ -84,6 +85,7 @@ class TieredCache : public KvCache {
   // Cold tier: per (layer, kv-head) signatures [n_cold][words]; exact keys/values when
   // exact_cold, per layer [H_kv, n_cold, d].
   std::vector<std::vector<uint64_t>> signatures_;
+  std::vector<std::vector<float>> key_norms_;  // per (layer, kv-head) [n_cold] |k|, for the scan
   std::vector<torch::Tensor> exact_k_, exact_v_;
   uint64_t cold_tokens_ = 0;
   int64_t length_ = 0;
