@@ -17,6 +17,7 @@ struct Options {
   std::string prompt_file;
   std::string prompt;
   bool raw = false;  // no chat template: the text is fed as it is
+  bool continue_ = false;  // no new text: go on generating where the session stopped
 };
 
 int RunRun(Options& o) {
@@ -28,12 +29,16 @@ int RunRun(Options& o) {
     ss << in.rdbuf();
     text = ss.str() + (o.prompt.empty() ? "" : "\n\n" + o.prompt);
   }
-  if (text.empty()) return UsageError("give a PROMPT, a --prompt-file, or both");
+  if (o.continue_ && !text.empty()) return UsageError("--continue takes no PROMPT or --prompt-file");
+  if (o.continue_ && o.flags.session.archive.empty())
+    return UsageError("--continue needs the --session to continue");
+  if (text.empty() && !o.continue_) return UsageError("give a PROMPT, a --prompt-file, or both");
   InstallInterruptHandler();
   std::unique_ptr<Session> session = OpenSession(o.flags);
   if (!session) return kExitFailure;
-  const std::vector<int32_t> ids =
-      o.raw ? session->tokenizer().Encode(text) : session->UserTurn(text);
+  const std::vector<int32_t> ids = o.continue_ ? std::vector<int32_t>{}
+                                  : o.raw      ? session->tokenizer().Encode(text)
+                                               : session->UserTurn(text);
   return RunTurn(*session, o.flags, ids);
 }
 
@@ -45,6 +50,8 @@ void SetupRun(CLI::App& app) {
   sub->add_option("PROMPT", o->prompt, "The question (after the --prompt-file text, if any)");
   sub->add_option("--prompt-file", o->prompt_file, "A text file to read first (a long document)");
   sub->add_flag("--raw", o->raw, "Feed the text as it is, without the model's chat template");
+  sub->add_flag("--continue", o->continue_,
+                "Generate more of the last answer of --session, with no new text");
   AddSessionOptions(*sub, o->flags);
   sub->footer(R"(The answer streams to stdout; progress and a one-line summary go to stderr.
 Ctrl-C stops the answer and commits what was read; a second Ctrl-C quits at once.

@@ -60,6 +60,8 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
   sub.add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half of them)")
       ->capture_default_str();
   sub.add_flag("-q,--quiet", f.quiet, "No progress bar and no summary line");
+  sub.add_option("--logits-out", f.logits_out,
+                 "Append every sampled step's float32 logits to this file (for the resume gate)");
 }
 
 std::unique_ptr<Session> OpenSession(SessionFlags& f) {
@@ -96,12 +98,19 @@ int RunTurn(Session& session, const SessionFlags& f, const std::vector<int32_t>&
   }
   const auto t1 = Clock::now();
   StreamDecoder decoder(session.tokenizer(), /*skip_special=*/true);
+  std::FILE* logits = f.logits_out.empty() ? nullptr : std::fopen(f.logits_out.c_str(), "ab");
+  if (!f.logits_out.empty() && !logits) return Fail("cannot open " + Quoted(f.logits_out));
   auto answer = session.Generate(f.max_new, [&](int32_t id) {
+    if (logits) {
+      const std::vector<float>& l = session.last_logits();
+      std::fwrite(l.data(), sizeof(float), l.size(), logits);
+    }
     const std::string piece = decoder.Push(id);
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     return !g_interrupted.load();
   });
+  if (logits) std::fclose(logits);
   const std::string tail = decoder.Finish();
   std::fwrite(tail.data(), 1, tail.size(), stdout);
   std::fputc('\n', stdout);

@@ -16,6 +16,7 @@ struct SessionFlags {
   uint32_t max_new = 256;
   bool no_retrieval = false;
   bool quiet = false;  // no progress bar and no summary line
+  std::string logits_out;  // appends each sampled step's float32 logits here (the resume gate)
 };
 
 // The default model directory: $KIV_CACHE (or ~/.cache/kiv)/models/SmolLM2-135M-Instruct.

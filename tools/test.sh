@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+# The model tests (tests/cli/model_test.cpp, the tokenizer test) need the default model and text.
+bash tools/model/fetch_model.sh
+bash tools/data/austen.sh
 bash tools/build.sh -DKIV_WERROR=ON
 # The durability tests print their counts (flips detected, offsets truncated, crash trials and
 # losses); ctest hides the output of passing tests, so keep it in a log and show those lines.
