@@ -1,6 +1,7 @@
 #include "runtime/llama.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cassert>
 #include <cmath>
@@ -11,10 +12,10 @@
 namespace kiv {
 
 struct LlamaModel::Layer {
-  at::Tensor input_norm;  // [hidden]
-  at::Tensor q_w, k_w, v_w, o_w;  // [H_q*d, hidden], [H_kv*d, hidden] x2, [hidden, H_q*d]
-  at::Tensor q_b, k_b, v_b, o_b;  // biases, undefined when the model has none
-  at::Tensor post_norm;  // [hidden]
+  at::Tensor input_norm;            // [hidden]
+  at::Tensor q_w, k_w, v_w, o_w;    // [H_q*d, hidden], [H_kv*d, hidden] x2, [hidden, H_q*d]
+  at::Tensor q_b, k_b, v_b, o_b;    // biases, undefined when the model has none
+  at::Tensor post_norm;             // [hidden]
   at::Tensor gate_w, up_w, down_w;  // [inter, hidden] x2, [hidden, inter]
   at::Tensor gate_b, up_b, down_b;  // undefined unless mlp_bias
 };
@@ -86,8 +87,8 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
   at::Tensor inv_freq_llama = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
   at::Tensor smooth_factor = (wavelen.reciprocal() * old_context_len - s.low_freq_factor) /
                              (s.high_freq_factor - s.low_freq_factor);
-  at::Tensor smoothed_inv_freq = at::rsub(smooth_factor, 1) * inv_freq_llama / s.factor +
-                                 smooth_factor * inv_freq_llama;
+  at::Tensor smoothed_inv_freq =
+      at::rsub(smooth_factor, 1) * inv_freq_llama / s.factor + smooth_factor * inv_freq_llama;
   at::Tensor is_medium_freq =
       (wavelen < high_freq_wavelen).logical_not() * (wavelen > low_freq_wavelen).logical_not();
   return at::where(is_medium_freq, smoothed_inv_freq, inv_freq_llama);
@@ -184,8 +185,7 @@ at::Tensor LlamaModel::AttentionBlock(int64_t layer, const at::Tensor& h, const 
   return at::linear(attn.transpose(0, 1).reshape({n, config_.num_q_heads * d}), l.o_w, l.o_b);
 }
 
-at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache,
-                               Logits which) {
+at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache, Logits which) {
   assert(!tokens.empty());
   c10::InferenceMode guard;
   const int64_t n = static_cast<int64_t>(tokens.size());

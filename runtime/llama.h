@@ -47,9 +47,10 @@ class LlamaModel {
   ~LlamaModel();
 
   // Runs `tokens` (non-empty ids < vocab_size) at absolute positions [cache.length(),
-  // cache.length() + n): for each layer, q/k/v after RoPE go to cache.Attend; then
-  // cache.EndChunk(tokens). Returns float32 logits on the model's device, [n, vocab] for kAll
-  // and [1, vocab] (the chunk's last token) for kLast.
+  // cache.length() + n): for each layer, q/k/v after RoPE go to cache.Attend (in the run dtype,
+  // as strided [H, n, d] views of [n, H, d] data: a cache must not assume they are contiguous);
+  // then cache.EndChunk(tokens). Returns float32 logits on the model's device, [n, vocab] for
+  // kAll and [1, vocab] (the chunk's last token) for kLast.
   at::Tensor Forward(const std::vector<int64_t>& tokens, KvCache& cache,
                      Logits which = Logits::kAll);
 

@@ -63,8 +63,8 @@ class Fields {
     return Status::InvalidArgument(source_ + ": required field '" + key + "' is missing");
   }
   Status Wrong(const char* key, const char* what) const {
-    return Status::InvalidArgument(source_ + ": field '" + key + "' should be " + what +
-                                   ", not " + j_[key].dump());
+    return Status::InvalidArgument(source_ + ": field '" + key + "' should be " + what + ", not " +
+                                   j_[key].dump());
   }
 
  private:
@@ -136,12 +136,13 @@ Status ParseRope(const json& j, const std::string& source, ModelConfig* c) {
     KIV_RETURN_IF_ERROR(r.Double("low_freq_factor", &s.low_freq_factor));
     KIV_RETURN_IF_ERROR(r.Double("high_freq_factor", &s.high_freq_factor));
     // Phi-3 style configs keep it at the top level; transformers gives that one priority.
-    KIV_RETURN_IF_ERROR(r.Int("original_max_position_embeddings",
-                              &s.original_max_position_embeddings, false));
-    KIV_RETURN_IF_ERROR(top.Int("original_max_position_embeddings",
-                                &s.original_max_position_embeddings, false));
+    KIV_RETURN_IF_ERROR(
+        r.Int("original_max_position_embeddings", &s.original_max_position_embeddings, false));
+    KIV_RETURN_IF_ERROR(
+        top.Int("original_max_position_embeddings", &s.original_max_position_embeddings, false));
     if (s.high_freq_factor == s.low_freq_factor)
-      return Status::InvalidArgument(rsource + ": llama3 needs high_freq_factor != low_freq_factor");
+      return Status::InvalidArgument(rsource +
+                                     ": llama3 needs high_freq_factor != low_freq_factor");
   } else {
     return Status::NotImplemented(source + ": rope_type '" + type +
                                   "' (kiv implements default, linear and llama3)");
@@ -228,10 +229,9 @@ Status ParseShapes(const json& j, const std::string& source, ModelConfig* c) {
     return Status::InvalidArgument(source + ": head_dim " + std::to_string(c->head_dim) +
                                    " is odd; RoPE pairs dimension i with i + head_dim/2");
   if (c->num_q_heads % c->num_kv_heads != 0)
-    return Status::InvalidArgument(source + ": num_attention_heads " +
-                                   std::to_string(c->num_q_heads) +
-                                   " is not a multiple of num_key_value_heads " +
-                                   std::to_string(c->num_kv_heads));
+    return Status::InvalidArgument(
+        source + ": num_attention_heads " + std::to_string(c->num_q_heads) +
+        " is not a multiple of num_key_value_heads " + std::to_string(c->num_kv_heads));
   return Status::Ok();
 }
 

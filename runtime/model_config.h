@@ -30,10 +30,10 @@ struct ModelConfig {
   std::string model_type;    // "llama", "mistral" or "qwen2"
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
-  int64_t num_layers = 0;     // num_hidden_layers
-  int64_t num_q_heads = 0;    // num_attention_heads
-  int64_t num_kv_heads = 0;   // num_key_value_heads (defaults to num_attention_heads)
-  int64_t head_dim = 0;       // defaults to hidden_size / num_attention_heads
+  int64_t num_layers = 0;    // num_hidden_layers
+  int64_t num_q_heads = 0;   // num_attention_heads
+  int64_t num_kv_heads = 0;  // num_key_value_heads (defaults to num_attention_heads)
+  int64_t head_dim = 0;      // defaults to hidden_size / num_attention_heads
   int64_t vocab_size = 0;
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;

@@ -1,7 +1,7 @@
 #include "runtime/safetensors.h"
 
-#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <sys/stat.h>
 #include <xxhash.h>
 
 #include <bit>
@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <sys/stat.h>
 
 namespace kiv {
 namespace {
@@ -32,11 +31,11 @@ struct DtypeInfo {
   at::ScalarType scalar_type;
 };
 constexpr DtypeInfo kDtypes[] = {
-    {"F32", 4, true, at::kFloat},   {"BF16", 2, true, at::kBFloat16},
-    {"F16", 2, true, at::kHalf},    {"F64", 8, false, at::kDouble},
-    {"I64", 8, false, at::kLong},   {"I32", 4, false, at::kInt},
-    {"I16", 2, false, at::kShort},  {"I8", 1, false, at::kChar},
-    {"U8", 1, false, at::kByte},    {"BOOL", 1, false, at::kBool},
+    {"F32", 4, true, at::kFloat},     {"BF16", 2, true, at::kBFloat16},
+    {"F16", 2, true, at::kHalf},      {"F64", 8, false, at::kDouble},
+    {"I64", 8, false, at::kLong},     {"I32", 4, false, at::kInt},
+    {"I16", 2, false, at::kShort},    {"I8", 1, false, at::kChar},
+    {"U8", 1, false, at::kByte},      {"BOOL", 1, false, at::kBool},
     {"F8_E4M3", 1, false, at::kByte}, {"F8_E5M2", 1, false, at::kByte},
 };
 
@@ -81,7 +80,8 @@ Status ParseEntry(const std::string& path, const std::string& name, const json& 
   if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
     return Status::Corruption(where + " has bad data_offsets " + off.dump());
   const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-  if (begin > end) return Status::Corruption(where + " has data_offsets " + off.dump() + " reversed");
+  if (begin > end)
+    return Status::Corruption(where + " has data_offsets " + off.dump() + " reversed");
   if (end - begin != numel * dt->size_bytes)
     return Status::Corruption(where + " holds " + std::to_string(end - begin) +
                               " bytes but its shape and dtype need " +
@@ -196,13 +196,17 @@ Result<at::Tensor> SafetensorsWeights::Tensor(const std::string& name) const {
   const at::TensorOptions options = at::TensorOptions().dtype(dt->scalar_type);
   void* data = const_cast<uint8_t*>(e->data);  // read-only mapping; see the header
   if (reinterpret_cast<uintptr_t>(data) % dt->size_bytes != 0) {
-    at::Tensor owned = at::empty(e->shape, options);
-    std::memcpy(owned.data_ptr(), e->data, e->size_bytes);
-    return owned;
+    // Copied as bytes (aligned by the allocator), then reinterpreted: no misaligned float reads.
+    const int64_t size = static_cast<int64_t>(e->size_bytes);
+    return at::from_blob(data, {size}, at::TensorOptions().dtype(at::kByte))
+        .clone()
+        .view(dt->scalar_type)
+        .view(e->shape);
   }
   // The deleter holds the mapping: the view stays valid after this object is gone.
   std::shared_ptr<const MappedFile> keep = e->file;
-  return at::from_blob(data, e->shape, [keep](void*) mutable { keep.reset(); }, options);
+  return at::from_blob(
+      data, e->shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
 uint64_t SafetensorsWeights::HashWeights() const {

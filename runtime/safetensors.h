@@ -21,8 +21,8 @@
 namespace kiv {
 
 struct SafetensorsEntry {
-  std::string dtype;           // as the header spells it: "F32", "BF16", "F16", ...
-  std::vector<int64_t> shape;  // empty for a scalar
+  std::string dtype;              // as the header spells it: "F32", "BF16", "F16", ...
+  std::vector<int64_t> shape;     // empty for a scalar
   const uint8_t* data = nullptr;  // into the mapping of `file`
   uint64_t size_bytes = 0;
   std::shared_ptr<const MappedFile> file;

@@ -8,6 +8,7 @@
 
 #include "index/asym_scan.h"
 #include "index/rerank.h"
+#include "runtime/full_cache.h"
 
 namespace kiv {
 namespace {
@@ -34,26 +35,6 @@ struct TieredCache::ColdRun {
   uint32_t count = 0;
   std::vector<uint8_t> records;
 };
-
-torch::Tensor AttentionWithLse(const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, int64_t causal_offset, torch::Tensor* lse) {
-  const int64_t hq = q.size(0), hkv = k.size(0), n = q.size(1), m = k.size(1), d = q.size(2);
-  const torch::Tensor qf = q.to(torch::kFloat32);
-  torch::Tensor kf = k.to(torch::kFloat32), vf = v.to(torch::kFloat32);
-  if (hq != hkv) {
-    kf = kf.repeat_interleave(hq / hkv, 0);
-    vf = vf.repeat_interleave(hq / hkv, 0);
-  }
-  torch::Tensor scores = torch::matmul(qf, kf.transpose(1, 2)) / std::sqrt(double(d));  // [Hq,n,m]
-  if (causal_offset >= 0 && causal_offset + n - 1 >= 0 && causal_offset < m) {
-    // key i visible to query j iff i <= causal_offset + j
-    const torch::Tensor i = torch::arange(m, scores.options().dtype(torch::kLong));
-    const torch::Tensor j = torch::arange(n, scores.options().dtype(torch::kLong)).unsqueeze(1);
-    scores = scores.masked_fill(i.unsqueeze(0) > j + causal_offset, -INFINITY);
-  }
-  *lse = torch::logsumexp(scores, -1);  // [Hq, n]
-  return torch::matmul(torch::exp(scores - lse->unsqueeze(-1)), vf);
-}
 
 TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& options,
                          torch::Device device, torch::Dtype dtype)
@@ -87,17 +68,14 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
   const int64_t previous = hot_k_[layer].size(1);
   hot_k_[layer] = torch::cat({hot_k_[layer], k.to(dtype_)}, 1);
   hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
-  torch::Tensor lse_hot;
-  torch::Tensor out = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous, &lse_hot);
+  PartialAttention hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
   if (options_.retrieval && cold_tokens_ > 0) {
-    torch::Tensor lse_cold;
-    const torch::Tensor cold = ColdAttention(layer, q, &lse_cold).to(out.device());
-    // One softmax over the union: weight each part by its share of the total exp-sum.
-    const torch::Tensor lse = torch::logaddexp(lse_hot, lse_cold.to(out.device()));
-    out = out * torch::exp(lse_hot - lse).unsqueeze(-1) +
-          cold * torch::exp(lse_cold.to(out.device()) - lse).unsqueeze(-1);
+    PartialAttention cold;
+    cold.out = ColdAttention(layer, q, &cold.lse).to(hot.out.device());
+    cold.lse = cold.lse.to(hot.out.device());
+    hot = MergeAttention(hot, cold);  // one softmax over sinks ∪ retrieved ∪ hot ∪ chunk
   }
-  return out.to(q.dtype());
+  return hot.out.to(q.dtype());
 }
 
 torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
@@ -145,11 +123,9 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
         }
       }
       stats_.tokens_retrieved += uint64_t(r);
-      torch::Tensor block_lse;
-      const torch::Tensor o =
-          AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0), -1, &block_lse);  // [g, m, d]
-      out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o);
-      lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(block_lse);
+      const PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));  // [g,m,d]
+      out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.out);
+      lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.lse);
     }
   }
   return out;

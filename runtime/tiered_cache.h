@@ -93,10 +93,4 @@ class TieredCache : public KvCache {
   Status status_;
 };
 
-// Attention of q [H_q, n, d] over k, v [H_kv, m, d] (GQA: query head j reads kv-head j / g),
-// float32 softmax with scale 1/sqrt(d). Key i is visible to query j when `causal_offset` < 0
-// or i <= causal_offset + j. Returns the output [H_q, n, d] and its log-sum-exp [H_q, n].
-torch::Tensor AttentionWithLse(const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, int64_t causal_offset, torch::Tensor* lse);
-
 }  // namespace kiv

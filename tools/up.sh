@@ -15,7 +15,7 @@ bash tools/data/austen.sh
 KIV=build/cli/kiv
 SESSION=${KIV_MAIN_SESSION:-build/main.kiv}
 DOC=build/needle_emma.txt
-python3 tools/data/make_needle.py --book emma --chars 16000 --depth 0.25 --key 48213 --out "$DOC"
+python3 tools/data/make_needle.py --book emma --chars 16000 --depth 0.25 --exact-depth --key 48213 --out "$DOC"
 rm -f "$SESSION"
 echo
 echo "== main job: SmolLM2-135M reads ~3,900 tokens of Emma (a passkey planted a quarter of the"

@@ -1,8 +1,11 @@
 // The model runner against transformers: config parsing and refusals, safetensors views and their
 // damage, the attention primitive and its log-sum-exp merge, and logits of real and tiny models
 // (one pass and chunked) against reference logits from tools/model/reference_logits.py.
-#include <doctest/doctest.h>
+
+// LibTorch before doctest: c10's logging defines a CHECK macro that must not replace doctest's.
 #include <torch/torch.h>
+// (keep this order)
+#include <doctest/doctest.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -29,18 +32,23 @@ std::string CacheDir() {
   return std::string(home ? home : "/root") + "/.cache/kiv";
 }
 
-// The repository root, from this file's path (CMake compiles it by absolute path).
+// The repository root: KIV_SOURCE_DIR (a compile definition or the environment), else from this
+// file's path (CMake compiles it by absolute path).
 std::string RepoDir() {
   if (const char* r = std::getenv("KIV_SOURCE_DIR"); r && *r) return r;
+#ifdef KIV_SOURCE_DIR
+  return KIV_SOURCE_DIR;
+#else
   return fs::path(__FILE__).parent_path().parent_path().parent_path().string();
+#endif
 }
 
 // A fresh directory under the system temp dir, removed when the test case ends.
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("kiv_llama_test_" + std::to_string(::getpid()) + "_" +
-                                          name)) {
+      : path(fs::temp_directory_path() /
+             ("kiv_llama_test_" + std::to_string(::getpid()) + "_" + name)) {
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -49,7 +57,8 @@ struct TempDir {
 };
 
 void WriteFile(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string ReadFile(const std::string& path) {
@@ -66,8 +75,8 @@ struct FakeTensor {
 };
 
 // A safetensors file, written the way the safetensors library does (header padded with spaces to
-// a multiple of 8), tensors in the given order.
-std::string SafetensorsBytes(const std::vector<FakeTensor>& tensors) {
+// a multiple of 8) unless `header_pad` says otherwise, tensors in the given order.
+std::string SafetensorsBytes(const std::vector<FakeTensor>& tensors, size_t header_pad = 8) {
   json header = json::object();
   std::string data;
   for (const FakeTensor& t : tensors) {
@@ -77,7 +86,7 @@ std::string SafetensorsBytes(const std::vector<FakeTensor>& tensors) {
     data += t.bytes;
   }
   std::string text = header.dump();
-  text.resize((text.size() + 7) / 8 * 8, ' ');
+  text.resize((text.size() + header_pad - 1) / header_pad * header_pad, ' ');
   std::string out(8, '\0');
   const uint64_t n = text.size();
   std::memcpy(out.data(), &n, 8);
@@ -121,8 +130,8 @@ bool ReadReference(const std::string& json_path, Reference* r) {
 bool EnsureReference(const std::string& json_path, const std::string& args) {
   if (fs::exists(json_path)) return true;
   if (std::system("python3 -c 'import torch, transformers' >/dev/null 2>&1") != 0) return false;
-  const std::string cmd = "python3 '" + RepoDir() + "/tools/model/reference_logits.py' " + args +
-                          " >/dev/null 2>&1";
+  const std::string cmd =
+      "python3 '" + RepoDir() + "/tools/model/reference_logits.py' " + args + " >/dev/null 2>&1";
   MESSAGE("generating reference logits: " << cmd);
   return std::system(cmd.c_str()) == 0 && fs::exists(json_path);
 }
@@ -134,7 +143,8 @@ torch::Tensor RunChunked(kiv::LlamaModel& model, const std::vector<int64_t>& ids
   std::vector<torch::Tensor> parts;
   size_t next = 0;
   for (size_t c = 0; next < ids.size(); ++c) {
-    const size_t n = std::min(ids.size() - next, static_cast<size_t>(chunk_sizes[c % chunk_sizes.size()]));
+    const size_t n =
+        std::min(ids.size() - next, static_cast<size_t>(chunk_sizes[c % chunk_sizes.size()]));
     std::vector<int64_t> chunk(ids.begin() + static_cast<std::ptrdiff_t>(next),
                                ids.begin() + static_cast<std::ptrdiff_t>(next + n));
     parts.push_back(model.Forward(chunk, cache));
@@ -146,7 +156,8 @@ torch::Tensor RunChunked(kiv::LlamaModel& model, const std::vector<int64_t>& ids
 }
 
 // Compares logits [n, vocab] with the reference rows and argmax; returns the max abs difference.
-double CompareWithReference(const torch::Tensor& logits, const Reference& ref, const char* what) {
+double CompareWithReference(const torch::Tensor& logits, const Reference& ref,
+                            const std::string& what) {
   REQUIRE(logits.size(0) == static_cast<int64_t>(ref.ids.size()));
   torch::Tensor rows = logits.index_select(0, torch::tensor(ref.rows, torch::kLong));
   const double diff = (rows - ref.logits).abs().max().item<double>();
@@ -157,8 +168,8 @@ double CompareWithReference(const torch::Tensor& logits, const Reference& ref, c
     if (got == ref.argmax[i]) {
       ++agree;
     } else {
-      MESSAGE(what << ": argmax differs at position " << i << " (" << got << " vs "
-                   << ref.argmax[i] << ", reference margin " << ref.margin[i] << ")");
+      MESSAGE(what << ": argmax differs at position " << i << " (" << got << " vs " << ref.argmax[i]
+                   << ", reference margin " << ref.margin[i] << ")");
     }
   }
   MESSAGE(what << ": max |logit - transformers| = " << diff << " over " << ref.rows.size()
@@ -236,7 +247,8 @@ TEST_CASE("unsupported architectures and features are refused by name") {
   kiv::Result<kiv::ModelConfig> c = kiv::LoadModelConfig(dir.path.string());
   REQUIRE_FALSE(c.ok());
   MESSAGE(c.status().ToString());
-  CHECK(c.status().message().find("unsupported architecture 'GPT2LMHeadModel'") != std::string::npos);
+  CHECK(c.status().message().find("unsupported architecture 'GPT2LMHeadModel'") !=
+        std::string::npos);
   CHECK(c.status().message().find("LlamaForCausalLM") != std::string::npos);
   auto model = kiv::LlamaModel::Load(dir.path.string(), torch::kCPU, torch::kFloat);
   REQUIRE_FALSE(model.ok());
@@ -249,9 +261,11 @@ TEST_CASE("unsupported architectures and features are refused by name") {
     REQUIRE_FALSE(r.ok());
     CHECK_MESSAGE(r.status().message().find(needle) != std::string::npos, r.status().ToString());
   };
-  refused(R"({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"})", "Gemma2ForCausalLM");
+  refused(R"({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"})",
+          "Gemma2ForCausalLM");
   refused(R"({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
-              "sliding_window": 4096})", "sliding-window");
+              "sliding_window": 4096})",
+          "sliding-window");
   refused(R"({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}})", "rope_type 'yarn'");
   refused(R"({"hidden_act": "gelu"})", "hidden_act 'gelu'");
   refused(R"({"num_key_value_heads": 4})", "not a multiple");
@@ -271,8 +285,8 @@ TEST_CASE("llama3 RoPE frequencies match transformers' float32 bits") {
     "original_max_position_embeddings": 64}})"));
   kiv::Result<kiv::ModelConfig> c = kiv::ParseModelConfig(j.dump(), "tiny-llama3");
   REQUIRE(c.ok());
-  CheckInvFreq(*c, {1065353216, 1048199156, 1012248368, 998344419, 983815946, 969883192,
-                    956502639, 942000992});
+  CheckInvFreq(*c, {1065353216, 1048199156, 1012248368, 998344419, 983815946, 969883192, 956502639,
+                    942000992});
 }
 
 TEST_CASE("safetensors: zero-copy views, sharding-independent hash, clear damage reports") {
@@ -296,7 +310,7 @@ TEST_CASE("safetensors: zero-copy views, sharding-independent hash, clear damage
     view = *t;
     kiv::Result<torch::Tensor> bt = w->Tensor("b");
     REQUIRE(bt.ok());
-    CHECK(bt->scalar_type() == torch::kBFloat16);
+    CHECK((bt->scalar_type() == torch::kBFloat16));  // doctest cannot print a ScalarType
     CHECK(bt->to(torch::kFloat)[1].item<float>() == -2.0f);
     kiv::Result<torch::Tensor> missing = w->Tensor("model.layers.0.mlp.up_proj.weight");
     REQUIRE_FALSE(missing.ok());
@@ -309,6 +323,28 @@ TEST_CASE("safetensors: zero-copy views, sharding-independent hash, clear damage
   CHECK(view[1][0].item<float>() == 0.0f);
   CHECK(view.sum().item<float>() == 8.75f);
 
+  // Nothing promises aligned data: an odd header length makes the floats misaligned, and the
+  // tensor is then an aligned copy with the same values.
+  for (size_t extra = 0; extra < 4; ++extra) {
+    std::string odd = SafetensorsBytes(tensors, 1);
+    uint64_t header_bytes;
+    std::memcpy(&header_bytes, odd.data(), 8);
+    odd.insert(8 + header_bytes - 1, std::string(extra, ' '));  // before the JSON's final '}'
+    header_bytes += extra;
+    std::memcpy(odd.data(), &header_bytes, 8);
+    if ((8 + header_bytes) % 4 == 0) continue;  // aligned, as above
+    WriteFile(dir / "odd.safetensors", odd);
+    kiv::Result<kiv::SafetensorsWeights> w =
+        kiv::SafetensorsWeights::OpenFile(dir / "odd.safetensors");
+    REQUIRE_MESSAGE(w.ok(), w.status().ToString());
+    CHECK(reinterpret_cast<uintptr_t>(w->Find("a")->data) % 4 != 0);
+    kiv::Result<torch::Tensor> t = w->Tensor("a");
+    REQUIRE(t.ok());
+    CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 4 == 0);
+    CHECK(torch::equal(*t, view));
+    CHECK(w->HashWeights() == hash);
+  }
+
   // Same tensors, other order: same hash. One changed bit: another hash.
   WriteFile(dir / "swapped.safetensors", SafetensorsBytes({tensors[1], tensors[0]}));
   CHECK(kiv::SafetensorsWeights::OpenFile(dir / "swapped.safetensors")->HashWeights() == hash);
@@ -319,23 +355,30 @@ TEST_CASE("safetensors: zero-copy views, sharding-independent hash, clear damage
   // Truncated: the message says so and names the tensor whose bytes are gone.
   const std::string whole = ReadFile(path);
   WriteFile(dir / "short.safetensors", whole.substr(0, whole.size() - 3));
-  kiv::Result<kiv::SafetensorsWeights> t = kiv::SafetensorsWeights::OpenFile(dir / "short.safetensors");
+  kiv::Result<kiv::SafetensorsWeights> t =
+      kiv::SafetensorsWeights::OpenFile(dir / "short.safetensors");
   REQUIRE_FALSE(t.ok());
   MESSAGE(t.status().ToString());
   CHECK(t.status().code() == kiv::Status::Code::kCorruption);
   CHECK(t.status().message().find("truncated") != std::string::npos);
   CHECK(t.status().message().find("tensor 'b'") != std::string::npos);
   WriteFile(dir / "tiny.safetensors", whole.substr(0, 5));
-  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "tiny.safetensors").status().message().find(
-            "truncated") != std::string::npos);
+  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "tiny.safetensors")
+            .status()
+            .message()
+            .find("truncated") != std::string::npos);
   WriteFile(dir / "header.safetensors", whole.substr(0, 20));
-  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "header.safetensors").status().message().find(
-            "truncated: its header needs") != std::string::npos);
+  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "header.safetensors")
+            .status()
+            .message()
+            .find("truncated: its header needs") != std::string::npos);
   std::string bad = whole;
   bad[8] = 'x';  // the JSON's opening brace
   WriteFile(dir / "bad.safetensors", bad);
-  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "bad.safetensors").status().message().find(
-            "bad header") != std::string::npos);
+  CHECK(kiv::SafetensorsWeights::OpenFile(dir / "bad.safetensors")
+            .status()
+            .message()
+            .find("bad header") != std::string::npos);
 
   // A model dir whose weights are truncated fails to load with the same sentence.
   WriteFile(dir / "config.json", kSmolConfig);
@@ -378,11 +421,32 @@ TEST_CASE("AttentionWithLse equals an explicit masked softmax, and merges exactl
   kiv::PartialAttention masked = kiv::AttentionWithLse(q, k, v, -100);
   CHECK(masked.out.abs().max().item<float>() == 0.0f);
 
+  // Long enough for several query blocks (the scores of a CPU block are capped at 2^20 floats),
+  // each skipping the keys it cannot see, and strided views as the model passes them.
+  {
+    const int64_t bn = 200, bp = 2800, bt = bp + bn;
+    torch::Tensor bq = torch::randn({bn, 4, d}).transpose(0, 1);  // [4, bn, d], strided
+    torch::Tensor bk = torch::randn({2, bt, d}), bv = torch::randn({2, bt, d});
+    for (int64_t offset : {bp, int64_t{-3}, int64_t{150}}) {
+      CAPTURE(offset);
+      kiv::PartialAttention blocked = kiv::AttentionWithLse(bq, bk, bv, offset);
+      torch::Tensor bs =
+          torch::matmul(bq, bk.repeat_interleave(2, 0).transpose(1, 2)) / std::sqrt(double(d));
+      bs = bs.masked_fill(torch::arange(bt).unsqueeze(0) > torch::arange(bn).unsqueeze(1) + offset,
+                          -INFINITY);
+      torch::Tensor want = torch::matmul(torch::softmax(bs, -1), bv.repeat_interleave(2, 0));
+      torch::Tensor seen = torch::isfinite(bs).any(-1).unsqueeze(-1);  // rows with a visible key
+      CHECK(torch::allclose(blocked.out, torch::where(seen, want, torch::zeros_like(want)), 1e-5,
+                            1e-6));
+      CHECK(torch::equal(torch::isinf(blocked.lse), ~seen.squeeze(-1)));
+    }
+  }
+
   // bf16 inputs: scores and softmax still in float32, output back in bf16.
   kiv::PartialAttention half = kiv::AttentionWithLse(q.to(torch::kBFloat16), k.to(torch::kBFloat16),
                                                      v.to(torch::kBFloat16), p);
-  CHECK(half.out.scalar_type() == torch::kBFloat16);
-  CHECK(half.lse.scalar_type() == torch::kFloat);
+  CHECK((half.out.scalar_type() == torch::kBFloat16));  // doctest cannot print a ScalarType
+  CHECK((half.lse.scalar_type() == torch::kFloat));     // doctest cannot print a ScalarType
   CHECK(torch::allclose(half.out.to(torch::kFloat), got.out, 0.05, 0.05));
 }
 
@@ -412,7 +476,7 @@ TEST_CASE("tiny Llama3 / Qwen2 / Mistral models match transformers, whole and ch
                                                     << " and python3 with transformers is absent");
     return;
   }
-  for (const char* name : {"tiny-llama3", "tiny-qwen2", "tiny-mistral"}) {
+  for (const std::string name : {"tiny-llama3", "tiny-qwen2", "tiny-mistral"}) {
     CAPTURE(name);
     const std::string dir = root + "/" + name;
     Reference ref;
@@ -451,18 +515,21 @@ TEST_CASE("SmolLM2-135M-Instruct matches transformers on Emma, whole and in chun
   CHECK(c.num_layers == 30);
   CHECK(c.num_kv_heads == 3);
   CHECK(c.vocab_size == ref.vocab);
-  MESSAGE("weights hash " << std::hex << (*model)->weights_hash());
+  char hash[17];
+  std::snprintf(hash, sizeof hash, "%016llx",
+                static_cast<unsigned long long>((*model)->weights_hash()));
+  MESSAGE("weights hash (XXH3-64) " << std::string(hash));
   CheckInvFreq(c, ref.inv_freq_bits);
 
   torch::Tensor whole = RunChunked(**model, ref.ids, {1 << 30});
   const double diff = CompareWithReference(whole, ref, "one chunk");
-  CHECK(diff < 1e-3);
+  CHECK(diff < 5e-4);
   torch::Tensor chunked = RunChunked(**model, ref.ids, {64});
   const double chunk_ref_diff = CompareWithReference(chunked, ref, "chunks of 64");
-  CHECK(chunk_ref_diff < 1e-3);
+  CHECK(chunk_ref_diff < 5e-4);
   const double chunk_diff = (chunked - whole).abs().max().item<double>();
   MESSAGE("chunks of 64 vs one chunk: max diff " << chunk_diff);
-  CHECK(chunk_diff < 1e-3);
+  CHECK(chunk_diff < 5e-4);
 
   // Logits::kLast returns the last row of kAll.
   kiv::FullCache cache(c.num_layers);

@@ -2,6 +2,8 @@
 // equivalence gate, the codec alone, the ablation, and resuming from the archive bit for bit.
 #include "runtime/tiered_cache.h"
 
+#include "runtime/full_cache.h"
+
 #include <doctest/doctest.h>
 #include <torch/torch.h>
 
@@ -61,8 +63,7 @@ std::vector<torch::Tensor> Reference(const std::vector<Step>& steps) {
   for (uint32_t l = 0; l < kShape.num_layers; ++l) {
     std::vector<torch::Tensor> q, k, v;
     for (const Step& s : steps) q.push_back(s.q[l]), k.push_back(s.k[l]), v.push_back(s.v[l]);
-    torch::Tensor lse;
-    result.push_back(AttentionWithLse(torch::cat(q, 1), torch::cat(k, 1), torch::cat(v, 1), 0, &lse));
+    result.push_back(AttentionWithLse(torch::cat(q, 1), torch::cat(k, 1), torch::cat(v, 1), 0).out);
   }
   return result;
 }

@@ -19,6 +19,8 @@ def main() -> int:
     p.add_argument("--chars", type=int, default=16000, help="haystack length (about 4 chars a token)")
     p.add_argument("--depth", type=float, default=0.25, help="where the needle goes, 0..1")
     p.add_argument("--key", default="48213")
+    p.add_argument("--exact-depth", action="store_true",
+                   help="plant at exactly depth x length, inside a sentence if it falls there")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     path = os.path.join(a.text_dir, a.book + ".txt")
@@ -28,11 +30,13 @@ def main() -> int:
     hay = text[a.offset:a.offset + a.chars]
     if len(hay) < a.chars:
         sys.exit(f"make_needle: {a.book} has fewer than {a.offset + a.chars} characters")
-    # Plant at a sentence boundary at or after the depth, so no word is cut.
     at = int(len(hay) * a.depth)
-    dot = hay.find(". ", at)
-    at = dot + 2 if dot >= 0 else at
-    needle = f"The secret passkey is {a.key}. Remember it. "
+    if a.exact_depth:
+        needle = f" The secret passkey is {a.key}. Remember it. "
+    else:  # at a sentence boundary at or after the depth, so no sentence is cut
+        dot = hay.find(". ", at)
+        at = dot + 2 if dot >= 0 else at
+        needle = f"The secret passkey is {a.key}. Remember it. "
     with open(a.out, "w", encoding="utf-8") as f:
         f.write(hay[:at] + needle + hay[at:])
     return 0

@@ -23,6 +23,7 @@ beside their final names and renamed in, so a killed run leaves no half-written 
 import argparse
 import json
 import os
+import shutil
 import struct
 import sys
 
@@ -77,7 +78,8 @@ def cmd_model(args):
 
     model_dir = args.model or os.path.join(cache_dir(), "models", "SmolLM2-135M-Instruct")
     text_path = args.text or os.path.join(cache_dir(), "text", "austen", "emma.txt")
-    out_dir = args.out or os.path.join(cache_dir(), "reference", os.path.basename(model_dir.rstrip("/")))
+    name = os.path.basename(model_dir.rstrip("/"))
+    out_dir = args.out or os.path.join(cache_dir(), "reference", name)
     with open(text_path, encoding="utf-8") as f:
         text = f.read(args.tokens * 40)  # far more characters than --tokens tokens need
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -142,7 +144,6 @@ def cmd_tiny(args):
             model.save_pretrained(tmp_dir)
         run_reference(model, ids, list(range(len(ids))), tmp_dir, "reference", {"model": name})
         if os.path.isdir(out_dir):
-            import shutil
             shutil.rmtree(out_dir)
         os.replace(tmp_dir, out_dir)
 
@@ -160,7 +161,10 @@ def main():
     t.add_argument("--out")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    cmd_model(args) if args.cmd == "model" else cmd_tiny(args)
+    if args.cmd == "model":
+        cmd_model(args)
+    else:
+        cmd_tiny(args)
 
 
 if __name__ == "__main__":
