@@ -1,6 +1,7 @@
 // Chat templates rendered in C++. See chat_template.h for the formats; each renderer below
 // quotes the Jinja it stands for.
 #include "runtime/chat_template.h"
+#include "storage/mapped_file.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -12,19 +13,6 @@ namespace kiv {
 namespace {
 
 using Json = nlohmann::json;
-
-Result<std::string> ReadFile(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return Status::FromErrno(errno, "cannot open " + path);
-  std::string data;
-  char buf[1 << 14];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) data.append(buf, n);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) return Status::IOError("cannot read " + path);
-  return data;
-}
 
 // Jinja's trim filter is Python's str.strip(): it removes the characters for which
 // str.isspace() is true, at both ends.
@@ -238,7 +226,7 @@ Result<ChatTemplate> ChatTemplate::Load(const std::string& model_dir) {
       model_dir.empty() || model_dir.back() == '/' ? model_dir : model_dir + "/";
   std::string jinja, bos_token;
   Json config;
-  auto config_text = ReadFile(dir + "tokenizer_config.json");
+  auto config_text = ReadFileToString(dir + "tokenizer_config.json");
   if (config_text.ok()) {
     config = Json::parse(config_text.value(), nullptr, /*allow_exceptions=*/false);
     if (config.is_discarded()) {
@@ -254,7 +242,7 @@ Result<ChatTemplate> ChatTemplate::Load(const std::string& model_dir) {
   } else if (config_text.status().code() != Status::Code::kNotFound) {
     return config_text.status();
   }
-  auto file = ReadFile(dir + "chat_template.jinja");
+  auto file = ReadFileToString(dir + "chat_template.jinja");
   if (file.ok()) {
     jinja = std::move(file).value();
   } else if (file.status().code() != Status::Code::kNotFound) {

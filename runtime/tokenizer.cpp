@@ -1,6 +1,7 @@
 // Byte-level BPE from tokenizer.json. See tokenizer.h for the steps of Encode; each step here
 // names the `tokenizers` (Rust) code it follows, because ids must match that library exactly.
 #include "runtime/tokenizer.h"
+#include "storage/mapped_file.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -757,19 +758,6 @@ std::optional<int32_t> Tokenizer::TokenId(std::string_view token) const {
 
 namespace {
 
-Result<std::string> ReadFile(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return Status::FromErrno(errno, "cannot open " + path);
-  std::string data;
-  char buf[1 << 16];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) data.append(buf, n);
-  const bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) return Status::IOError("cannot read " + path);
-  return data;
-}
-
 bool FileExists(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (f != nullptr) std::fclose(f);
@@ -1110,13 +1098,13 @@ Result<Tokenizer> Tokenizer::FromJson(std::string_view tokenizer_json,
 Result<Tokenizer> Tokenizer::Load(const std::string& model_dir) {
   const std::string dir =
       model_dir.empty() || model_dir.back() == '/' ? model_dir : model_dir + "/";
-  auto json = ReadFile(dir + "tokenizer.json");
+  auto json = ReadFileToString(dir + "tokenizer.json");
   if (!json.ok()) return json.status();
   std::string config, generation;
   for (auto [name, dst] : {std::pair{"tokenizer_config.json", &config},
                            std::pair{"generation_config.json", &generation}}) {
     if (!FileExists(dir + name)) continue;
-    auto data = ReadFile(dir + name);
+    auto data = ReadFileToString(dir + name);
     if (!data.ok()) return data.status();
     *dst = std::move(data).value();
   }

@@ -9,6 +9,9 @@
 
 namespace kiv {
 
+// The whole of a (small) file as a string: config and tokenizer files.
+Result<std::string> ReadFileToString(const std::string& path);
+
 class MappedFile {
  public:
   MappedFile() = default;
