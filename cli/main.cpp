@@ -14,6 +14,7 @@ constexpr const char* kFooter = R"(Examples:
   kiv archive inspect /tmp/demo.kiv                 what is in it: model, codec, tokens, commits
   kiv archive verify /tmp/demo.kiv                  check every checksum in it
   kiv bench append --dir /tmp --gib 1               measure append throughput
+  kiv bench fidelity --out fidelity.json            kiv against a full cache (KL, needles)
 
 Exit codes: 0 ok, 1 failure (a damaged or unreadable archive, an I/O error), 2 usage error.
 Run `kiv <command> --help` for a command's options.)";
@@ -43,6 +44,9 @@ void SetupApp(CLI::App& app) {
   bench->require_subcommand(1);
   kiv::cli::SetupBenchAppend(*bench);
   kiv::cli::SetupBenchRecall(*bench);
+#ifdef KIV_HAVE_RUNTIME
+  kiv::cli::SetupBenchFidelity(*bench);
+#endif
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "index/defaults.h"
 
@@ -25,6 +26,21 @@ struct TieredCacheOptions {
   bool scan_norms = true;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
+  // Measure recall (QUALITY.md 5) at every single-query retrieval: keeps the exact cold keys in
+  // memory beside the records and scores each retrieval against the exact attention. Costs a full
+  // attention over the cold tier per step: a benchmark mode.
+  bool measure_recall = false;
+};
+
+// Recall of retrieval, per layer: the share of the exact attention mass of the true top-k cold
+// tokens that the retrieved set holds, the mass of a token being the sum over the GQA group's
+// query heads of its exact attention probability (over the whole context, hot tier included).
+struct RecallStats {
+  std::vector<double> sum;       // per layer: sum of recall over retrievals
+  std::vector<uint64_t> count;   // per layer: retrievals measured
+  double Mean() const;           // over all retrievals, NaN when none
+  // The layer with the lowest mean recall (-1 when none) and that mean.
+  int WorstLayer(double* mean) const;
 };
 
 struct CacheShape {

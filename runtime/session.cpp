@@ -223,6 +223,10 @@ SessionStats Session::stats() const {
   return s;
 }
 
+RecallStats Session::recall() const {
+  return impl_->tiered ? impl_->tiered->recall() : RecallStats{};
+}
+
 std::string Session::Describe() const {
   const ModelConfig& c = impl_->model->config();
   char buf[256];

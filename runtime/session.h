@@ -69,6 +69,8 @@ class Session {
   const std::vector<float>& last_logits() const { return last_logits_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   SessionStats stats() const;
+  // Retrieval's recall so far (empty unless options.cache.measure_recall on a tiered cache).
+  RecallStats recall() const;
   std::string Describe() const;  // model, device, cache knobs: for the run summary
 
  private:

@@ -50,11 +50,13 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
     hot_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
     hot_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
-    if (options.exact_cold) {
+    if (options.exact_cold || options.measure_recall)
       exact_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
+    if (options.exact_cold)
       exact_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
-    }
   }
+  recall_.sum.assign(shape.num_layers, 0.0);
+  recall_.count.assign(shape.num_layers, 0);
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
   key_norms_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
 }
@@ -123,6 +125,7 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
         }
       }
       stats_.tokens_retrieved += uint64_t(r);
+      if (options_.measure_recall && m == 1) MeasureRecall(layer, h, qb, picked);
       const PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));  // [g,m,d]
       out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.out);
       lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.lse);
@@ -182,6 +185,31 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
   return picked;
 }
 
+// One retrieval's recall against the exact attention of the group's queries qb [g, 1, d] over
+// the whole context (cold tokens with their exact keys, plus the hot tier, whose last token is the
+// query's own): the mass the picked tokens hold over the mass the true top-k hold.
+void TieredCache::MeasureRecall(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                const std::vector<uint32_t>& picked) {
+  const int64_t n = int64_t(cold_tokens_);
+  const int64_t k = std::min<int64_t>(options_.top_k, n);
+  if (k == 0) return;
+  const double scale = 1.0 / std::sqrt(double(shape_.head_dim));
+  const torch::Tensor q = qb.squeeze(1).to(torch::kFloat64);                      // [g, d]
+  const torch::Tensor cold = torch::matmul(q, exact_k_[layer][head].to(torch::kFloat64).t()) * scale;
+  const torch::Tensor hot_k = hot_k_[layer][head].to(torch::kCPU).to(torch::kFloat64);
+  const torch::Tensor hot = torch::matmul(q, hot_k.t()) * scale;                 // [g, n_hot]
+  const torch::Tensor lse = torch::logsumexp(torch::cat({cold, hot}, 1), 1, true);  // [g, 1]
+  const torch::Tensor mass = torch::exp(cold - lse).sum(0);                      // [n]
+  const double best = std::get<0>(torch::topk(mass, k)).sum().item<double>();
+  const torch::Tensor idx = torch::from_blob(const_cast<uint32_t*>(picked.data()),
+                                             {int64_t(picked.size())}, torch::kInt32).to(torch::kLong);
+  const double got = mass.index_select(0, idx).sum().item<double>();
+  if (best > 0) {
+    recall_.sum[size_t(layer)] += std::min(1.0, got / best);
+    ++recall_.count[size_t(layer)];
+  }
+}
+
 const uint8_t* TieredCache::Record(uint64_t token, uint32_t layer, uint32_t head) const {
   if (token < committed_tokens_) return reader_->Record(token, layer, head);
   // Runs are consecutive from committed_tokens_; find the one holding the token.
@@ -233,10 +261,8 @@ Status TieredCache::Evict(uint32_t count) {
                          sigs.data() + (slot + 1) * words);
       }
     }
-    if (options_.exact_cold) {
-      exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
-      exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
-    }
+    if (options_.exact_cold || options_.measure_recall) exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
+    if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
     hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
     hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
   }
@@ -356,10 +382,28 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
       }
     }
   }
-  if (options_.exact_cold)
-    return Status::NotImplemented("resuming a session whose cold tier is kept exact (a test mode)");
+  if (options_.exact_cold || options_.measure_recall)
+    return Status::NotImplemented(
+        "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
   return Status::Ok();
+}
+
+double RecallStats::Mean() const {
+  double total = 0;
+  uint64_t n = 0;
+  for (size_t l = 0; l < sum.size(); ++l) total += sum[l], n += count[l];
+  return n ? total / double(n) : std::nan("");
+}
+
+int RecallStats::WorstLayer(double* mean) const {
+  int worst = -1;
+  for (size_t l = 0; l < sum.size(); ++l) {
+    if (count[l] == 0) continue;
+    const double m = sum[l] / double(count[l]);
+    if (worst < 0 || m < *mean) worst = int(l), *mean = m;
+  }
+  return worst;
 }
 
 }  // namespace kiv

@@ -55,6 +55,7 @@ class TieredCache : public KvCache {
   uint64_t cold_tokens() const { return cold_tokens_; }
   uint64_t hot_tokens() const { return hot_ids_.size(); }
   const RetrievalStats& stats() const { return stats_; }
+  const RecallStats& recall() const { return recall_; }  // with options.measure_recall
   const std::vector<int64_t>& hot_token_ids() const { return hot_ids_; }
   TieredCacheOptions& options() { return options_; }
 
@@ -62,6 +63,8 @@ class TieredCache : public KvCache {
   struct ColdRun;  // records of one appended-but-uncommitted segment
   torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
   std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
+  void MeasureRecall(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                     const std::vector<uint32_t>& picked);
   const uint8_t* Record(uint64_t token, uint32_t layer, uint32_t head) const;
   float StoredKeyNorm(const uint8_t* record) const;
   uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
@@ -83,13 +86,14 @@ class TieredCache : public KvCache {
   std::vector<torch::Tensor> hot_k_, hot_v_;
   std::vector<int64_t> hot_ids_, hot_positions_;
   // Cold tier: per (layer, kv-head) signatures [n_cold][words]; exact keys/values when
-  // exact_cold, per layer [H_kv, n_cold, d].
+  // exact_cold (keys also for measure_recall), per layer [H_kv, n_cold, d].
   std::vector<std::vector<uint64_t>> signatures_;
   std::vector<std::vector<float>> key_norms_;  // per (layer, kv-head) [n_cold] |k|, for the scan
   std::vector<torch::Tensor> exact_k_, exact_v_;
   uint64_t cold_tokens_ = 0;
   int64_t length_ = 0;
   RetrievalStats stats_;
+  RecallStats recall_;
   Status status_;
 };
 
