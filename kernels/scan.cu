@@ -1,0 +1,629 @@
+// The asymmetric scan and its top-C select on the GPU; see scan.h for what and why.
+//
+// Four kernels per chunk of up to kMaxChunk problems (grid.y = problem), after one memset of the
+// workspace, all on one stream:
+//   AsymScan  scores[p][t], and the histogram of key bits 31..21 of every score; its last block
+//             picks the bin b0 holding the c-th largest, and the mode:
+//   small     (the usual case: at most kCandidates scores have key >= b0 << 21)
+//     Pass1   gathers those scores (index, key) in index order into the candidate buffer
+//     Pass2   one block per problem: bits 20..10 and 9..0 of the threshold from the candidates,
+//             then writes the selection from them in index order
+//     Compact returns at once
+//   large     (ties or a wide bin: the general path)
+//     Pass1   histogram of key bits 20..10 of all scores inside b0; last block picks b1
+//     Pass2   histogram of key bits 9..0 inside (b0, b1); last block picks b2: the threshold K
+//     Compact every index with key > K, then those with key == K by index up to c, in index order
+// The mode is decided on the device, so the host launches the same four kernels either way and
+// never waits. A histogram kernel's last block to finish (a device-wide counter) does the picking,
+// so no launch is spent on it. Compactions keep index order by a decoupled look-back over tiles.
+//
+// Measured on an H100 SXM (n = 1M, 128 bits, c = 1024, mean of 50 calls): 66 us for P = 3 and
+// 154 us for P = 9, i.e. 0.95 and 1.23 TB/s of signatures + norms. Per stage at P = 3 (event
+// timings, each inflated by a few us): scan 46, pass1 15, pass2 17.5 (the one-block finish),
+// compact 4. The scan reaches 48 % of DRAM peak: it is bound as much by its table lookups (16
+// random 4-byte shared-memory reads per token, about 3.5-way bank conflicts; ncu shows MIO-throttle
+// and short-scoreboard stalls) as by memory. Leads: problems that share a kv-head's signatures
+// (the g queries of a group) could share one read of them; the finish could use more blocks.
+//
+// Exactness: every float operation is an explicit __fadd_rn / __fmul_rn, in the order of
+// index/asym_scan.cpp, so nvcc cannot contract them into FMA and results equal the CPU's bit for
+// bit (the CPU build has no FMA: x86-64 without -mfma).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cub/block/block_load.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cuda/atomic>
+
+#include "kernels/scan.h"
+
+#ifndef KIV_CUDA_CALL
+#define KIV_CUDA_CALL(expr)                                          \
+  do {                                                               \
+    const cudaError_t kiv_cuda_call_e = (expr);                      \
+    if (kiv_cuda_call_e != cudaSuccess) return int(kiv_cuda_call_e); \
+  } while (0)
+#endif
+
+namespace kiv::kernels {
+namespace {
+
+constexpr uint32_t kThreads = 256;
+constexpr uint32_t kMaxChunk = 64;  // problems per launch: kernel parameters stay < 4 KB
+constexpr uint32_t kUnroll = 4;     // tokens in flight per thread in the streaming passes
+constexpr uint32_t kScanBlocksPerSm = 4;
+constexpr uint32_t kTileItems = 16;  // compaction: tokens per thread
+constexpr uint32_t kTileTokens = kThreads * kTileItems;
+constexpr uint32_t kBins0 = 2048, kBins1 = 2048, kBins2 = 1024;  // key bits 31..21, 20..10, 9..0
+constexpr uint32_t kHistWords = kBins0 + kBins1 + kBins2;
+// Candidate buffer per problem for the small mode. For c = 1024 of 1M Gaussian-like scores the
+// bin b0 (2 mantissa bits wide) holds a few thousand; more than this takes the large mode.
+constexpr uint32_t kCandidates = 16384;
+constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
+
+// Per problem, in the workspace.
+struct PassState {
+  uint32_t prefix;     // key bits chosen so far, in place
+  uint32_t k;          // how many are still wanted among the keys that share those bits
+  uint32_t done[3];    // blocks finished, per histogram level
+  uint32_t tile_next;  // compaction: the next tile id to hand out
+  uint32_t mode;       // kModeSmall or kModeLarge, set by AsymScan's last block
+  uint32_t count;      // bucket size after ChooseBin; the candidates' count in the small mode
+};
+static_assert(sizeof(PassState) == 32);
+
+struct Workspace {
+  PassState* states;          // [P]
+  uint32_t* hists;            // [P][kHistWords] global histograms of the three levels
+  unsigned long long* tiles;  // [P][tiles_per_problem] compaction look-back descriptors
+  uint32_t* cand_index;       // [P][kCandidates] small mode: candidate token indices, ascending
+  uint32_t* cand_key;         // [P][kCandidates] small mode: their score keys
+  uint32_t tiles_per_problem;
+};
+
+struct ProblemChunk {
+  ScanProblem problems[kMaxChunk];
+  uint32_t first;  // global index of problems[0]
+};
+
+uint32_t TilesPerProblem(uint32_t n) { return (n + kTileTokens - 1) / kTileTokens; }
+
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+Workspace CarveWorkspace(void* base, uint32_t num_problems, uint32_t n) {
+  char* p = static_cast<char*>(base);
+  Workspace w;
+  w.tiles_per_problem = TilesPerProblem(n);
+  w.states = reinterpret_cast<PassState*>(p);
+  p += Align256(sizeof(PassState) * num_problems);
+  w.hists = reinterpret_cast<uint32_t*>(p);
+  p += Align256(sizeof(uint32_t) * kHistWords * num_problems);
+  w.tiles = reinterpret_cast<unsigned long long*>(p);
+  p += Align256(sizeof(unsigned long long) * w.tiles_per_problem * num_problems);
+  w.cand_index = reinterpret_cast<uint32_t*>(p);
+  p += Align256(sizeof(uint32_t) * kCandidates * num_problems);
+  w.cand_key = reinterpret_cast<uint32_t*>(p);
+  return w;
+}
+
+// What must be zero at the start of a call: states, histograms, look-back descriptors.
+size_t ClearedBytes(uint32_t num_problems, uint32_t n) {
+  return Align256(sizeof(PassState) * num_problems) +
+         Align256(sizeof(uint32_t) * kHistWords * num_problems) +
+         Align256(sizeof(unsigned long long) * TilesPerProblem(n) * num_problems);
+}
+
+__device__ __forceinline__ uint32_t DeviceKey(float score) {
+  return ScoreKeyFromBits(__float_as_uint(score));
+}
+
+// True in every thread of the block that finished last among the grid's blocks of this problem.
+// Its global histogram writes (atomics) are then all visible to it.
+__device__ bool LastBlockOfProblem(uint32_t* done) {
+  __shared__ bool last;
+  __threadfence();  // this block's histogram atomics before its count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The bin (counting from the top) where the running count of `hist` reaches state->k: fixes the
+// bin's bits in state->prefix, leaves in state->k how many of that bin are still wanted and in
+// state->count how many the bin holds. kGlobal: `hist` is global memory other blocks wrote.
+template <uint32_t kBins, uint32_t kShift, bool kGlobal>
+__device__ void ChooseBin(const uint32_t* hist, PassState* state) {
+  constexpr uint32_t kPer = kBins / kThreads;
+  using Scan = cub::BlockScan<uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  const uint32_t k = state->k;
+  uint32_t counts[kPer], sum = 0;
+#pragma unroll
+  for (uint32_t j = 0; j < kPer; ++j) {  // this thread's bins, highest first
+    const uint32_t bin = kBins - 1 - (threadIdx.x * kPer + j);
+    counts[j] = kGlobal ? __ldcg(hist + bin) : hist[bin];
+    sum += counts[j];
+  }
+  uint32_t above;  // count in all bins above this thread's first bin
+  Scan(scan_storage).ExclusiveSum(sum, above);
+#pragma unroll
+  for (uint32_t j = 0; j < kPer; ++j) {
+    if (above < k && above + counts[j] >= k) {
+      state->prefix |= (kBins - 1 - (threadIdx.x * kPer + j)) << kShift;
+      state->k = k - above;
+      state->count = counts[j];
+    }
+    above += counts[j];
+  }
+}
+
+template <uint32_t kBins>
+__device__ void FlushHistogram(const uint32_t* shared_hist, uint32_t* global_hist) {
+  __syncthreads();
+  for (uint32_t i = threadIdx.x; i < kBins; i += kThreads)
+    if (shared_hist[i] != 0) atomicAdd(global_hist + i, shared_hist[i]);
+}
+
+// Tokens per thread and batch in the scan: two batches (one loading, one scored) of 256-bit
+// signatures at 4 tokens would spill under the 64 registers that 4 blocks per SM allow.
+template <uint32_t kWords>
+constexpr uint32_t kScanUnroll = kWords == 4 ? 2 : 4;
+
+template <uint32_t kWords>
+struct SignatureBatch {  // kScanUnroll tokens of one thread: base + u * kThreads
+  uint64_t words[kScanUnroll<kWords>][kWords];
+  float norm[kScanUnroll<kWords>];
+};
+
+template <uint32_t kWords>
+__device__ __forceinline__ void LoadBatch(const ScanProblem& pr, uint32_t base, uint32_t n,
+                                          SignatureBatch<kWords>& b) {
+#pragma unroll
+  for (uint32_t u = 0; u < kScanUnroll<kWords>; ++u) {
+    const uint32_t t = base + u * kThreads;
+    if (t >= n) break;
+    if constexpr (kWords == 1) {
+      b.words[u][0] = __ldcs(reinterpret_cast<const unsigned long long*>(pr.signatures) + t);
+    } else {
+      const ulonglong2* v = reinterpret_cast<const ulonglong2*>(pr.signatures + size_t{t} * kWords);
+#pragma unroll
+      for (uint32_t i = 0; i < kWords / 2; ++i) {
+        const ulonglong2 x = __ldcs(v + i);
+        b.words[u][2 * i] = x.x;
+        b.words[u][2 * i + 1] = x.y;
+      }
+    }
+    b.norm[u] = pr.norms ? __ldcs(pr.norms + t) : 1.0f;
+  }
+}
+
+template <uint32_t kWords>
+__device__ __forceinline__ void ScoreBatch(const float* table, const SignatureBatch<kWords>& b,
+                                           bool has_norms, uint32_t base, uint32_t n, float* out,
+                                           uint32_t* hist) {
+#pragma unroll
+  for (uint32_t u = 0; u < kScanUnroll<kWords>; ++u) {
+    const uint32_t t = base + u * kThreads;
+    if (t >= n) break;
+    float sum = 0.0f;  // bytes in order B = 0, 1, ...: the CPU's summation order
+#pragma unroll
+    for (uint32_t B = 0; B < kWords * 8; ++B)
+      sum = __fadd_rn(sum, table[B * 256 + (uint32_t(b.words[u][B / 8] >> (8 * (B % 8))) & 0xFFu)]);
+    const float score = has_norms ? __fmul_rn(b.norm[u], sum) : sum;
+    out[t] = score;
+    atomicAdd(hist + (DeviceKey(score) >> 21), 1u);
+  }
+}
+
+// scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
+// mode. Dynamic shared memory: the table [kWords * 8][256] float, then kBins0 uint32 bins.
+template <uint32_t kWords>
+__global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
+    AsymScanKernel(const __grid_constant__ ProblemChunk chunk, uint32_t n, uint32_t c,
+                   float* scores, Workspace ws) {
+  constexpr uint32_t kEntries = kWords * 8 * 256;
+  extern __shared__ float smem[];
+  float* table = smem;
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem + kEntries);
+  const ScanProblem pr = chunk.problems[blockIdx.y];
+  const uint32_t p = chunk.first + blockIdx.y;
+  const bool has_norms = pr.norms != nullptr;
+  float* out = scores + size_t{p} * n;
+  const uint32_t step = gridDim.x * kThreads * kScanUnroll<kWords>;
+  uint32_t base = blockIdx.x * kThreads * kScanUnroll<kWords> + threadIdx.x;
+  SignatureBatch<kWords> batch;
+  if (base < n) LoadBatch<kWords>(pr, base, n, batch);  // in flight while the table loads
+  for (uint32_t i = threadIdx.x; i < kEntries; i += kThreads) table[i] = __ldg(pr.table + i);
+  for (uint32_t i = threadIdx.x; i < kBins0; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  for (; base < n; base += step) {
+    SignatureBatch<kWords> next;  // the next batch's loads overlap this batch's lookups
+    if (base + step < n) LoadBatch<kWords>(pr, base + step, n, next);
+    ScoreBatch<kWords>(table, batch, has_norms, base, n, out, hist);
+    batch = next;
+  }
+  uint32_t* global_hist = ws.hists + size_t{p} * kHistWords;
+  FlushHistogram<kBins0>(hist, global_hist);
+  if (!LastBlockOfProblem(&ws.states[p].done[0])) return;
+  PassState* state = &ws.states[p];
+  if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
+    if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n};
+    return;
+  }
+  if (threadIdx.x == 0) state->k = c;
+  __syncthreads();
+  ChooseBin<kBins0, 21, true>(global_hist, state);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const uint32_t candidates = (c - state->k) + state->count;  // above b0, and in b0
+    state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
+    state->count = candidates;
+  }
+}
+
+// Large mode: histogram of the next key bits among the scores whose higher bits equal the chosen
+// prefix; the last block chooses the bin.
+template <uint32_t kLevel>
+__device__ void HistPass(uint32_t p, uint32_t n, const float* scores, const Workspace& ws) {
+  constexpr uint32_t kBins = kLevel == 1 ? kBins1 : kBins2;
+  constexpr uint32_t kShift = kLevel == 1 ? 10 : 0;   // of this level's bits
+  constexpr uint32_t kFixed = kLevel == 1 ? 21 : 10;  // key >> kFixed must match
+  __shared__ uint32_t hist[kBins];
+  PassState* state = &ws.states[p];
+  const uint32_t want = state->prefix >> kFixed;
+  for (uint32_t i = threadIdx.x; i < kBins; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  const float* in = scores + size_t{p} * n;
+  const uint32_t step = gridDim.x * kThreads * kUnroll;
+  for (uint32_t base = blockIdx.x * kThreads * kUnroll + threadIdx.x; base < n; base += step) {
+    float s[kUnroll];
+#pragma unroll
+    for (uint32_t u = 0; u < kUnroll; ++u)
+      if (base + u * kThreads < n) s[u] = in[base + u * kThreads];
+#pragma unroll
+    for (uint32_t u = 0; u < kUnroll; ++u) {
+      if (base + u * kThreads >= n) break;
+      const uint32_t key = DeviceKey(s[u]);
+      if ((key >> kFixed) == want) atomicAdd(hist + ((key >> kShift) & (kBins - 1)), 1u);
+    }
+  }
+  uint32_t* global_hist =
+      ws.hists + size_t{p} * kHistWords + (kLevel == 1 ? kBins0 : kBins0 + kBins1);
+  FlushHistogram<kBins>(hist, global_hist);
+  if (!LastBlockOfProblem(&state->done[kLevel])) return;
+  ChooseBin<kBins, kShift, true>(global_hist, state);
+}
+
+// Look-back descriptor of a compaction tile: 2 flag bits, then two 31-bit counts (n < 2^31).
+constexpr unsigned long long kFlagAggregate = 1ull << 62, kFlagInclusive = 2ull << 62;
+__device__ __forceinline__ unsigned long long Pack(uint32_t above, uint32_t equal) {
+  return (static_cast<unsigned long long>(above) << 31) | equal;
+}
+__device__ __forceinline__ uint32_t Above(unsigned long long d) {
+  return uint32_t(d >> 31) & 0x7FFFFFFF;
+}
+__device__ __forceinline__ uint32_t Equal(unsigned long long d) { return uint32_t(d) & 0x7FFFFFFF; }
+
+__device__ __forceinline__ uint32_t WarpSum(uint32_t x) {
+#pragma unroll
+  for (uint32_t offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
+  return x;
+}
+
+// Counts (above, equal) of all tiles before `tile` by decoupled look-back (warp 0 only); publishes
+// this tile's inclusive counts.
+__device__ unsigned long long LookBack(unsigned long long* descriptors, uint32_t tile,
+                                       uint32_t above, uint32_t equal) {
+  using Ref = cuda::atomic_ref<unsigned long long, cuda::thread_scope_device>;
+  const uint32_t lane = threadIdx.x % 32;
+  if (tile == 0) {
+    if (lane == 0)
+      Ref(descriptors[0]).store(kFlagInclusive | Pack(above, equal), cuda::memory_order_relaxed);
+    return 0;
+  }
+  if (lane == 0)
+    Ref(descriptors[tile]).store(kFlagAggregate | Pack(above, equal), cuda::memory_order_relaxed);
+  uint32_t before_above = 0, before_equal = 0;
+  for (int64_t last = int64_t{tile} - 1;; last -= 32) {
+    const int64_t pred = last - lane;
+    unsigned long long d;
+    do {  // one descriptor per lane, nearest predecessor in lane 0; wait until all are published
+      d = pred >= 0 ? Ref(descriptors[pred]).load(cuda::memory_order_relaxed) : kFlagInclusive;
+    } while (__any_sync(0xFFFFFFFFu, (d >> 62) == 0));
+    const uint32_t inclusive = __ballot_sync(0xFFFFFFFFu, (d >> 62) == 2);
+    const uint32_t stop = inclusive ? uint32_t(__ffs(int(inclusive))) - 1 : 31;
+    before_above += WarpSum(lane <= stop ? Above(d) : 0u);
+    before_equal += WarpSum(lane <= stop ? Equal(d) : 0u);
+    if (inclusive) break;
+  }
+  if (lane == 0)
+    Ref(descriptors[tile])
+        .store(kFlagInclusive | Pack(before_above + above, before_equal + equal),
+               cuda::memory_order_relaxed);
+  return Pack(before_above, before_equal);
+}
+
+// One tile of an order-keeping compaction over scores[0, n) of one problem: writes, in index
+// order, every index with key > key_k and the first `wanted_equal` with key == key_k to
+// out_index (and their keys to out_key unless null). Tiles are handed out in block start order,
+// so a tile's predecessors are all running or done. Returns the tile.
+__device__ uint32_t CompactTile(uint32_t n, const float* scores, uint32_t key_k,
+                                uint32_t wanted_equal, uint32_t* out_index, uint32_t* out_key,
+                                unsigned long long* descriptors, uint32_t* tile_next) {
+  using Load = cub::BlockLoad<float, kThreads, kTileItems, cub::BLOCK_LOAD_WARP_TRANSPOSE>;
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ union {
+    typename Load::TempStorage load;
+    typename Scan::TempStorage scan;
+  } storage;
+  __shared__ uint32_t tile_shared;
+  __shared__ unsigned long long before_shared;
+  if (threadIdx.x == 0) tile_shared = atomicAdd(tile_next, 1u);
+  __syncthreads();
+  const uint32_t tile = tile_shared, base = tile * kTileTokens;
+  float s[kTileItems];
+  Load(storage.load).Load(scores + base, s, int(min(kTileTokens, n - base)), 0.0f);
+  uint32_t above = 0, equal = 0;  // this thread's items are base + threadIdx.x * kTileItems + j
+#pragma unroll
+  for (uint32_t j = 0; j < kTileItems; ++j) {
+    if (base + threadIdx.x * kTileItems + j >= n) break;
+    const uint32_t key = DeviceKey(s[j]);
+    above += key > key_k;
+    equal += key == key_k;
+  }
+  __syncthreads();  // storage.load is reused by the scan
+  unsigned long long mine = (static_cast<unsigned long long>(above) << 32) | equal, aggregate;
+  Scan(storage.scan).ExclusiveSum(mine, mine, aggregate);
+  if (threadIdx.x < 32) {
+    const unsigned long long before =
+        LookBack(descriptors, tile, uint32_t(aggregate >> 32), uint32_t(aggregate));
+    if (threadIdx.x == 0) before_shared = before;
+  }
+  __syncthreads();
+  uint32_t rank_above = Above(before_shared) + uint32_t(mine >> 32);
+  uint32_t rank_equal = Equal(before_shared) + uint32_t(mine);
+#pragma unroll
+  for (uint32_t j = 0; j < kTileItems; ++j) {
+    const uint32_t t = base + threadIdx.x * kTileItems + j;
+    if (t >= n) break;
+    const uint32_t key = DeviceKey(s[j]);
+    uint32_t pos = ~0u;
+    if (key > key_k) {
+      pos = rank_above + min(rank_equal, wanted_equal);
+      ++rank_above;
+    } else if (key == key_k) {
+      if (rank_equal < wanted_equal) pos = rank_above + rank_equal;
+      ++rank_equal;
+    }
+    if (pos != ~0u) {
+      out_index[pos] = t;
+      if (out_key) out_key[pos] = key;
+    }
+  }
+  return tile;
+}
+
+// Small mode, one block: the threshold's low 21 bits from the candidates (every score with key
+// >= b0 << 21, in index order), then the selection written from them in index order.
+__device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const Workspace& ws,
+                                     uint32_t* selected, uint32_t* counts) {
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ uint32_t hist[kBins1];
+  __shared__ PassState local;
+  const uint32_t* cand_index = ws.cand_index + size_t{p} * kCandidates;
+  const uint32_t* cand_key = ws.cand_key + size_t{p} * kCandidates;
+  if (threadIdx.x == 0) local = ws.states[p];
+  for (uint32_t i = threadIdx.x; i < kBins1; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  const uint32_t total = local.count, want1 = local.prefix >> 21;
+  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
+    const uint32_t key = cand_key[i];
+    if ((key >> 21) == want1) atomicAdd(hist + ((key >> 10) & (kBins1 - 1)), 1u);
+  }
+  __syncthreads();
+  ChooseBin<kBins1, 10, false>(hist, &local);
+  __syncthreads();
+  for (uint32_t i = threadIdx.x; i < kBins2; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  const uint32_t want2 = local.prefix >> 10;
+  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
+    const uint32_t key = cand_key[i];
+    if ((key >> 10) == want2) atomicAdd(hist + (key & (kBins2 - 1)), 1u);
+  }
+  __syncthreads();
+  ChooseBin<kBins2, 0, false>(hist, &local);
+  __syncthreads();
+  const uint32_t key_k = local.prefix, wanted_equal = local.k;
+  uint32_t* out = selected + size_t{p} * c;
+  uint32_t run_above = 0, run_equal = 0;  // over the rounds before this one
+  for (uint32_t round = 0; round < total; round += kThreads) {
+    const uint32_t i = round + threadIdx.x;
+    const uint32_t key = i < total ? cand_key[i] : 0;
+    const bool above = i < total && key > key_k, equal = i < total && key == key_k;
+    unsigned long long mine = (static_cast<unsigned long long>(above) << 32) | equal, aggregate;
+    Scan(scan_storage).ExclusiveSum(mine, mine, aggregate);
+    const uint32_t rank_above = run_above + uint32_t(mine >> 32);
+    const uint32_t rank_equal = run_equal + uint32_t(mine);
+    if (above) out[rank_above + min(rank_equal, wanted_equal)] = cand_index[i];
+    if (equal && rank_equal < wanted_equal) out[rank_above + rank_equal] = cand_index[i];
+    run_above += uint32_t(aggregate >> 32);
+    run_equal += uint32_t(aggregate);
+    __syncthreads();  // scan_storage is reused
+  }
+  if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
+}
+
+// Grid (tiles_per_problem, problems).
+__global__ void __launch_bounds__(kThreads)
+    Pass1Kernel(uint32_t first, uint32_t n, const float* scores, Workspace ws) {
+  const uint32_t p = first + blockIdx.y;
+  PassState* state = &ws.states[p];
+  if (state->mode == kModeLarge) {
+    HistPass<1>(p, n, scores, ws);
+    return;
+  }
+  // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it.
+  CompactTile(n, scores + size_t{p} * n, state->prefix, ~0u,
+              ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
+              ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    Pass2Kernel(uint32_t first, uint32_t n, uint32_t c, const float* scores, uint32_t* selected,
+                uint32_t* counts, Workspace ws) {
+  const uint32_t p = first + blockIdx.y;
+  if (ws.states[p].mode == kModeLarge) {
+    HistPass<2>(p, n, scores, ws);
+  } else if (blockIdx.x == 0) {
+    FinishFromCandidates(p, n, c, ws, selected, counts);
+  }
+}
+
+// Large mode (and c >= n): selected[p][*] = the indices with key > K and the first state.k with
+// key == K, in index order. Grid (tiles_per_problem, problems).
+__global__ void __launch_bounds__(kThreads)
+    CompactKernel(uint32_t first, uint32_t n, uint32_t c, const float* scores, uint32_t* selected,
+                  uint32_t* counts, Workspace ws) {
+  const uint32_t p = first + blockIdx.y;
+  PassState* state = &ws.states[p];
+  if (state->mode != kModeLarge) return;
+  const uint32_t tile =
+      CompactTile(n, scores + size_t{p} * n, state->prefix, state->k, selected + size_t{p} * c,
+                  nullptr, ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
+  if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
+}
+
+// proj[i] then the byte table, in index::BuildGroupTable's order. Block per table.
+__global__ void __launch_bounds__(kThreads)
+    BuildTablesKernel(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                      uint32_t g, float* tables) {
+  __shared__ float proj[256];
+  const float* q = queries + size_t{blockIdx.x} * g * dim;
+  for (uint32_t i = threadIdx.x; i < bits; i += kThreads) {
+    const float* row = projection + size_t{i} * dim;
+    float acc = 0.0f;
+    for (uint32_t j = 0; j < g; ++j) {
+      float dot = 0.0f;
+      for (uint32_t e = 0; e < dim; ++e)
+        dot = __fadd_rn(dot, __fmul_rn(row[e], q[size_t{j} * dim + e]));
+      acc = __fadd_rn(acc, dot);
+    }
+    proj[i] = acc;
+  }
+  __syncthreads();
+  float* table = tables + size_t{blockIdx.x} * bits * 32;  // bits / 8 bytes × 256 entries
+  for (uint32_t idx = threadIdx.x; idx < bits * 32; idx += kThreads) {
+    const uint32_t byte = idx / 256, v = idx % 256;
+    float s = 0.0f;
+    for (uint32_t b = 0; b < 8; ++b) {
+      const float x = proj[byte * 8 + b];
+      s = __fadd_rn(s, (v >> b & 1) ? x : -x);
+    }
+    table[idx] = s;
+  }
+}
+
+int Refuse(std::string* error, const std::string& why) {
+  if (error) *error = why;
+  return int(cudaErrorInvalidValue);
+}
+
+bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+template <uint32_t kWords>
+int LaunchScan(const ProblemChunk& chunk, uint32_t count, uint32_t blocks, const ScanSelectArgs& a,
+               const Workspace& ws, cudaStream_t stream) {
+  const size_t smem = (kWords * 8 * 256) * sizeof(float) + kBins0 * sizeof(uint32_t);
+  AsymScanKernel<kWords>
+      <<<dim3(blocks, count), kThreads, smem, stream>>>(chunk, a.n, a.c, a.scores, ws);
+  return int(cudaGetLastError());
+}
+
+}  // namespace
+
+int BuildScanTables(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                    uint32_t g, uint32_t num_tables, float* tables, CUstream_st* stream,
+                    std::string* error) {
+  if (bits != 64 && bits != 128 && bits != 256)
+    return Refuse(error,
+                  "BuildScanTables: bits = " + std::to_string(bits) + ", not 64, 128 or 256");
+  if (dim == 0 || g == 0)
+    return Refuse(error,
+                  "BuildScanTables: dim = " + std::to_string(dim) + ", g = " + std::to_string(g));
+  if (num_tables == 0) return 0;
+  if (num_tables >= (1u << 31))
+    return Refuse(error,
+                  "BuildScanTables: num_tables = " + std::to_string(num_tables) + " >= 2^31");
+  BuildTablesKernel<<<num_tables, kThreads, 0, stream>>>(projection, bits, dim, queries, g, tables);
+  return int(cudaGetLastError());
+}
+
+size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n) {
+  return ClearedBytes(num_problems, n) +
+         2 * Align256(sizeof(uint32_t) * kCandidates * num_problems);
+}
+
+int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error) {
+  if (a.words != 1 && a.words != 2 && a.words != 4)
+    return Refuse(error, "ScanSelect: words = " + std::to_string(a.words) + ", not 1, 2 or 4");
+  if (a.n >= (1u << 31))
+    return Refuse(error, "ScanSelect: n = " + std::to_string(a.n) + " >= 2^31");
+  if (a.num_problems == 0) return 0;
+  if (a.n == 0 || a.c == 0) {
+    if (a.counts)
+      KIV_CUDA_CALL(cudaMemsetAsync(a.counts, 0, sizeof(uint32_t) * a.num_problems, stream));
+    return 0;
+  }
+  const size_t need = ScanSelectWorkspaceBytes(a.num_problems, a.n);
+  if (a.workspace_bytes < need)
+    return Refuse(error, "ScanSelect: workspace_bytes = " + std::to_string(a.workspace_bytes) +
+                             ", needs " + std::to_string(need));
+  if (!a.problems || !a.scores || !a.selected || !a.workspace)
+    return Refuse(error, "ScanSelect: a null problems, scores, selected or workspace pointer");
+  for (uint32_t i = 0; i < a.num_problems; ++i) {
+    const ScanProblem& pr = a.problems[i];
+    if (!pr.signatures || !pr.table)
+      return Refuse(error,
+                    "ScanSelect: problem " + std::to_string(i) + " has no signatures or table");
+    if (!Aligned(pr.signatures, a.words == 1 ? 8 : 16))
+      return Refuse(error, "ScanSelect: problem " + std::to_string(i) +
+                               "'s signatures are not aligned for 16-byte loads");
+  }
+  int device = 0, sms = 0;
+  KIV_CUDA_CALL(cudaGetDevice(&device));
+  KIV_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
+  const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
+  const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
+  for (uint32_t first = 0; first < a.num_problems; first += kMaxChunk) {
+    const uint32_t count = std::min(kMaxChunk, a.num_problems - first);
+    ProblemChunk chunk{};
+    std::copy(a.problems + first, a.problems + first + count, chunk.problems);
+    chunk.first = first;
+    // Scan: 4 blocks of 256 per SM over the whole batch (each block loads its 8-32 KB table
+    // once; 8 per SM measured slower); the histogram pass: a full GPU, 8 per SM.
+    const uint32_t scan_blocks =
+        std::clamp((uint32_t(sms) * kScanBlocksPerSm + count - 1) / count, 1u, rounds);
+    const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u, rounds);
+    const int rc = a.words == 1   ? LaunchScan<1>(chunk, count, scan_blocks, a, ws, stream)
+                   : a.words == 2 ? LaunchScan<2>(chunk, count, scan_blocks, a, ws, stream)
+                                  : LaunchScan<4>(chunk, count, scan_blocks, a, ws, stream);
+    if (rc != 0) return rc;
+    if (a.c < a.n) {  // else AsymScan's last blocks have set "take all" for the compaction
+      Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, a.n, a.scores,
+                                                                              ws);
+      KIV_CUDA_CALL(cudaGetLastError());
+      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, a.n, a.c, a.scores,
+                                                                     a.selected, a.counts, ws);
+      KIV_CUDA_CALL(cudaGetLastError());
+    }
+    CompactKernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(
+        first, a.n, a.c, a.scores, a.selected, a.counts, ws);
+    KIV_CUDA_CALL(cudaGetLastError());
+  }
+  return 0;
+}
+
+}  // namespace kiv::kernels

@@ -1,0 +1,77 @@
+// The asymmetric scan and its top-C select on the GPU: the device twin of index::BuildGroupTable,
+// index::AsymmetricScan and index::SelectLargest (index/asym_scan.h), equal to them bit for bit.
+//
+// One call serves a whole decode step of one layer: P independent problems, each one query (or one
+// summed query group) against one kv-head's resident key signatures. Per problem:
+//   scores[t] = norms[t] · Σ_B table[B][byte B of sig t]   (B = 0, 1, ... in order, no FMA)
+//   selected  = the c largest scores as indices in ascending order, ties to the lower index
+// The select is a radix select (11 + 11 + 10 bits) on the order-preserving key of each float
+// score, and a compaction that keeps index order: no sort anywhere. The scan itself histograms
+// the top 11 bits; when the bin holding the c-th largest leaves at most 16384 candidates (the
+// usual case) one more pass over the [P][n] scores gathers them and one block per problem
+// finishes from them; otherwise (heavy ties) two histogram passes and a compaction pass over the
+// scores do. scan.cu has the kernels and the numbers measured on an H100.
+//
+// Plain C++: no CUDA headers. Streams travel as `CUstream_st*` (what cudaStream_t is); launchers
+// return a cudaError_t as int (0 = cudaSuccess) and put the reason for a refused shape in `*error`.
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+struct CUstream_st;
+
+namespace kiv::kernels {
+
+// Order-preserving key of a float's bits: a > b ⇔ key(a) > key(b) and a == b ⇔ key(a) == key(b)
+// for every non-NaN float; −0 and +0 share a key because they compare equal. Scores must not be
+// NaN (the CPU's SelectLargest has no defined order for them either).
+constexpr uint32_t ScoreKeyFromBits(uint32_t bits) {
+  if (bits == 0x80000000u) bits = 0;  // −0 → +0
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+inline uint32_t ScoreKey(float score) { return ScoreKeyFromBits(std::bit_cast<uint32_t>(score)); }
+
+// Device tables from device queries, as index::BuildGroupTable computes them:
+//   tables[p]: [bits / 8][256] float, entry [B][v] = Σ_{b<8} ±proj[8B + b] (+ where bit b of v is
+//   set), proj[i] = Σ_j (Σ_e r[i][e] · q_j[e]), j over the g queries of problem p.
+// projection: [bits][dim] float (SignatureProjection::matrix() copied to the device)
+// queries:    [num_tables][g][dim] float
+// tables:     [num_tables][bits / 8][256] float, written
+// bits ∈ {64, 128, 256}, dim ≤ 1024. Per-query tables: g = 1, num_tables = queries; one summed
+// group table: g = queries, num_tables = 1.
+int BuildScanTables(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                    uint32_t g, uint32_t num_tables, float* tables, CUstream_st* stream,
+                    std::string* error = nullptr);
+
+// One problem of a batched scan. All pointers are device pointers.
+struct ScanProblem {
+  const uint64_t* signatures;  // [n][words] uint64 key signatures of one kv-head
+  const float* norms;          // [n] float key norms; null: all 1
+  const float* table;          // [words * 8][256] float byte table (BuildScanTables or host)
+};
+
+struct ScanSelectArgs {
+  const ScanProblem* problems = nullptr;  // HOST array [num_problems]; read before the call returns
+  uint32_t num_problems = 0;              // P, any number (launched in chunks of kMaxChunk)
+  uint32_t n = 0;                         // tokens per problem, < 2^31
+  uint32_t words = 2;                     // 64-bit words per signature: 1, 2 or 4
+  uint32_t c = 0;                         // how many to keep per problem
+  float* scores = nullptr;                // [P][n] float, device, written (the scan's scores)
+  uint32_t* selected = nullptr;           // [P][c] uint32, device: min(c, n) ascending indices
+  uint32_t* counts = nullptr;             // [P] uint32, device: min(c, n); may be null
+  void* workspace = nullptr;              // ScanSelectWorkspaceBytes(P, n) bytes, device
+  size_t workspace_bytes = 0;
+};
+
+// Device scratch for ScanSelect (histograms, pass states, compaction tile states). Cleared by
+// each call on its stream, so one workspace serves calls on one stream one after another.
+size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n);
+
+// Scan + select for every problem: 4 kernels and one memset on `stream`, no host sync.
+// Entries of `selected` past min(c, n) are left as they were.
+int ScanSelect(const ScanSelectArgs& args, CUstream_st* stream, std::string* error = nullptr);
+
+}  // namespace kiv::kernels

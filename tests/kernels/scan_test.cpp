@@ -1,0 +1,349 @@
+// kernels/scan against index/asym_scan: the device tables, scores and selections must equal the
+// CPU's bit for bit (the CPU is the reference: BuildGroupTable, AsymmetricScan, SelectLargest).
+#include "kernels/scan.h"
+
+#include <cuda_runtime_api.h>
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "index/asym_scan.h"
+#include "index/signature.h"
+
+using namespace kiv;
+
+namespace {
+
+bool HaveDevice() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return false;
+  }
+  return count > 0;
+}
+
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t size) : size_(size) {
+    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&data_), std::max<size_t>(size, 1) * sizeof(T)) ==
+            cudaSuccess);
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    REQUIRE(cudaMemcpy(data_, host.data(), size_ * sizeof(T), cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+  }
+  ~DeviceArray() { cudaFree(data_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  T* get() const { return data_; }
+  std::vector<T> Download() const {
+    std::vector<T> host(size_);
+    REQUIRE(cudaMemcpy(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    return host;
+  }
+
+ private:
+  size_t size_;
+  T* data_ = nullptr;
+};
+
+float Uniform(uint64_t* s) {
+  return static_cast<float>(index::SplitMix64(s) >> 40) / float(1 << 24) - 0.5f;
+}
+
+// kFew: 8 distinct signatures and 3 norms, so thousands of exact ties at any threshold.
+// kSame: one signature for all. kZeros: a zero query and norms ±1, so every score is +0 or −0.
+enum class Data { kRandom, kFew, kSame, kZeros };
+
+struct Problems {
+  uint32_t bits, words, n, count;
+  std::vector<uint64_t> sigs;  // [count][n][words]
+  std::vector<float> norms;    // [count][n]; problem 1 is scanned without norms
+  std::vector<float> queries;  // [count][64]
+  std::vector<float> tables;   // [count][bits / 8][256], by index::BuildGroupTable
+};
+
+Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint64_t seed) {
+  Problems pr{bits, bits / 64, n, count, {}, {}, {}, {}};
+  uint64_t state = seed;
+  const index::SignatureProjection projection(7, bits, 64);
+  pr.sigs.resize(size_t{count} * n * pr.words);
+  pr.norms.resize(size_t{count} * n);
+  pr.queries.resize(size_t{count} * 64);
+  pr.tables.resize(size_t{count} * bits / 8 * 256);
+  std::vector<uint64_t> pool(8 * pr.words);
+  for (auto& w : pool) w = index::SplitMix64(&state);
+  for (size_t t = 0; t < size_t{count} * n; ++t) {
+    for (uint32_t w = 0; w < pr.words; ++w) {
+      uint64_t& sig = pr.sigs[t * pr.words + w];
+      if (data == Data::kRandom || data == Data::kZeros)
+        sig = index::SplitMix64(&state);
+      else if (data == Data::kFew)
+        sig = pool[(t * 5 + t / 8) % 8 * pr.words + w];
+      else
+        sig = pool[w];
+    }
+    const uint64_t r = index::SplitMix64(&state);
+    pr.norms[t] = data == Data::kZeros    ? (r & 1 ? -1.0f : 1.0f)
+                  : data == Data::kRandom ? 0.5f + float(r >> 40) / float(1 << 24)
+                                          : 0.5f * float(1 + r % 3);
+  }
+  for (auto& x : pr.queries) x = data == Data::kZeros ? 0.0f : Uniform(&state);
+  for (uint32_t p = 0; p < count; ++p)
+    index::BuildGroupTable(projection, &pr.queries[size_t{p} * 64], 1,
+                           &pr.tables[size_t{p} * bits / 8 * 256]);
+  return pr;
+}
+
+size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::memcmp(a + i, b + i, sizeof(float)) != 0) {
+      if (bad == 0) *first = i;
+      ++bad;
+    }
+  }
+  return bad;
+}
+
+// Runs ScanSelect on `pr` with `c` and checks scores, selections and counts against the CPU.
+void CheckScanSelect(const Problems& pr, uint32_t c) {
+  CAPTURE(pr.bits);
+  CAPTURE(pr.n);
+  CAPTURE(pr.count);
+  CAPTURE(c);
+  const size_t n = pr.n, count = pr.count, bytes = pr.bits / 8;
+  DeviceArray<uint64_t> sigs(pr.sigs);
+  DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(count * n);
+  constexpr uint32_t kUntouched = 0xFEEDF00Du;
+  DeviceArray<uint32_t> selected(std::vector<uint32_t>(count * c, kUntouched));
+  DeviceArray<uint32_t> counts(std::vector<uint32_t>(count, kUntouched));
+  std::vector<kernels::ScanProblem> problems(count);
+  for (size_t p = 0; p < count; ++p)
+    problems[p] = {sigs.get() + p * n * pr.words, p == 1 ? nullptr : norms.get() + p * n,
+                   tables.get() + p * bytes * 256};
+  const size_t workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
+  DeviceArray<unsigned char> workspace(workspace_bytes);
+  kernels::ScanSelectArgs args;
+  args.problems = problems.data();
+  args.num_problems = pr.count;
+  args.n = pr.n;
+  args.words = pr.words;
+  args.c = c;
+  args.scores = scores.get();
+  args.selected = selected.get();
+  args.counts = counts.get();
+  args.workspace = workspace.get();
+  args.workspace_bytes = workspace_bytes;
+  std::string error;
+  REQUIRE_MESSAGE(kernels::ScanSelect(args, nullptr, &error) == 0, error);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const std::vector<float> got_scores = scores.Download();
+  const std::vector<uint32_t> got_selected = selected.Download(), got_counts = counts.Download();
+  std::vector<float> want_scores(n);
+  std::vector<uint32_t> want(std::min<size_t>(c, n));
+  for (size_t p = 0; p < count; ++p) {
+    CAPTURE(p);
+    index::AsymmetricScan(&pr.sigs[p * n * pr.words], p == 1 ? nullptr : &pr.norms[p * n], n,
+                          pr.words, &pr.tables[p * bytes * 256], want_scores.data());
+    size_t first = 0;
+    const size_t bad = BitMismatches(&got_scores[p * n], want_scores.data(), n, &first);
+    CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
+                                << got_scores[p * n + first] << " vs " << want_scores[first]);
+    const size_t m = index::SelectLargest(want_scores.data(), n, c, want.data());
+    REQUIRE(got_counts[p] == m);
+    const uint32_t* got = &got_selected[p * c];
+    CHECK(std::equal(want.begin(), want.begin() + static_cast<ptrdiff_t>(m), got));
+    CHECK(std::all_of(got + m, got + c, [](uint32_t x) { return x == kUntouched; }));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("score keys order floats as the CPU compares them") {
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          1e-40f,
+                          -1e-40f,
+                          3.5f,
+                          -3.5f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::max(),
+                          -std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::denorm_min(),
+                          2.0f,
+                          2.0000002f};
+  uint64_t state = 3;
+  for (int i = 0; i < 200; ++i) v.push_back(Uniform(&state) * std::ldexp(1.0f, i % 60 - 30));
+  for (float a : v) {
+    for (float b : v) {
+      CHECK((a > b) == (kernels::ScoreKey(a) > kernels::ScoreKey(b)));
+      CHECK((a == b) == (kernels::ScoreKey(a) == kernels::ScoreKey(b)));
+    }
+  }
+}
+
+TEST_CASE("device tables equal index::BuildGroupTable bit for bit") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  uint64_t state = 11;
+  for (uint32_t bits : {64u, 128u, 256u}) {
+    for (uint32_t dim : {64u, 128u}) {
+      for (uint32_t g : {1u, 3u}) {
+        CAPTURE(bits);
+        CAPTURE(dim);
+        CAPTURE(g);
+        const uint32_t num_tables = 4;
+        const index::SignatureProjection projection(bits + dim, bits, dim);
+        std::vector<float> queries(size_t{num_tables} * g * dim);
+        for (auto& x : queries) x = Uniform(&state) * 8.0f;
+        std::vector<float> want(size_t{num_tables} * bits / 8 * 256);
+        for (uint32_t p = 0; p < num_tables; ++p)
+          index::BuildGroupTable(projection, &queries[size_t{p} * g * dim], g,
+                                 &want[size_t{p} * bits / 8 * 256]);
+        DeviceArray<float> r(
+            std::vector<float>(projection.matrix(), projection.matrix() + size_t{bits} * dim));
+        DeviceArray<float> q(queries), tables(want.size());
+        std::string error;
+        REQUIRE_MESSAGE(kernels::BuildScanTables(r.get(), bits, dim, q.get(), g, num_tables,
+                                                 tables.get(), nullptr, &error) == 0,
+                        error);
+        const std::vector<float> got = tables.Download();
+        size_t first = 0;
+        CHECK(BitMismatches(got.data(), want.data(), want.size(), &first) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("scan + select equal AsymmetricScan + SelectLargest bit for bit") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  const uint32_t c = 1024;
+  for (uint32_t bits : {64u, 128u, 256u}) {
+    for (uint32_t n : {1u, 63u, c - 1, c, c + 1, 5000u, 1u << 20})
+      CheckScanSelect(MakeProblems(bits, n, 3, Data::kRandom, bits * 1000 + n), c);
+  }
+}
+
+TEST_CASE("scan + select: small and odd c") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (uint32_t c : {1u, 7u, 4095u, 4096u, 4097u, 4999u})
+    CheckScanSelect(MakeProblems(128, 5000, 3, Data::kRandom, c), c);
+  // More candidates than the small mode's buffer holds: the general path, without ties.
+  CheckScanSelect(MakeProblems(128, 1u << 17, 3, Data::kRandom, 17), 20000);
+}
+
+TEST_CASE("scan + select: ties from duplicate signatures, equal norms and ±0") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (Data data : {Data::kFew, Data::kSame, Data::kZeros}) {
+    for (uint32_t n : {63u, 5000u, 100000u}) {
+      for (uint32_t c : {1u, 10u, 1024u}) CheckScanSelect(MakeProblems(128, n, 3, data, n + c), c);
+    }
+  }
+  CheckScanSelect(MakeProblems(64, 1u << 20, 2, Data::kFew, 5), 1024);
+}
+
+TEST_CASE("scan + select: more problems than one launch holds") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  CheckScanSelect(MakeProblems(128, 3000, 70, Data::kRandom, 70), 100);
+}
+
+TEST_CASE("device tables feed the scan: the runtime's per-query decode path") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  // 3 queries, each its own table and its own problem over one kv-head's signatures.
+  Problems pr = MakeProblems(128, 20000, 3, Data::kRandom, 99);
+  const index::SignatureProjection projection(7, 128, 64);
+  DeviceArray<float> r(std::vector<float>(projection.matrix(), projection.matrix() + 128 * 64));
+  DeviceArray<float> q(pr.queries), tables(pr.tables.size());
+  REQUIRE(kernels::BuildScanTables(r.get(), 128, 64, q.get(), 1, 3, tables.get(), nullptr) == 0);
+  const std::vector<float> got_tables = tables.Download();
+  size_t first = 0;
+  REQUIRE(BitMismatches(got_tables.data(), pr.tables.data(), pr.tables.size(), &first) == 0);
+  CheckScanSelect(pr, 342);  // ceil(1024 / 3)
+}
+
+TEST_CASE("refused shapes name the value") {
+  std::string error;
+  kernels::ScanSelectArgs args;
+  args.num_problems = 1;
+  args.n = 10;
+  args.c = 5;
+  args.words = 3;
+  CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+  CHECK(error.find("words = 3") != std::string::npos);
+  CHECK(kernels::BuildScanTables(nullptr, 96, 64, nullptr, 1, 1, nullptr, nullptr, &error) != 0);
+  CHECK(error.find("bits = 96") != std::string::npos);
+}
+
+TEST_CASE("timing: 1M tokens, 128 bits, c = 1024") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (uint32_t count : {3u, 9u}) {
+    const uint32_t n = 1u << 20, c = 1024, iterations = 50;
+    Problems pr = MakeProblems(128, n, count, Data::kRandom, count);
+    DeviceArray<uint64_t> sigs(pr.sigs);
+    DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(size_t{count} * n);
+    DeviceArray<uint32_t> selected(size_t{count} * c), counts(count);
+    std::vector<kernels::ScanProblem> problems(count);
+    for (size_t p = 0; p < count; ++p)
+      problems[p] = {sigs.get() + p * n * 2, norms.get() + p * n, tables.get() + p * 16 * 256};
+    DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(count, n));
+    kernels::ScanSelectArgs args;
+    args.problems = problems.data();
+    args.num_problems = count;
+    args.n = n;
+    args.words = 2;
+    args.c = c;
+    args.scores = scores.get();
+    args.selected = selected.get();
+    args.counts = counts.get();
+    args.workspace = workspace.get();
+    args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(count, n);
+    for (int i = 0; i < 5; ++i) REQUIRE(kernels::ScanSelect(args, nullptr) == 0);
+    cudaEvent_t start, stop;
+    REQUIRE(cudaEventCreate(&start) == cudaSuccess);
+    REQUIRE(cudaEventCreate(&stop) == cudaSuccess);
+    REQUIRE(cudaEventRecord(start) == cudaSuccess);
+    for (uint32_t i = 0; i < iterations; ++i) REQUIRE(kernels::ScanSelect(args, nullptr) == 0);
+    REQUIRE(cudaEventRecord(stop) == cudaSuccess);
+    REQUIRE(cudaEventSynchronize(stop) == cudaSuccess);
+    float ms = 0;
+    REQUIRE(cudaEventElapsedTime(&ms, start, stop) == cudaSuccess);
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    const double us = double(ms) * 1000.0 / iterations;
+    const double read_bytes = double(count) * n * (16 + 4);  // signatures + norms, once
+    MESSAGE("ScanSelect n = 1M, P = " << count << ", 128 bits, c = 1024: " << us << " us per call, "
+                                      << read_bytes / (us * 1e3) << " GB/s of signatures + norms");
+  }
+}
