@@ -1,0 +1,492 @@
+// Re-rank, gather and dequantize (see gather.h). Two kernels:
+//   RerankScoreKernel   grid (⌈c/32⌉, P): 32 candidates' stored keys → [P][g][c] logits;
+//   RerankSelectKernel  grid P: group weights, radix top-k, sort of the ids, gather + decode.
+// The score work is spread over many blocks so that many record reads are in flight at once
+// (over PCIe each read costs a round trip of about a microsecond); the selection is one block per
+// problem because it needs every candidate's weight.
+//
+// Bit-exactness with index/record.cpp: every product and sum that the CPU rounds separately is
+// written with __fmul_rn / __fadd_rn / __fsub_rn, which nvcc never contracts into an FMA, so the
+// result does not depend on --fmad.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <utility>
+
+#include "kernels/gather.h"
+
+#ifndef KIV_CUDA_CALL
+#define KIV_CUDA_CALL(expr)                                  \
+  do {                                                       \
+    const cudaError_t kiv_status_ = (expr);                  \
+    if (kiv_status_ != cudaSuccess) return int(kiv_status_); \
+  } while (0)
+#endif
+
+namespace kiv::kernels {
+namespace {
+
+using index::kRecordBytes;
+using index::kRecordDim;
+
+constexpr uint32_t kScoreTile = 32;  // candidates per score block: one warp's worth of columns
+constexpr uint32_t kScoreThreads = 256;
+constexpr uint32_t kQueryChunk = 32;  // queries held in shared memory at once
+constexpr uint32_t kSelectThreads = 512;
+constexpr uint32_t kSelectWarps = kSelectThreads / 32;
+constexpr uint32_t kItemsPerThread = kGatherMaxCandidates / kSelectThreads;
+constexpr uint32_t kGatherSlices = 128;  // 104-byte records decoded per round of the select kernel
+constexpr uint32_t kRecordWords = kRecordBytes / 4;
+constexpr uint32_t kMaxKeyWords = (8 * 11 + 4) / 4;  // key codes + scale + min at 11 bits
+constexpr uint32_t kScoreLoads =
+    (kScoreTile * 2 * kMaxKeyWords + kScoreThreads - 1) / kScoreThreads;
+constexpr uint32_t kGatherLoads =
+    (kGatherSlices * kRecordWords + kSelectThreads - 1) / kSelectThreads;
+constexpr uint32_t kQueriesPerPass = 4;  // queries whose logits the select kernel holds at once
+// Selection key: weight bits (non-negative floats order as their bits) above the inverted
+// candidate index, so a larger key is a larger weight, or an equal weight at a lower index.
+constexpr uint32_t kIndexBits = 12;
+static_assert(kGatherMaxCandidates <= (1u << kIndexBits));
+constexpr int kKeyTopShift = 40;  // 8-bit radix digits from bit 40 down cover the 44-bit keys
+
+// index/half.h HalfToFloat: the conversion is exact, so the hardware's is the same for every
+// finite or infinite half (a NaN's payload could differ; the encoder never stores one).
+__device__ __forceinline__ float HalfToFloat(uint32_t h) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+}
+
+// One 32-bit little-endian word of a record that is not 4-byte aligned.
+__device__ __forceinline__ uint32_t LoadBytes(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+// Copies the first `words` 32-bit words of record slices r0 .. r0 + n − 1 into raw[(r − r0) ·
+// pitch ..]; slice r is slice r % slices of token ids[r / slices]. Every load a thread makes is
+// issued before any is stored, so one round trip (about a microsecond over PCIe) covers them all.
+template <uint32_t kThreads, uint32_t kLoads, bool kAligned>
+__device__ __forceinline__ void LoadSlices(const uint8_t* base, uint64_t stride,
+                                           const uint32_t* ids, uint32_t slices, uint32_t r0,
+                                           uint32_t n, uint32_t words, uint32_t* raw,
+                                           uint32_t pitch) {
+  const uint32_t total = n * words;
+  uint32_t v[kLoads];
+#pragma unroll
+  for (uint32_t u = 0; u < kLoads; ++u) {
+    const uint32_t w = threadIdx.x + u * kThreads;
+    if (w >= total) continue;
+    const uint32_t r = w / words, word = w - r * words;
+    const uint32_t t = (r0 + r) / slices, s = (r0 + r) % slices;
+    const uint8_t* p = base + uint64_t{ids[t]} * stride + size_t{s} * kRecordBytes + 4 * word;
+    v[u] = kAligned ? *reinterpret_cast<const uint32_t*>(p) : LoadBytes(p);
+  }
+#pragma unroll
+  for (uint32_t u = 0; u < kLoads; ++u) {
+    const uint32_t w = threadIdx.x + u * kThreads;
+    if (w >= total) continue;
+    const uint32_t r = w / words;
+    raw[r * pitch + (w - r * words)] = v[u];
+  }
+}
+
+// Code i of a little-endian bit stream of `bits`-bit codes (bits <= 11: a 3-byte window holds it;
+// the window's last byte may be past the codes but never past the record).
+__device__ __forceinline__ uint32_t Code(const uint8_t* codes, uint32_t i, uint32_t bits) {
+  const uint32_t bit = i * bits, byte = bit >> 3;
+  const uint32_t window =
+      uint32_t(codes[byte]) | uint32_t(codes[byte + 1]) << 8 | uint32_t(codes[byte + 2]) << 16;
+  return (window >> (bit & 7)) & ((1u << bits) - 1);
+}
+
+// x = min + code · scale, as record.cpp's Unpack rounds it. `grid` points at the fp16 scale, min.
+__device__ __forceinline__ float Dequant(const uint8_t* codes, const uint8_t* grid, uint32_t i,
+                                         uint32_t bits) {
+  const float scale = HalfToFloat(uint32_t(grid[0]) | uint32_t(grid[1]) << 8);
+  const float min = HalfToFloat(uint32_t(grid[2]) | uint32_t(grid[3]) << 8);
+  return __fadd_rn(min, __fmul_rn(static_cast<float>(Code(codes, i, bits)), scale));
+}
+
+// x ← (H/8) x for a 64-vector held by one warp: lo = x[lane], hi = x[lane + 32]. The same
+// butterfly stages in the same order as index::Hadamard64, so the result is bit-identical.
+__device__ __forceinline__ void Hadamard64Warp(float& lo, float& hi) {
+  const uint32_t lane = threadIdx.x & 31;
+  for (uint32_t len = 1; len < 32; len <<= 1) {
+    const float plo = __shfl_xor_sync(0xFFFFFFFFu, lo, int(len));
+    const float phi = __shfl_xor_sync(0xFFFFFFFFu, hi, int(len));
+    if (lane & len) {  // the upper element of its pair: a − b with a the partner's
+      lo = __fsub_rn(plo, lo);
+      hi = __fsub_rn(phi, hi);
+    } else {
+      lo = __fadd_rn(lo, plo);
+      hi = __fadd_rn(hi, phi);
+    }
+  }
+  const float a = lo, b = hi;
+  lo = __fmul_rn(__fadd_rn(a, b), 0.125f);
+  hi = __fmul_rn(__fsub_rn(a, b), 0.125f);
+}
+
+__device__ __forceinline__ void Store(void* out, DType dtype, size_t i, float x) {
+  if (dtype == DType::kFloat32)
+    static_cast<float*>(out)[i] = x;
+  else
+    static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ uint32_t CandidatesUsed(const RerankGatherParams& pr, uint32_t p) {
+  const uint32_t c = pr.num_candidates;
+  return pr.candidate_counts ? min(pr.candidate_counts[p], c) : c;
+}
+
+// Logits of 32 candidates of problem blockIdx.y against all g queries: logits[p][j][i].
+__global__ void __launch_bounds__(kScoreThreads)
+    RerankScoreKernel(RerankGatherParams pr, float inv_sqrt_d, float* logits) {
+  __shared__ uint32_t ids[kScoreTile];
+  __shared__ uint32_t raw[kScoreTile * 2][kMaxKeyWords];  // key part of each record slice
+  __shared__ float key[kScoreTile * 2][kRecordDim + 1];   // +1: rows in different banks
+  __shared__ float qs[kQueryChunk][2 * kRecordDim];
+  const uint32_t p = blockIdx.y, i0 = blockIdx.x * kScoreTile, tid = threadIdx.x;
+  const uint32_t c = pr.num_candidates, d = pr.head_dim, slices = d / kRecordDim, g = pr.group;
+  const uint32_t kb = pr.codec.key_bits, key_words = 2 * kb + 1;
+  const uint32_t warp = tid / 32, lane = tid % 32;
+  // Queries [j0, j0 + kQueryChunk) of the problem into qs.
+  auto load_queries = [&](uint32_t j0) {
+    const uint32_t jn = min(kQueryChunk, g - j0);
+    const float* q = pr.queries + (size_t{p} * g + j0) * d;
+#pragma unroll 4
+    for (uint32_t x = tid; x < jn * d; x += kScoreThreads) qs[x / d][x % d] = q[x];
+  };
+  // The ids, the record base and the first queries travel together; the count is waited for
+  // only after they are on their way (ids past it are read but unused).
+  const uint8_t* base = pr.records[p];
+  if (tid < kScoreTile && i0 + tid < c) ids[tid] = pr.candidates[size_t{p} * c + i0 + tid];
+  const uint32_t used = CandidatesUsed(pr, p);
+  if (i0 >= used) return;
+  const uint32_t tile = min(kScoreTile, used - i0);
+  load_queries(0);
+  __syncthreads();
+  // Only the key part (codes, scale, min) of each slice: values are read for the winners only.
+  if (((reinterpret_cast<uintptr_t>(base) | pr.record_stride_bytes) & 3) == 0)
+    LoadSlices<kScoreThreads, kScoreLoads, true>(base, pr.record_stride_bytes, ids, slices, 0,
+                                                 tile * slices, key_words, raw[0], kMaxKeyWords);
+  else
+    LoadSlices<kScoreThreads, kScoreLoads, false>(base, pr.record_stride_bytes, ids, slices, 0,
+                                                  tile * slices, key_words, raw[0], kMaxKeyWords);
+  __syncthreads();
+  for (uint32_t x = tid; x < tile * slices * kRecordDim; x += kScoreThreads) {
+    const uint32_t r = x / kRecordDim, e = x % kRecordDim;
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(raw[r]);
+    key[r][e] = Dequant(bytes, bytes + 8 * kb, e, kb);
+  }
+  for (uint32_t j0 = 0; j0 < g; j0 += kQueryChunk) {
+    const uint32_t jn = min(kQueryChunk, g - j0);
+    if (j0 > 0) {
+      __syncthreads();  // the previous chunk's products are done with qs
+      load_queries(j0);
+    }
+    __syncthreads();  // the keys are decoded, the queries loaded
+    if (pr.codec.rotate && !pr.queries_rotated) {
+      for (uint32_t v = warp; v < jn * slices; v += kScoreThreads / 32) {
+        float* x = &qs[v / slices][(v % slices) * kRecordDim];
+        float lo = x[lane], hi = x[lane + 32];
+        Hadamard64Warp(lo, hi);
+        x[lane] = lo;
+        x[lane + 32] = hi;
+      }
+      __syncthreads();
+    }
+    // One thread per (query, candidate); a warp shares the query, so its reads broadcast.
+    for (uint32_t x = tid; x < jn * kScoreTile; x += kScoreThreads) {
+      const uint32_t jj = x / kScoreTile, i = x % kScoreTile;
+      if (i >= tile) continue;
+      float logit = 0.0f;
+      for (uint32_t s = 0; s < slices; ++s) {
+        const float* qv = &qs[jj][s * kRecordDim];
+        const float* kv = key[i * slices + s];
+        float dot = 0.0f;
+        for (uint32_t e = 0; e < kRecordDim; ++e) dot = __fadd_rn(dot, __fmul_rn(qv[e], kv[e]));
+        logit = __fadd_rn(logit, __fmul_rn(dot, inv_sqrt_d));
+      }
+      logits[(size_t{p} * g + j0 + jj) * c + i0 + i] = logit;
+    }
+  }
+}
+
+// Scratch of GroupWeightKeys's block reductions.
+struct WeightScratch {
+  float part[kSelectWarps][kQueriesPerPass];
+  float total[kQueriesPerPass];
+};
+
+// Block-wide max (kMax) or sum of v[jj] for each jj, into every thread's v[jj].
+template <bool kMax>
+__device__ __forceinline__ void BlockReduce(float (&v)[kQueriesPerPass], WeightScratch* ws) {
+  const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+#pragma unroll
+  for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
+    float x = v[jj];
+    for (int o = 16; o > 0; o >>= 1) {
+      const float y = __shfl_xor_sync(0xFFFFFFFFu, x, o);
+      x = kMax ? fmaxf(x, y) : x + y;
+    }
+    if (lane == 0) ws->part[warp][jj] = x;
+  }
+  __syncthreads();
+  if (tid < kQueriesPerPass) {
+    float x = ws->part[0][tid];
+    for (uint32_t w = 1; w < kSelectWarps; ++w)
+      x = kMax ? fmaxf(x, ws->part[w][tid]) : x + ws->part[w][tid];
+    ws->total[tid] = x;
+  }
+  __syncthreads();
+#pragma unroll
+  for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) v[jj] = ws->total[jj];
+  __syncthreads();  // ws is reused by the next reduction
+}
+
+// The group weight of each candidate this thread holds (candidate tid + r · kSelectThreads), as
+// a selection key: Σ_j exp(l_ji − max_j) / Σ_i exp(l_ji − max_j), summed in query order as
+// RerankTopK does, but in float (RerankTopK's exp and row sums are double): the weights agree to
+// a few float roundings, which only a near-tie at the k-th place can notice. The logits of
+// kQueriesPerPass queries are loaded at once, one round trip.
+__device__ void GroupWeightKeys(const float* lg, uint32_t g, uint32_t c, uint32_t used,
+                                WeightScratch* ws, uint64_t (&keys)[kItemsPerThread]) {
+  const uint32_t tid = threadIdx.x;
+  float w[kItemsPerThread] = {};
+  for (uint32_t j0 = 0; j0 < g; j0 += kQueriesPerPass) {
+    const uint32_t jn = min(kQueriesPerPass, g - j0);
+    float l[kQueriesPerPass][kItemsPerThread];
+#pragma unroll
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj)
+#pragma unroll
+      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+        const uint32_t i = tid + r * kSelectThreads;  // rows past `used` are read, then ignored
+        l[jj][r] = jj < jn && i < c ? lg[size_t{j0 + jj} * c + i] : -INFINITY;
+      }
+    float total[kQueriesPerPass];
+#pragma unroll
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
+      total[jj] = -INFINITY;
+#pragma unroll
+      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+        if (tid + r * kSelectThreads >= used) l[jj][r] = -INFINITY;
+        total[jj] = fmaxf(total[jj], l[jj][r]);
+      }
+    }
+    BlockReduce<true>(total, ws);  // each query's maximum
+#pragma unroll
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
+      const float mx = total[jj];
+      total[jj] = 0.0f;
+#pragma unroll
+      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+        l[jj][r] = l[jj][r] == -INFINITY ? 0.0f : expf(l[jj][r] - mx);
+        total[jj] += l[jj][r];
+      }
+    }
+    BlockReduce<false>(total, ws);  // each query's softmax normaliser
+#pragma unroll
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj)
+      if (jj < jn)
+#pragma unroll
+        for (uint32_t r = 0; r < kItemsPerThread; ++r) w[r] += __fdiv_rn(l[jj][r], total[jj]);
+  }
+#pragma unroll
+  for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+    const uint32_t i = tid + r * kSelectThreads;
+    keys[r] =
+        i < used ? uint64_t{__float_as_uint(w[r])} << kIndexBits | ((1u << kIndexBits) - 1 - i) : 0;
+  }
+}
+
+// The smallest key the top `want` of the block's valid keys (they are distinct) share with none
+// below them, by 8-bit radix digits from the top; it stops early once a whole digit bin is taken.
+// `hist` is 256 counters, `shared3` three words of shared scratch.
+__device__ uint64_t RadixSelect(const uint64_t (&keys)[kItemsPerThread], uint32_t used,
+                                uint32_t want, uint32_t* hist, uint32_t* shared3) {
+  const uint32_t tid = threadIdx.x, lane = tid % 32;
+  uint64_t prefix = 0;
+  for (int shift = kKeyTopShift; shift >= 0; shift -= 8) {
+    if (tid < 256) hist[tid] = 0;
+    __syncthreads();
+#pragma unroll
+    for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+      if (r * kSelectThreads >= used) break;  // the same for the whole block
+      const bool active = tid + r * kSelectThreads < used && (keys[r] >> (shift + 8)) == prefix;
+      const uint32_t digit = active ? uint32_t(keys[r] >> shift) & 0xFF : 256;
+      // One atomic per distinct digit of the warp: the top digits are mostly equal.
+      const uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
+      if (active && lane == uint32_t(__ffs(int(peers))) - 1) atomicAdd(&hist[digit], __popc(peers));
+    }
+    __syncthreads();
+    if (tid < 32) {
+      // Lane l owns digits 255 − 8l − q, q = 0..7: a scan from the top finds the digit where the
+      // count of larger keys first reaches `want`.
+      uint32_t count[8], local = 0;
+      for (uint32_t q = 0; q < 8; ++q) local += count[q] = hist[255 - 8 * lane - q];
+      uint32_t inclusive = local;
+      for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xFFFFFFFFu, inclusive, o);
+        if (int(lane) >= o) inclusive += y;
+      }
+      uint32_t before = inclusive - local;
+      if (before < want && want <= inclusive) {
+        for (uint32_t q = 0; q < 8; ++q) {
+          if (before + count[q] >= want) {
+            shared3[0] = 255 - 8 * lane - q;
+            shared3[1] = want - before;
+            shared3[2] = before + count[q] == want;  // the whole bin is taken
+            break;
+          }
+          before += count[q];
+        }
+      }
+    }
+    __syncthreads();
+    prefix = prefix << 8 | shared3[0];
+    want = shared3[1];
+    if (shared3[2]) return prefix << shift;
+    // shared3 is rewritten only after the next pass's second barrier: everyone has read it.
+  }
+  return prefix;
+}
+
+// Decodes `n` gathered record slices from `raw` (one warp each): keys un-rotated, values.
+__device__ void DecodeSlices(const RerankGatherParams& pr, uint32_t p, uint32_t r0, uint32_t n,
+                             const uint32_t (*raw)[kRecordWords]) {
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint32_t kb = pr.codec.key_bits, vb = pr.codec.value_bits, d = pr.head_dim;
+  const uint32_t slices = d / kRecordDim;
+  for (uint32_t r = warp; r < n; r += kSelectWarps) {
+    const uint8_t* rec = reinterpret_cast<const uint8_t*>(raw[r]);
+    const uint8_t* vrec = rec + 8 * kb + 4;
+    float klo = Dequant(rec, rec + 8 * kb, lane, kb);
+    float khi = Dequant(rec, rec + 8 * kb, lane + 32, kb);
+    if (pr.codec.rotate) Hadamard64Warp(klo, khi);  // (H/8)(H/8) = I
+    const float vlo = Dequant(vrec, vrec + 8 * vb, lane, vb);
+    const float vhi = Dequant(vrec, vrec + 8 * vb, lane + 32, vb);
+    const uint32_t t = (r0 + r) / slices, s = (r0 + r) % slices;
+    const size_t at = (size_t{p} * pr.top_k + t) * d + s * kRecordDim + lane;
+    Store(pr.out_keys, pr.out_dtype, at, klo);
+    Store(pr.out_keys, pr.out_dtype, at + 32, khi);
+    Store(pr.out_values, pr.out_dtype, at, vlo);
+    Store(pr.out_values, pr.out_dtype, at + 32, vhi);
+  }
+}
+
+// One block per problem: weights, top-k, ids ascending, then the winners' records decoded.
+__global__ void __launch_bounds__(kSelectThreads)
+    RerankSelectKernel(RerankGatherParams pr, const float* logits) {
+  __shared__ WeightScratch weight_scratch;
+  __shared__ uint32_t hist[256], shared3[3], picked_count;
+  __shared__ uint32_t picked[kGatherMaxTopK], sorted[kGatherMaxTopK];
+  __shared__ uint32_t raw[kGatherSlices][kRecordWords];
+  const uint32_t p = blockIdx.x, tid = threadIdx.x;
+  const uint32_t c = pr.num_candidates, g = pr.group, k = pr.top_k, d = pr.head_dim;
+  const uint32_t used = CandidatesUsed(pr, p), m = min(k, used);
+  const uint8_t* base = pr.records[p];  // loaded now, used at the end: off the critical path
+  const bool aligned = ((reinterpret_cast<uintptr_t>(base) | pr.record_stride_bytes) & 3) == 0;
+  if (tid == 0) picked_count = 0;
+  uint64_t keys[kItemsPerThread];
+  GroupWeightKeys(logits + size_t{p} * g * c, g, c, used, &weight_scratch, keys);
+  // With m = used every candidate is chosen: threshold 0 takes them all.
+  const uint64_t threshold = m < used ? RadixSelect(keys, used, m, hist, shared3) : 0;
+  const uint32_t* cand = pr.candidates + size_t{p} * c;
+#pragma unroll
+  for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+    const uint32_t i = tid + r * kSelectThreads;
+    if (i < used && keys[r] >= threshold) picked[atomicAdd(&picked_count, 1u)] = cand[i];
+  }
+  __syncthreads();
+  // Ascending ids (as RerankTopK's std::sort), by counting: m is small.
+  for (uint32_t t = tid; t < m; t += kSelectThreads) {
+    const uint32_t id = picked[t];
+    uint32_t rank = 0;
+    for (uint32_t u = 0; u < m; ++u) rank += picked[u] < id || (picked[u] == id && u < t);
+    sorted[rank] = id;
+  }
+  __syncthreads();
+  for (uint32_t t = tid; t < k; t += kSelectThreads)
+    pr.out_ids[size_t{p} * k + t] = t < m ? sorted[t] : 0;
+  if (tid == 0) pr.out_counts[p] = m;
+  const uint32_t slices = d / kRecordDim, total = m * slices;
+  for (uint32_t r0 = 0; r0 < total; r0 += kGatherSlices) {
+    const uint32_t n = min(kGatherSlices, total - r0);
+    if (aligned)
+      LoadSlices<kSelectThreads, kGatherLoads, true>(base, pr.record_stride_bytes, sorted, slices,
+                                                     r0, n, kRecordWords, raw[0], kRecordWords);
+    else
+      LoadSlices<kSelectThreads, kGatherLoads, false>(base, pr.record_stride_bytes, sorted, slices,
+                                                      r0, n, kRecordWords, raw[0], kRecordWords);
+    __syncthreads();
+    DecodeSlices(pr, p, r0, n, raw);
+    __syncthreads();
+  }
+  // Rows past the count are zero, so a reader that ignores out_counts attends to nothing stale.
+  for (size_t x = size_t{m} * d + tid; x < size_t{k} * d; x += kSelectThreads) {
+    Store(pr.out_keys, pr.out_dtype, size_t{p} * k * d + x, 0.0f);
+    Store(pr.out_values, pr.out_dtype, size_t{p} * k * d + x, 0.0f);
+  }
+}
+
+}  // namespace
+
+size_t RerankGatherWorkspaceBytes(const RerankGatherParams& pr) {
+  return size_t{pr.num_problems} * pr.group * pr.num_candidates * sizeof(float);
+}
+
+std::string CheckRerankGather(const RerankGatherParams& pr) {
+  auto bad = [](const char* what, uint64_t value) {
+    return std::string(what) + " (got " + std::to_string(value) + ")";
+  };
+  if (pr.num_problems > 65535) return bad("num_problems must be at most 65535", pr.num_problems);
+  if (pr.head_dim != 64 && pr.head_dim != 128)
+    return bad("head_dim must be 64 or 128", pr.head_dim);
+  if (pr.group < 1 || pr.group > kGatherMaxGroup) return bad("group must be in 1..256", pr.group);
+  if (pr.num_candidates > kGatherMaxCandidates)
+    return bad("num_candidates must be at most 4096", pr.num_candidates);
+  if (pr.top_k < 1 || pr.top_k > kGatherMaxTopK) return bad("top_k must be in 1..1024", pr.top_k);
+  if (pr.codec.key_bits < 1 || pr.codec.key_bits > 11)
+    return bad("codec.key_bits must be in 1..11", pr.codec.key_bits);
+  if (pr.codec.key_bits + pr.codec.value_bits != 12)
+    return bad("codec.key_bits + codec.value_bits must be 12",
+               pr.codec.key_bits + pr.codec.value_bits);
+  if (pr.out_dtype != DType::kFloat32 && pr.out_dtype != DType::kBFloat16)
+    return bad("out_dtype must be kFloat32 or kBFloat16", uint32_t(pr.out_dtype));
+  const uint64_t record = uint64_t{pr.head_dim / 64} * index::kRecordBytes;
+  if (pr.record_stride_bytes < record)
+    return bad("record_stride_bytes must be at least 104 * head_dim / 64", pr.record_stride_bytes);
+  if (pr.num_problems == 0) return {};
+  if (!pr.records || !pr.queries || !pr.out_ids || !pr.out_counts || !pr.out_keys ||
+      !pr.out_values || (pr.num_candidates > 0 && !pr.candidates))
+    return "a required pointer is null (records, candidates, queries or an output)";
+  if (pr.workspace_bytes < RerankGatherWorkspaceBytes(pr) ||
+      (pr.workspace_bytes > 0 && !pr.workspace))
+    return bad("workspace_bytes is below RerankGatherWorkspaceBytes", pr.workspace_bytes);
+  return {};
+}
+
+int LaunchRerankGather(const RerankGatherParams& pr, CUstream_st* stream, std::string* error) {
+  if (std::string why = CheckRerankGather(pr); !why.empty()) {
+    if (error)
+      *error = std::move(why);
+    else
+      std::fprintf(stderr, "kiv kernels: LaunchRerankGather: %s\n", why.c_str());
+    return int(cudaErrorInvalidValue);
+  }
+  if (pr.num_problems == 0) return int(cudaSuccess);
+  float* logits = static_cast<float*>(pr.workspace);
+  // As RerankTopK computes it (1/8 exactly for d = 64).
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(pr.head_dim));
+  if (pr.num_candidates > 0) {
+    const dim3 grid((pr.num_candidates + kScoreTile - 1) / kScoreTile, pr.num_problems);
+    RerankScoreKernel<<<grid, kScoreThreads, 0, stream>>>(pr, inv_sqrt_d, logits);
+    KIV_CUDA_CALL(cudaGetLastError());
+  }
+  RerankSelectKernel<<<pr.num_problems, kSelectThreads, 0, stream>>>(pr, logits);
+  return int(cudaGetLastError());
+}
+
+}  // namespace kiv::kernels
