@@ -229,10 +229,14 @@ void WriteRecall(JsonWriter& w, const RecallStats& r) {
   for (uint64_t c : r.count) n += c;
   w.Field("retrievals", n).Field("mean", r.Mean()).Field("worst_layer", worst);
   w.Field("worst_layer_mean", worst_mean);
-  w.Key("per_layer").BeginArray();
-  for (size_t l = 0; l < r.sum.size(); ++l)
-    w.Double(r.count[l] ? r.sum[l] / double(r.count[l]) : std::nan(""));
-  w.EndArray();
+  auto per_layer = [&](const char* key, const std::vector<double>& v) {
+    w.Key(key).BeginArray();
+    for (size_t l = 0; l < v.size(); ++l) w.Double(r.count[l] ? v[l] / double(r.count[l]) : std::nan(""));
+    w.EndArray();
+  };
+  per_layer("per_layer", r.sum);
+  per_layer("cold_attention_share_per_layer", r.cold_mass);
+  per_layer("cold_mass_retrieved_per_layer", r.coverage);
 }
 
 // Tokens of a book's text from its start (the capture's text for kl).
@@ -505,7 +509,8 @@ int RunBenchFidelity(Options& o) {
   w.Field("candidates", c.candidates).Field("signature_bits", c.signature_bits);
   w.Field("codec", c.codec_id).Field("chunk", o.flags.session.chunk_tokens);
   w.Field("prefill_block", c.prefill_block).Field("prefill_tail", c.prefill_tail);
-  w.Field("scan_norms", c.scan_norms).EndObject();
+  w.Field("scan_norms", c.scan_norms).Field("summary_page", c.summary_page);
+  w.Field("oracle", c.oracle).EndObject();
   const std::vector<int32_t> kl_ids =
       BookTokens(*probe, kl_text, std::max<size_t>(size_t{o.kl_context} + o.kl_scored,
                                                    size_t{o.equivalence_tokens} + o.equivalence_scored));
@@ -550,6 +555,10 @@ void SetupBenchFidelity(CLI::App& bench) {
   sub->add_option("--window", s.cache.window, "Hot window")->capture_default_str();
   sub->add_option("--k", s.cache.top_k, "Cold tokens retrieved per layer and kv-head")->capture_default_str();
   sub->add_option("--candidates", s.cache.candidates, "Scan candidates re-ranked")->capture_default_str();
+  sub->add_flag("--oracle", s.cache.oracle,
+                "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
+  sub->add_option("--summary-page", s.cache.summary_page,
+                  "Cold pages of this many tokens also attend as one summary (0: off)")->capture_default_str();
   sub->add_option("--kl-book", o->kl_book, "Book whose opening is the KL text")->capture_default_str();
   sub->add_option("--kl-context", o->kl_context, "KL: context tokens before the scored ones")->capture_default_str();
   sub->add_option("--kl-scored", o->kl_scored, "KL: scored positions (decode steps)")->capture_default_str();

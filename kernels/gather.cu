@@ -18,13 +18,7 @@
 
 #include "kernels/gather.h"
 
-#ifndef KIV_CUDA_CALL
-#define KIV_CUDA_CALL(expr)                                  \
-  do {                                                       \
-    const cudaError_t kiv_status_ = (expr);                  \
-    if (kiv_status_ != cudaSuccess) return int(kiv_status_); \
-  } while (0)
-#endif
+#include "kernels/cuda_call.cuh"
 
 namespace kiv::kernels {
 namespace {

@@ -37,13 +37,7 @@
 
 #include "kernels/scan.h"
 
-#ifndef KIV_CUDA_CALL
-#define KIV_CUDA_CALL(expr)                                          \
-  do {                                                               \
-    const cudaError_t kiv_cuda_call_e = (expr);                      \
-    if (kiv_cuda_call_e != cudaSuccess) return int(kiv_cuda_call_e); \
-  } while (0)
-#endif
+#include "kernels/cuda_call.cuh"
 
 namespace kiv::kernels {
 namespace {

@@ -24,12 +24,21 @@ struct TieredCacheOptions {
   uint32_t prefill_tail = 64;
   // Weight the scan's score by the key's norm (an estimate of q·k rather than of q·k/|k|).
   bool scan_norms = true;
+  // Cold tokens that retrieval did not pick still hold attention (a diffuse head spreads half of
+  // its mass over them). With summary_page = P > 0 each full page of P cold tokens also enters
+  // attention as one summary: the mean of its decoded keys and values, weighted as the page's
+  // unpicked tokens (score q·k̄/√d + log(P − picked in page)). 0: off.
+  uint32_t summary_page = 0;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
   // Measure recall (QUALITY.md 5) at every single-query retrieval: keeps the exact cold keys in
   // memory beside the records and scores each retrieval against the exact attention. Costs a full
   // attention over the cold tier per step: a benchmark mode.
   bool measure_recall = false;
+  // Retrieval replaced by an oracle: the k cold tokens with the most exact attention mass of the
+  // group (exact keys kept in memory, records still decoded for attention). A benchmark mode that
+  // shows what top-k selection can reach at best.
+  bool oracle = false;
 };
 
 // Recall of retrieval, per layer: the share of the exact attention mass of the true top-k cold
@@ -38,6 +47,9 @@ struct TieredCacheOptions {
 struct RecallStats {
   std::vector<double> sum;       // per layer: sum of recall over retrievals
   std::vector<uint64_t> count;   // per layer: retrievals measured
+  // Per layer, summed like `sum`: the share of the group's attention (mean over its heads) that
+  // falls on cold tokens, and the share of that cold mass the retrieved tokens hold.
+  std::vector<double> cold_mass, coverage;
   double Mean() const;           // over all retrievals, NaN when none
   // The layer with the lowest mean recall (-1 when none) and that mean.
   int WorstLayer(double* mean) const;

@@ -50,14 +50,19 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
     hot_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
     hot_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
-    if (options.exact_cold || options.measure_recall)
+    if (options.exact_cold || options.measure_recall || options.oracle)
       exact_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
     if (options.exact_cold)
       exact_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
   }
   recall_.sum.assign(shape.num_layers, 0.0);
   recall_.count.assign(shape.num_layers, 0);
+  recall_.cold_mass.assign(shape.num_layers, 0.0);
+  recall_.coverage.assign(shape.num_layers, 0.0);
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
+  summary_k_.resize(signatures_.size());
+  summary_v_.resize(signatures_.size());
+  page_sums_.assign(signatures_.size(), std::vector<float>(2 * size_t{shape.head_dim}, 0.0f));
   key_norms_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
 }
 
@@ -105,7 +110,8 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
       // The block's queries of every head in the group share one retrieval.
       const torch::Tensor qb = qf.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).contiguous();
       queries.assign(qb.data_ptr<float>(), qb.data_ptr<float>() + qb.numel());
-      const std::vector<uint32_t> picked = Retrieve(layer, h, queries.data(), uint32_t(g * m));
+      const std::vector<uint32_t> picked = options_.oracle ? OracleTopK(layer, h, qb)
+                                                           : Retrieve(layer, h, queries.data(), uint32_t(g * m));
       if (picked.empty()) continue;
       const int64_t r = int64_t(picked.size());
       torch::Tensor ks, vs;
@@ -126,7 +132,8 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
       }
       stats_.tokens_retrieved += uint64_t(r);
       if (options_.measure_recall && m == 1) MeasureRecall(layer, h, qb, picked);
-      const PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));  // [g,m,d]
+      PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));  // [g,m,d]
+      if (options_.summary_page > 0) o = MergeAttention(o, SummaryAttention(layer, h, qb, picked));
       out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.out);
       lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.lse);
     }
@@ -185,6 +192,75 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
   return picked;
 }
 
+// Folds one cold token's decoded record into its page's sums; a full page becomes a summary.
+// From the record, not the exact key and value, so a resumed session rebuilds the same summaries.
+void TieredCache::Summarize(uint32_t layer, uint32_t head, const uint8_t* record) {
+  const uint32_t d = shape_.head_dim, P = options_.summary_page;
+  const size_t slot = size_t{layer} * shape_.num_kv_heads + head;
+  std::vector<float>& sums = page_sums_[slot];
+  float key[index::kRecordDim], value[index::kRecordDim];
+  for (uint32_t s = 0; s < d / 64; ++s) {
+    codec_.Decode(record + s * index::kRecordBytes, key, value);
+    for (uint32_t e = 0; e < 64; ++e) sums[s * 64 + e] += key[e], sums[d + s * 64 + e] += value[e];
+  }
+  const uint64_t filled = summarized_tokens_ % P + 1;  // the caller sets the token's index
+  if (filled == P) {
+    for (uint32_t e = 0; e < d; ++e) {
+      summary_k_[slot].push_back(sums[e] / float(P));
+      summary_v_[slot].push_back(sums[d + e] / float(P));
+    }
+    std::fill(sums.begin(), sums.end(), 0.0f);
+  }
+}
+
+// Attention of the group's queries qb [g, m, d] over the page summaries of (layer, head), each
+// standing for its tokens that `picked` (ascending) does not hold.
+PartialAttention TieredCache::SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                               const std::vector<uint32_t>& picked) const {
+  const size_t slot = size_t(layer) * shape_.num_kv_heads + head;
+  const int64_t d = shape_.head_dim, P = options_.summary_page;
+  const int64_t pages = int64_t(summary_k_[slot].size()) / d;
+  const int64_t g = qb.size(0), m = qb.size(1);
+  const PartialAttention none{torch::zeros({g, m, d}, torch::kFloat32),
+                              torch::full({g, m}, -INFINITY, torch::kFloat32)};
+  std::vector<float> bias(size_t(pages), std::log(float(P)));
+  for (size_t i = 0; i < picked.size();) {  // picked is ascending: count per page
+    const int64_t page = picked[i] / P;
+    size_t j = i;
+    while (j < picked.size() && int64_t(picked[j] / P) == page) ++j;
+    if (page < pages) bias[size_t(page)] = j - i == size_t(P) ? -INFINITY : std::log(float(P - int64_t(j - i)));
+    i = j;
+  }
+  // No page with an unpicked token (none yet, or all picked): nothing to add, and a softmax over
+  // nothing but -inf would be NaN.
+  if (std::none_of(bias.begin(), bias.end(), [](float b) { return std::isfinite(b); })) return none;
+  const torch::Tensor ks = torch::from_blob(const_cast<float*>(summary_k_[slot].data()), {pages, d}, torch::kFloat32);
+  const torch::Tensor vs = torch::from_blob(const_cast<float*>(summary_v_[slot].data()), {pages, d}, torch::kFloat32);
+  const torch::Tensor b = torch::from_blob(bias.data(), {pages}, torch::kFloat32);
+  const torch::Tensor scores = torch::matmul(qb, ks.t()) / std::sqrt(double(d)) + b;  // [g, m, pages]
+  const torch::Tensor lse = torch::logsumexp(scores, -1);
+  const torch::Tensor out = torch::matmul(torch::softmax(scores, -1), vs);
+  return {out, lse};
+}
+
+// The k cold tokens with the most exact attention mass of the group's queries qb [g, m, d]
+// (summed over the group and the block), ascending.
+std::vector<uint32_t> TieredCache::OracleTopK(int64_t layer, uint32_t head, const torch::Tensor& qb) {
+  const int64_t n = int64_t(cold_tokens_), k = std::min<int64_t>(options_.top_k, n);
+  std::vector<uint32_t> picked;
+  if (k == 0) return picked;
+  const torch::Tensor scores = torch::matmul(qb.to(torch::kFloat64), exact_k_[layer][head].to(torch::kFloat64).t()) /
+                               std::sqrt(double(shape_.head_dim));  // [g, m, n]
+  const torch::Tensor hot = torch::matmul(qb.to(torch::kFloat64), hot_k_[layer][head].to(torch::kCPU).to(torch::kFloat64).t()) /
+                            std::sqrt(double(shape_.head_dim));
+  const torch::Tensor lse = torch::logsumexp(torch::cat({scores, hot}, -1), -1, true);
+  const torch::Tensor mass = torch::exp(scores - lse).sum(1).sum(0);  // [n]
+  const torch::Tensor idx = std::get<0>(std::get<1>(torch::topk(mass, k)).sort()).contiguous();
+  for (int64_t i = 0; i < k; ++i) picked.push_back(uint32_t(idx[i].item<int64_t>()));
+  ++stats_.scans;
+  return picked;
+}
+
 // One retrieval's recall against the exact attention of the group's queries qb [g, 1, d] over
 // the whole context (cold tokens with their exact keys, plus the hot tier, whose last token is the
 // query's own): the mass the picked tokens hold over the mass the true top-k hold.
@@ -206,6 +282,9 @@ void TieredCache::MeasureRecall(int64_t layer, uint32_t head, const torch::Tenso
   const double got = mass.index_select(0, idx).sum().item<double>();
   if (best > 0) {
     recall_.sum[size_t(layer)] += std::min(1.0, got / best);
+    const double cold_mass = mass.sum().item<double>();
+    recall_.cold_mass[size_t(layer)] += cold_mass / double(qb.size(0));
+    recall_.coverage[size_t(layer)] += cold_mass > 0 ? got / cold_mass : 1.0;
     ++recall_.count[size_t(layer)];
   }
 }
@@ -256,12 +335,17 @@ Status TieredCache::Evict(uint32_t count) {
           codec_.Encode(key + s * 64, value + s * 64,
                         run->records.data() + slot * rb + s * index::kRecordBytes);
         projection_.Sign(key, nullptr, sigs.data() + slot * words);
+        if (options_.summary_page > 0) {
+          // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
+          summarized_tokens_ = cold_tokens_ + t;
+          Summarize(l, h, run->records.data() + slot * rb);
+        }
         key_norms_[size_t{l} * H + h].push_back(StoredKeyNorm(run->records.data() + slot * rb));
         head_sigs.insert(head_sigs.end(), sigs.data() + slot * words,
                          sigs.data() + (slot + 1) * words);
       }
     }
-    if (options_.exact_cold || options_.measure_recall) exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
+    if (options_.exact_cold || options_.measure_recall || options_.oracle) exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
     if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
     hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
     hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
@@ -379,10 +463,16 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
         auto& norms = key_norms_[size_t{l} * H + h];
         for (uint32_t t = 0; t < run.token_count; ++t)
           norms.push_back(StoredKeyNorm(reader_->Record(run.first_token + t, l, h)));
+        if (options_.summary_page > 0) {
+          for (uint32_t t = 0; t < run.token_count; ++t) {
+            summarized_tokens_ = run.first_token + t;
+            Summarize(l, h, reader_->Record(run.first_token + t, l, h));
+          }
+        }
       }
     }
   }
-  if (options_.exact_cold || options_.measure_recall)
+  if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;

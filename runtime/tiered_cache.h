@@ -15,6 +15,7 @@
 #include "index/record.h"
 #include "index/signature.h"
 #include "runtime/cache_options.h"
+#include "runtime/full_cache.h"
 #include "runtime/kv_cache.h"
 #include "storage/reader.h"
 #include "storage/writer.h"
@@ -63,6 +64,10 @@ class TieredCache : public KvCache {
   struct ColdRun;  // records of one appended-but-uncommitted segment
   torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
   std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
+  void Summarize(uint32_t layer, uint32_t head, const uint8_t* record);
+  PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                    const std::vector<uint32_t>& picked) const;
+  std::vector<uint32_t> OracleTopK(int64_t layer, uint32_t head, const torch::Tensor& qb);
   void MeasureRecall(int64_t layer, uint32_t head, const torch::Tensor& qb,
                      const std::vector<uint32_t>& picked);
   const uint8_t* Record(uint64_t token, uint32_t layer, uint32_t head) const;
@@ -90,6 +95,10 @@ class TieredCache : public KvCache {
   std::vector<std::vector<uint64_t>> signatures_;
   std::vector<std::vector<float>> key_norms_;  // per (layer, kv-head) [n_cold] |k|, for the scan
   std::vector<torch::Tensor> exact_k_, exact_v_;
+  // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
+  // each full page [pages][d], and the running sums of the page being filled [2][d].
+  std::vector<std::vector<float>> summary_k_, summary_v_, page_sums_;
+  uint64_t summarized_tokens_ = 0;  // cold index of the token Summarize is given
   uint64_t cold_tokens_ = 0;
   int64_t length_ = 0;
   RetrievalStats stats_;

@@ -2,14 +2,14 @@
 // equivalence gate, the codec alone, the ablation, and resuming from the archive bit for bit.
 #include "runtime/tiered_cache.h"
 
-#include "runtime/full_cache.h"
-
 #include <doctest/doctest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
-#include <unistd.h>
+
+#include "runtime/full_cache.h"
 
 using namespace kiv;
 
@@ -136,52 +136,110 @@ TEST_CASE("retrieval with the defaults picks k tokens and stays closer than the 
   CHECK(err < ablation_err);
 }
 
-TEST_CASE("resume: commit, reopen the archive, continue: bit-for-bit the same") {
-  const auto steps = MakeSteps(900, 40, 4);
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("kiv-tiered-" + std::to_string(getpid()) + ".kiv")).string();
-  std::filesystem::remove(path);
-  ArchiveSpec spec;
-  spec.model = {"test", kShape.num_layers, kShape.num_q_heads, kShape.num_kv_heads,
-                kShape.head_dim, 1000, 1, 2};
+TEST_CASE("page summaries of one token each are the unpicked tokens themselves: k = all") {
+  // With summary_page = 1 every cold token the retrieval does not pick enters attention as its
+  // own summary (its decoded key and value, weight log 1): the union is every cold token, as with
+  // k = all, so the outputs agree to float rounding.
+  const auto steps = MakeSteps(700, 20, 5);
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = o.candidates = 100000;
+  TieredCache all(kShape, o);
+  const auto want = Run(all, steps);
+  o.top_k = 8;
+  o.candidates = 64;
+  o.summary_page = 1;
+  TieredCache paged(kShape, o);
+  const double diff = MaxDiff(Run(paged, steps), want);
+  MESSAGE("summary_page 1, k = 8 against k = all: max diff " << diff);
+  CHECK(diff < 1e-4);
+  o.summary_page = 0;
+  TieredCache plain(kShape, o);
+  CHECK(MaxDiff(Run(plain, steps), want) > 100 * diff);  // without summaries: far off
+}
+
+TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with retrieval") {
+  const auto steps = MakeSteps(1200, 30, 6);
   TieredCacheOptions o;
   o.window = 64;
   o.top_k = 32;
-  o.candidates = 128;
-  spec.codec.signature_bits = o.signature_bits;
-  spec.codec.projection_seed = o.projection_seed;
-  spec.codec.sinks = o.sinks;
-  spec.codec.hot_window = o.window;
+  o.candidates = 256;
+  o.measure_recall = true;
+  TieredCache scan(kShape, o);
+  Run(scan, steps);
+  o.oracle = true;
+  TieredCache oracle(kShape, o);
+  Run(oracle, steps);
+  const RecallStats& r = scan.recall();
+  const RecallStats& best = oracle.recall();
+  REQUIRE(r.count[0] > 30 * kShape.num_kv_heads);  // decode steps and the prefill tails
+  MESSAGE("recall: retrieval " << r.Mean() << ", oracle " << best.Mean());
+  CHECK(best.Mean() == doctest::Approx(1.0).epsilon(1e-9));
+  CHECK(r.Mean() < 1.0);
+  CHECK(r.Mean() > 0.5);
+  double worst = 0;
+  CHECK(r.WorstLayer(&worst) >= 0);
+  CHECK(worst <= r.Mean());
+}
 
-  // Uninterrupted, in memory.
-  TieredCache whole(kShape, o);
-  const auto want = Run(whole, steps);
+TEST_CASE("resume: commit, reopen the archive, continue: bit-for-bit the same") {
+  for (const uint32_t summary_page : {0u, 16u}) {  // summaries are rebuilt from the records
+    CAPTURE(summary_page);
+    const auto steps = MakeSteps(900, 40, 4);
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              ("kiv-tiered-" + std::to_string(getpid()) + ".kiv"))
+                                 .string();
+    std::filesystem::remove(path);
+    ArchiveSpec spec;
+    spec.model = {"test",
+                  kShape.num_layers,
+                  kShape.num_q_heads,
+                  kShape.num_kv_heads,
+                  kShape.head_dim,
+                  1000,
+                  1,
+                  2};
+    TieredCacheOptions o;
+    o.window = 64;
+    o.top_k = 32;
+    o.candidates = 128;
+    o.summary_page = summary_page;
+    spec.codec.signature_bits = o.signature_bits;
+    spec.codec.projection_seed = o.projection_seed;
+    spec.codec.sinks = o.sinks;
+    spec.codec.hot_window = o.window;
 
-  // Interrupted: first part, commit, close; reopen, second part.
-  const size_t cut = steps.size() - 15;
-  std::vector<torch::Tensor> first, second;
-  {
-    auto w = ArchiveWriter::Create(path, spec);
-    REQUIRE(w.ok());
-    auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, nullptr);
-    REQUIRE(cache.ok());
-    first = Run(**cache, steps, 0, cut);
-    REQUIRE((*cache)->Commit({7, 7}).ok());
-    REQUIRE((*w)->Close().ok());
+    // Uninterrupted, in memory.
+    TieredCache whole(kShape, o);
+    const auto want = Run(whole, steps);
+
+    // Interrupted: first part, commit, close; reopen, second part.
+    const size_t cut = steps.size() - 15;
+    std::vector<torch::Tensor> first, second;
+    {
+      auto w = ArchiveWriter::Create(path, spec);
+      REQUIRE(w.ok());
+      auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, nullptr);
+      REQUIRE(cache.ok());
+      first = Run(**cache, steps, 0, cut);
+      REQUIRE((*cache)->Commit({7, 7}).ok());
+      REQUIRE((*w)->Close().ok());
+    }
+    {
+      auto w = ArchiveWriter::Open(path);
+      REQUIRE(w.ok());
+      std::vector<uint8_t> extra;
+      auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, &extra);
+      REQUIRE(cache.ok());
+      CHECK(extra == std::vector<uint8_t>{7, 7});
+      CHECK((*cache)->length() == whole.length() - int64_t(steps.size() - cut));
+      second = Run(**cache, steps, cut);
+    }
+    for (uint32_t l = 0; l < kShape.num_layers; ++l) {
+      const torch::Tensor resumed = torch::cat({first[l], second[l]}, 1);
+      CHECK(torch::equal(resumed, want[l]));
+      CHECK(torch::equal(first[l], want[l].slice(1, 0, first[l].size(1))));
+    }
+    std::filesystem::remove(path);
   }
-  {
-    auto w = ArchiveWriter::Open(path);
-    REQUIRE(w.ok());
-    std::vector<uint8_t> extra;
-    auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, &extra);
-    REQUIRE(cache.ok());
-    CHECK(extra == std::vector<uint8_t>{7, 7});
-    CHECK((*cache)->length() == whole.length() - int64_t(steps.size() - cut));
-    second = Run(**cache, steps, cut);
-  }
-  for (uint32_t l = 0; l < kShape.num_layers; ++l) {
-    const torch::Tensor resumed = torch::cat({first[l], second[l]}, 1);
-    CHECK(torch::equal(resumed, want[l]));
-  }
-  std::filesystem::remove(path);
 }
