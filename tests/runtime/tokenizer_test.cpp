@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <filesystem>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -81,7 +82,7 @@ std::string ReferenceDir(const Tokenizer& tokenizer, const std::string& text, st
     *why = "python3 with tokenizers and transformers is not available to make the references";
     return {};
   }
-  std::system("mkdir -p tokenizer_reference");
+  std::filesystem::create_directories("tokenizer_reference");
   const std::string cmd = "python3 " + ShellQuote(script) + " all --model " +
                           ShellQuote(ModelDir()) + " --text " + ShellQuote(AustenPath()) +
                           " --out-dir " + ShellQuote(dir) + " > " + ShellQuote(dir + ".log") +
