@@ -29,6 +29,10 @@ struct TieredCacheOptions {
   // attention as one summary: the mean of its decoded keys and values, weighted as the page's
   // unpicked tokens (score q·k̄/√d + log(P − picked in page)). 0: off.
   uint32_t summary_page = 0;
+  // On a CUDA device, keep the signatures on the GPU and scan them there (kernels/scan.h,
+  // bit-exact with the CPU scan); false scans on the CPU (the reference). Needs a build with
+  // the CUDA kernels; ignored on the CPU.
+  bool gpu_scan = true;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
   // Measure recall (QUALITY.md 5) at every single-query retrieval: keeps the exact cold keys in

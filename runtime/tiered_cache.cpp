@@ -9,6 +9,9 @@
 #include "index/asym_scan.h"
 #include "index/rerank.h"
 #include "runtime/full_cache.h"
+#ifdef KIV_HAVE_KERNELS
+#include "runtime/gpu_scan.h"
+#endif
 
 namespace kiv {
 namespace {
@@ -60,6 +63,10 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   recall_.cold_mass.assign(shape.num_layers, 0.0);
   recall_.coverage.assign(shape.num_layers, 0.0);
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
+#ifdef KIV_HAVE_KERNELS
+  if (device.is_cuda() && options.gpu_scan)
+    gpu_index_ = std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
+#endif
   summary_k_.resize(signatures_.size());
   summary_v_.resize(signatures_.size());
   page_sums_.assign(signatures_.size(), std::vector<float>(2 * size_t{shape.head_dim}, 0.0f));
@@ -152,29 +159,44 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
     for (size_t t = 0; t < n; ++t) picked[t] = uint32_t(t);
     return picked;
   }
-  const std::vector<uint64_t>& sigs = signatures_[size_t(layer) * shape_.num_kv_heads + head];
+  const uint32_t slot = uint32_t(layer) * shape_.num_kv_heads + head;
+  const std::vector<uint64_t>& sigs = signatures_[slot];
   const float* norms = options_.scan_norms ? key_norms_[size_t(layer) * shape_.num_kv_heads + head].data() : nullptr;
-  std::vector<float> table(size_t{options_.signature_bits / 8} * 256), scores(n);
+  // Host scan buffers only when the scan runs here.
+  std::vector<float> table(gpu_index_ ? 0 : size_t{options_.signature_bits / 8} * 256),
+      scores(gpu_index_ ? 0 : n);
   std::vector<uint32_t> candidates;
   if (count <= kPerQueryScanMax) {
     // Each query scans on its own and brings its best C / count: one head's needle is not
     // drowned by the other heads of the group, as it is in the scan of their summed query.
     const size_t share = (options_.candidates + count - 1) / count;
     std::vector<uint32_t> best(std::min<size_t>(share, n));
-    for (uint32_t j = 0; j < count; ++j) {
+    for (uint32_t j = 0; j < count && !gpu_index_; ++j) {
       index::BuildGroupTable(projection_, queries + size_t{j} * d, 1, table.data());
       index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
       best.resize(index::SelectLargest(scores.data(), n, share, best.data()));
       candidates.insert(candidates.end(), best.begin(), best.end());
     }
+#ifdef KIV_HAVE_KERNELS
+    if (gpu_index_)
+      for (const auto& picked_j : gpu_index_->SelectPerQuery(slot, queries, count, uint32_t(share),
+                                                             options_.scan_norms))
+        candidates.insert(candidates.end(), picked_j.begin(), picked_j.end());
+#endif
     std::sort(candidates.begin(), candidates.end());
     candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
     stats_.tokens_scanned += uint64_t{n} * count;
   } else {
-    index::BuildGroupTable(projection_, queries, count, table.data());
-    index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
-    candidates.resize(std::min<size_t>(options_.candidates, n));
-    candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
+#ifdef KIV_HAVE_KERNELS
+    if (gpu_index_)
+      candidates = gpu_index_->SelectGroup(slot, queries, count, options_.candidates, options_.scan_norms);
+#endif
+    if (!gpu_index_) {
+      index::BuildGroupTable(projection_, queries, count, table.data());
+      index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
+      candidates.resize(std::min<size_t>(options_.candidates, n));
+      candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
+    }
     stats_.tokens_scanned += n;
   }
   std::vector<float> rotated(size_t{count} * d);
@@ -362,6 +384,13 @@ Status TieredCache::Evict(uint32_t count) {
                      ids.data(), positions.data()};
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
+#ifdef KIV_HAVE_KERNELS
+  if (gpu_index_) {
+    for (uint32_t slot = 0; slot < L * H; ++slot)
+      gpu_index_->Append(slot, sigs.data() + size_t{slot} * count * words,
+                         key_norms_[slot].data() + key_norms_[slot].size() - count, count);
+  }
+#endif
   runs_.push_back(std::move(run));
   cold_tokens_ += count;
   return Status::Ok();
@@ -475,6 +504,13 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
+#ifdef KIV_HAVE_KERNELS
+  if (gpu_index_) {
+    for (uint32_t slot = 0; slot < L * H; ++slot)
+      gpu_index_->Append(slot, signatures_[slot].data(), key_norms_[slot].data(),
+                         key_norms_[slot].size());
+  }
+#endif
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
   return Status::Ok();
 }

@@ -22,6 +22,8 @@
 
 namespace kiv {
 
+class GpuSignatureIndex;
+
 // What retrieval did, summed since the cache was made (for the run summary and the benches).
 struct RetrievalStats {
   uint64_t scans = 0;            // (layer, kv-head, query block) retrievals
@@ -50,6 +52,8 @@ class TieredCache : public KvCache {
   // Makes everything so far durable: the archive commits, carrying the hot tier and `extra`
   // (the runtime's own state) as its checkpoint.
   Status Commit(const std::vector<uint8_t>& extra);
+  // Whether retrieval scans on the GPU (a CUDA device, options.gpu_scan, a build with kernels).
+  bool scans_on_gpu() const { return gpu_index_ != nullptr; }
   // Fails the next call with this status if an archive write failed inside EndChunk.
   const Status& status() const { return status_; }
 
@@ -94,6 +98,7 @@ class TieredCache : public KvCache {
   // exact_cold (keys also for measure_recall), per layer [H_kv, n_cold, d].
   std::vector<std::vector<uint64_t>> signatures_;
   std::vector<std::vector<float>> key_norms_;  // per (layer, kv-head) [n_cold] |k|, for the scan
+  std::unique_ptr<GpuSignatureIndex> gpu_index_;  // the same on the GPU (options.gpu_scan on CUDA)
   std::vector<torch::Tensor> exact_k_, exact_v_;
   // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
   // each full page [pages][d], and the running sums of the page being filled [2][d].

@@ -243,3 +243,30 @@ TEST_CASE("resume: commit, reopen the archive, continue: bit-for-bit the same") 
     std::filesystem::remove(path);
   }
 }
+
+TEST_CASE("on CUDA, the scan on the GPU picks what the CPU scan picks: outputs bit for bit") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  auto steps = MakeSteps(1500, 30, 7);
+  for (Step& s : steps)  // the model hands the cache tensors on its own device
+    for (auto* part : {&s.q, &s.k, &s.v})
+      for (torch::Tensor& t : *part) t = t.to(torch::kCUDA);
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = 32;
+  o.candidates = 256;
+  TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
+  if (!gpu.scans_on_gpu()) {
+    MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+    return;
+  }
+  o.gpu_scan = false;
+  TieredCache cpu(kShape, o, torch::kCUDA, torch::kFloat32);
+  CHECK_FALSE(cpu.scans_on_gpu());
+  const auto got = Run(gpu, steps), want = Run(cpu, steps);
+  CHECK(gpu.stats().scans == cpu.stats().scans);
+  CHECK(gpu.stats().tokens_retrieved == cpu.stats().tokens_retrieved);
+  for (uint32_t l = 0; l < kShape.num_layers; ++l) CHECK(torch::equal(got[l].cpu(), want[l].cpu()));
+}

@@ -5,8 +5,8 @@
 #
 #   bash tools/gpu/kl_grid.sh            # after tools/gpu/device_setup.sh; results in $OUT
 #
-# Each setting is one `kiv bench fidelity --parts kl` process on 2 threads (8 at a time); the
-# merged result is $OUT/kl_grid.json, a table $OUT/kl_grid.md.
+# Each setting is one `kiv bench fidelity --parts kl` process on 2 threads (8 at a time), writing
+# $OUT/kl_<setting>.json (the device tool brings back at most 8 files); the table goes to stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
@@ -14,7 +14,8 @@ KIV=${KIV:-build-gpu/cli/kiv}
 OUT=${OUT:-build-gpu/kl_grid}
 CONTEXT=${KIV_KL_CONTEXT:-8192}
 SCORED=${KIV_KL_SCORED:-256}
-work=$(mktemp -d)
+mkdir -p "$OUT"
+logs=$(mktemp -d)
 declare -A GRID=(
   [default]=""
   [oracle]="--oracle"
@@ -30,20 +31,19 @@ for name in "${!GRID[@]}"; do
   # shellcheck disable=SC2086
   "$KIV" bench fidelity --parts kl --no-codec-arm --no-recall --threads $threads \
     --kl-context "$CONTEXT" --kl-scored "$SCORED" ${GRID[$name]} \
-    --out "$work/$name.json" >"$work/$name.log" 2>&1 &
+    --out "$OUT/kl_$name.json" >"$logs/$name.log" 2>&1 &
 done
 wait || true
-mkdir -p "$OUT"
-python3 - "$work" "$OUT" <<'PY'
+python3 - "$OUT" <<'PY'
 import json, os, sys
-work, out = sys.argv[1], sys.argv[2]
+out = sys.argv[1]
 rows, merged = [], {}
-for f in sorted(os.listdir(work)):
-    if not f.endswith(".json"):
+for f in sorted(os.listdir(out)):
+    if not (f.startswith("kl_") and f.endswith(".json")):
         continue
-    name = f[:-5]
+    name = f[3:-5]
     try:
-        d = json.load(open(os.path.join(work, f)))
+        d = json.load(open(os.path.join(out, f)))
     except Exception as e:  # a failed run: say so in the table
         rows.append(f"| {name} | failed: {e} | | | | |")
         continue
@@ -52,10 +52,8 @@ for f in sorted(os.listdir(work)):
     s = k["speed"]
     rows.append(f"| {name} | {k['kl_median']:.4g} | {k['kl_p95']:.4g} | {k['kl_max']:.4g} | "
                 f"{k['top1_agreement']:.4f} | {s['decode_tok_s']:.2f} |")
-open(os.path.join(out, "kl_grid.json"), "w").write(json.dumps(merged, indent=1))
 table = ("| setting | KL median | KL p95 | KL max | top-1 | decode tok/s (2 threads) |\n"
          "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
-open(os.path.join(out, "kl_grid.md"), "w").write(table)
 print(table)
 PY
-for f in "$work"/*.log; do echo "== $(basename "$f")"; tail -4 "$f"; done
+for f in "$logs"/*.log; do echo "== $(basename "$f")"; tail -4 "$f"; done
