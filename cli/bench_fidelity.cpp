@@ -494,7 +494,7 @@ int RunBenchFidelity(Options& o) {
   if (kl_text.empty())
     return Fail("no text in " + Quoted(o.text_dir) + " (tools/data/austen.sh fetches it)");
   const BenchEnvironment env = CollectEnvironment(".");  // the binary and command that measure
-  std::unique_ptr<Session> probe = OpenArm(ArmOptions(o, Arm::kFull));
+  std::unique_ptr<Session> probe = OpenArm(ArmOptions(o, Arm::kKiv));  // describes the kiv arm
   if (!probe) return kExitFailure;
   std::ofstream file;
   if (!o.out.empty()) file.open(o.out);

@@ -1,6 +1,7 @@
 // kiv run: one question to a model over a durable context. With --prompt-file the file's text
 // comes first (a long document, prefilled in chunks with retrieval active); with --session the
 // context is saved, and a later run with the same file continues the conversation.
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -36,6 +37,7 @@ int RunRun(Options& o) {
   InstallInterruptHandler();
   std::unique_ptr<Session> session = OpenSession(o.flags);
   if (!session) return kExitFailure;
+  if (!o.flags.quiet) std::fprintf(stderr, "%s\n", session->Describe().c_str());
   const std::vector<int32_t> ids = o.continue_ ? std::vector<int32_t>{}
                                   : o.raw      ? session->tokenizer().Encode(text)
                                                : session->UserTurn(text);

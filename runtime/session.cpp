@@ -237,10 +237,12 @@ std::string Session::Describe() const {
   } else {
     const TieredCacheOptions& o = impl_->tiered->options();
     std::snprintf(buf, sizeof buf,
-                  "%s (%lld layers) on %s, %u sinks + %u hot, k=%u of C=%u by %u-bit signatures%s, %s",
+                  "%s (%lld layers) on %s, %u sinks + %u hot, k=%u of C=%u by %u-bit signatures "
+                  "scanned on the %s%s, %s",
                   c.model_type.c_str(), static_cast<long long>(c.num_layers),
                   options_.device.c_str(), o.sinks, o.window, o.top_k, o.candidates,
-                  o.signature_bits, o.retrieval ? "" : " (retrieval OFF)",
+                  o.signature_bits, impl_->tiered->scans_on_gpu() ? "GPU" : "CPU",
+                  o.retrieval ? "" : " (retrieval OFF)",
                   sampler_.Describe().c_str());
   }
   return buf;
