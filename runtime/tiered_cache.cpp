@@ -3,8 +3,10 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "index/asym_scan.h"
 #include "index/rerank.h"
@@ -216,7 +218,7 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
 
 // Folds one cold token's decoded record into its page's sums; a full page becomes a summary.
 // From the record, not the exact key and value, so a resumed session rebuilds the same summaries.
-void TieredCache::Summarize(uint32_t layer, uint32_t head, const uint8_t* record) {
+void TieredCache::Summarize(uint32_t layer, uint32_t head, uint64_t token, const uint8_t* record) {
   const uint32_t d = shape_.head_dim, P = options_.summary_page;
   const size_t slot = size_t{layer} * shape_.num_kv_heads + head;
   std::vector<float>& sums = page_sums_[slot];
@@ -225,7 +227,7 @@ void TieredCache::Summarize(uint32_t layer, uint32_t head, const uint8_t* record
     codec_.Decode(record + s * index::kRecordBytes, key, value);
     for (uint32_t e = 0; e < 64; ++e) sums[s * 64 + e] += key[e], sums[d + s * 64 + e] += value[e];
   }
-  const uint64_t filled = summarized_tokens_ % P + 1;  // the caller sets the token's index
+  const uint64_t filled = token % P + 1;
   if (filled == P) {
     for (uint32_t e = 0; e < d; ++e) {
       summary_k_[slot].push_back(sums[e] / float(P));
@@ -359,8 +361,7 @@ Status TieredCache::Evict(uint32_t count) {
         projection_.Sign(key, nullptr, sigs.data() + slot * words);
         if (options_.summary_page > 0) {
           // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
-          summarized_tokens_ = cold_tokens_ + t;
-          Summarize(l, h, run->records.data() + slot * rb);
+          Summarize(l, h, cold_tokens_ + t, run->records.data() + slot * rb);
         }
         key_norms_[size_t{l} * H + h].push_back(StoredKeyNorm(run->records.data() + slot * rb));
         head_sigs.insert(head_sigs.end(), sigs.data() + slot * words,
@@ -482,25 +483,31 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   hot_ids_.assign(cp.token_ids.begin(), cp.token_ids.end());
   hot_positions_.assign(cp.positions.begin(), cp.positions.end());
   committed_tokens_ = cold_tokens_ = reader_->token_count();
-  for (size_t s = 0; s < reader_->segment_count(); ++s) {
-    for (uint32_t l = 0; l < L; ++l) {
-      for (uint32_t h = 0; h < H; ++h) {
+  // The signatures come straight from the file; the key norms (and page summaries) are decoded
+  // from every record, the bulk of reopening a long archive: one (layer, kv-head) slot per task,
+  // on every core (each slot's vectors are its own; the mapping is read-only).
+  const uint32_t words = options_.signature_bits / 64;
+  std::atomic<uint32_t> next{0};
+  auto restore_slots = [&] {
+    for (uint32_t slot; (slot = next.fetch_add(1)) < L * H;) {
+      const uint32_t l = slot / H, h = slot % H;
+      for (size_t s = 0; s < reader_->segment_count(); ++s) {
         const SignatureRun run = reader_->Signatures(s, l, h);
-        const auto* words = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
-        auto& dst = signatures_[size_t{l} * H + h];
-        dst.insert(dst.end(), words, words + size_t{run.token_count} * (options_.signature_bits / 64));
-        auto& norms = key_norms_[size_t{l} * H + h];
-        for (uint32_t t = 0; t < run.token_count; ++t)
-          norms.push_back(StoredKeyNorm(reader_->Record(run.first_token + t, l, h)));
-        if (options_.summary_page > 0) {
-          for (uint32_t t = 0; t < run.token_count; ++t) {
-            summarized_tokens_ = run.first_token + t;
-            Summarize(l, h, reader_->Record(run.first_token + t, l, h));
-          }
+        const auto* w = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
+        signatures_[slot].insert(signatures_[slot].end(), w, w + size_t{run.token_count} * words);
+        for (uint32_t t = 0; t < run.token_count; ++t) {
+          const uint8_t* record = reader_->Record(run.first_token + t, l, h);
+          key_norms_[slot].push_back(StoredKeyNorm(record));
+          if (options_.summary_page > 0) Summarize(l, h, run.first_token + t, record);
         }
       }
     }
-  }
+  };
+  const uint32_t threads = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, L * H);
+  std::vector<std::thread> pool;
+  for (uint32_t i = 1; i < threads; ++i) pool.emplace_back(restore_slots);
+  restore_slots();
+  for (std::thread& t : pool) t.join();
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");

@@ -68,7 +68,7 @@ class TieredCache : public KvCache {
   struct ColdRun;  // records of one appended-but-uncommitted segment
   torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
   std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
-  void Summarize(uint32_t layer, uint32_t head, const uint8_t* record);
+  void Summarize(uint32_t layer, uint32_t head, uint64_t token, const uint8_t* record);
   PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                     const std::vector<uint32_t>& picked) const;
   std::vector<uint32_t> OracleTopK(int64_t layer, uint32_t head, const torch::Tensor& qb);
@@ -103,7 +103,6 @@ class TieredCache : public KvCache {
   // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
   // each full page [pages][d], and the running sums of the page being filled [2][d].
   std::vector<std::vector<float>> summary_k_, summary_v_, page_sums_;
-  uint64_t summarized_tokens_ = 0;  // cold index of the token Summarize is given
   uint64_t cold_tokens_ = 0;
   int64_t length_ = 0;
   RetrievalStats stats_;
