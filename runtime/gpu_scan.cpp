@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <string>
 
+#ifdef KIV_HAVE_KERNELS
 #include "kernels/scan.h"
+#endif
 
 namespace kiv {
+#ifdef KIV_HAVE_KERNELS
 namespace {
 
 // A tensor's data as the kernels' raw pointer types.
@@ -21,6 +24,15 @@ void Check(int err, const std::string& error, const char* what) {
 }
 
 }  // namespace
+#endif
+
+bool GpuSignatureIndex::Available() {
+#ifdef KIV_HAVE_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
 
 GpuSignatureIndex::GpuSignatureIndex(uint32_t slots, const index::SignatureProjection& projection,
                                      c10::Device device)
@@ -67,6 +79,7 @@ void GpuSignatureIndex::Append(uint32_t slot, const uint64_t* signatures, const 
 std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, const float* queries,
                                                              uint32_t g, uint32_t tables,
                                                              uint32_t c, bool norms) {
+#ifdef KIV_HAVE_KERNELS
   const uint32_t n = uint32_t(size_[slot]);
   c = std::min(c, n);
   std::vector<std::vector<uint32_t>> out(tables);
@@ -107,6 +120,12 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
     out[t].assign(p, p + c);
   }
   return out;
+#else
+  (void)slot, (void)queries, (void)g, (void)tables, (void)c, (void)norms;
+  TORCH_CHECK(false,
+              "not implemented: the GPU scan in a build without the CUDA kernels (KIV_WITH_CUDA)");
+  return {};
+#endif
 }
 
 std::vector<std::vector<uint32_t>> GpuSignatureIndex::SelectPerQuery(uint32_t slot,

@@ -3,8 +3,9 @@
 // reads every cold token. Bit-exact with the CPU scan (the kernels compute every score in the same
 // float order), so a session picks the same candidates on either.
 //
-// Only built where CUDA kernels are (KIV_HAVE_KERNELS). Candidate ids come back to the host; the
-// re-rank, the record gather and the attention still run as on the CPU (the next kernels to wire).
+// Selecting needs a build with the CUDA kernels (Available()); without them it fails loudly.
+// Candidate ids come back to the host; the re-rank, the record gather and the attention still run
+// as on the CPU (the next kernels to wire).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,6 +20,9 @@ namespace kiv {
 
 class GpuSignatureIndex {
  public:
+  // Whether this build has the kernels (kernels/scan.h) that Select* run.
+  static bool Available();
+
   // `slots` (layer, kv-head) runs of signatures of `projection.words()` words each, on `device`.
   GpuSignatureIndex(uint32_t slots, const index::SignatureProjection& projection,
                     c10::Device device);

@@ -11,9 +11,7 @@
 #include "index/asym_scan.h"
 #include "index/rerank.h"
 #include "runtime/full_cache.h"
-#ifdef KIV_HAVE_KERNELS
 #include "runtime/gpu_scan.h"
-#endif
 
 namespace kiv {
 namespace {
@@ -65,10 +63,9 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   recall_.cold_mass.assign(shape.num_layers, 0.0);
   recall_.coverage.assign(shape.num_layers, 0.0);
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
-#ifdef KIV_HAVE_KERNELS
-  if (device.is_cuda() && options.gpu_scan)
-    gpu_index_ = std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
-#endif
+  if (device.is_cuda() && options.gpu_scan && GpuSignatureIndex::Available())
+    gpu_index_ =
+        std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
   summary_k_.resize(signatures_.size());
   summary_v_.resize(signatures_.size());
   page_sums_.assign(signatures_.size(), std::vector<float>(2 * size_t{shape.head_dim}, 0.0f));
@@ -119,14 +116,16 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
       // The block's queries of every head in the group share one retrieval.
       const torch::Tensor qb = qf.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).contiguous();
       queries.assign(qb.data_ptr<float>(), qb.data_ptr<float>() + qb.numel());
-      const std::vector<uint32_t> picked = options_.oracle ? OracleTopK(layer, h, qb)
-                                                           : Retrieve(layer, h, queries.data(), uint32_t(g * m));
+      const std::vector<uint32_t> picked =
+          options_.oracle ? OracleTopK(layer, h, qb)
+                          : Retrieve(layer, h, queries.data(), uint32_t(g * m));
       if (picked.empty()) continue;
       const int64_t r = int64_t(picked.size());
       torch::Tensor ks, vs;
       if (options_.exact_cold) {
-        const torch::Tensor idx = torch::from_blob(const_cast<uint32_t*>(picked.data()), {r},
-                                                   torch::kInt32).to(torch::kLong);
+        const torch::Tensor idx =
+            torch::from_blob(const_cast<uint32_t*>(picked.data()), {r}, torch::kInt32)
+                .to(torch::kLong);
         ks = exact_k_[layer][h].index_select(0, idx);
         vs = exact_v_[layer][h].index_select(0, idx);
       } else {
@@ -162,43 +161,41 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
     return picked;
   }
   const uint32_t slot = uint32_t(layer) * shape_.num_kv_heads + head;
-  const std::vector<uint64_t>& sigs = signatures_[slot];
-  const float* norms = options_.scan_norms ? key_norms_[size_t(layer) * shape_.num_kv_heads + head].data() : nullptr;
-  // Host scan buffers only when the scan runs here.
-  std::vector<float> table(gpu_index_ ? 0 : size_t{options_.signature_bits / 8} * 256),
-      scores(gpu_index_ ? 0 : n);
+  // The c best of the scan on the CPU for g queries summed (one table): the reference the GPU
+  // index (gpu_index_) matches bit for bit.
+  std::vector<float> table, scores;  // sized on the first CPU scan, reused by the next
+  auto cpu_scan = [&](const float* q, uint32_t g, size_t c) {
+    table.resize(size_t{options_.signature_bits / 8} * 256);
+    scores.resize(n);
+    index::BuildGroupTable(projection_, q, g, table.data());
+    index::AsymmetricScan(signatures_[slot].data(),
+                          options_.scan_norms ? key_norms_[slot].data() : nullptr, n, words,
+                          table.data(), scores.data());
+    std::vector<uint32_t> best(std::min(c, n));
+    best.resize(index::SelectLargest(scores.data(), n, c, best.data()));
+    return best;
+  };
   std::vector<uint32_t> candidates;
   if (count <= kPerQueryScanMax) {
     // Each query scans on its own and brings its best C / count: one head's needle is not
     // drowned by the other heads of the group, as it is in the scan of their summed query.
-    const size_t share = (options_.candidates + count - 1) / count;
-    std::vector<uint32_t> best(std::min<size_t>(share, n));
-    for (uint32_t j = 0; j < count && !gpu_index_; ++j) {
-      index::BuildGroupTable(projection_, queries + size_t{j} * d, 1, table.data());
-      index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
-      best.resize(index::SelectLargest(scores.data(), n, share, best.data()));
-      candidates.insert(candidates.end(), best.begin(), best.end());
+    const uint32_t share = (options_.candidates + count - 1) / count;
+    std::vector<std::vector<uint32_t>> best;
+    if (gpu_index_) {
+      best = gpu_index_->SelectPerQuery(slot, queries, count, share, options_.scan_norms);
+    } else {
+      for (uint32_t j = 0; j < count; ++j)
+        best.push_back(cpu_scan(queries + size_t{j} * d, 1, share));
     }
-#ifdef KIV_HAVE_KERNELS
-    if (gpu_index_)
-      for (const auto& picked_j : gpu_index_->SelectPerQuery(slot, queries, count, uint32_t(share),
-                                                             options_.scan_norms))
-        candidates.insert(candidates.end(), picked_j.begin(), picked_j.end());
-#endif
+    for (const std::vector<uint32_t>& b : best)
+      candidates.insert(candidates.end(), b.begin(), b.end());
     std::sort(candidates.begin(), candidates.end());
     candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
     stats_.tokens_scanned += uint64_t{n} * count;
   } else {
-#ifdef KIV_HAVE_KERNELS
-    if (gpu_index_)
-      candidates = gpu_index_->SelectGroup(slot, queries, count, options_.candidates, options_.scan_norms);
-#endif
-    if (!gpu_index_) {
-      index::BuildGroupTable(projection_, queries, count, table.data());
-      index::AsymmetricScan(sigs.data(), norms, n, words, table.data(), scores.data());
-      candidates.resize(std::min<size_t>(options_.candidates, n));
-      candidates.resize(index::SelectLargest(scores.data(), n, options_.candidates, candidates.data()));
-    }
+    candidates = gpu_index_ ? gpu_index_->SelectGroup(slot, queries, count, options_.candidates,
+                                                      options_.scan_norms)
+                            : cpu_scan(queries, count, options_.candidates);
     stats_.tokens_scanned += n;
   }
   std::vector<float> rotated(size_t{count} * d);
@@ -239,7 +236,8 @@ void TieredCache::Summarize(uint32_t layer, uint32_t head, uint64_t token, const
 
 // Attention of the group's queries qb [g, m, d] over the page summaries of (layer, head), each
 // standing for its tokens that `picked` (ascending) does not hold.
-PartialAttention TieredCache::SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+PartialAttention TieredCache::SummaryAttention(int64_t layer, uint32_t head,
+                                               const torch::Tensor& qb,
                                                const std::vector<uint32_t>& picked) const {
   const size_t slot = size_t(layer) * shape_.num_kv_heads + head;
   const int64_t d = shape_.head_dim, P = options_.summary_page;
@@ -252,57 +250,65 @@ PartialAttention TieredCache::SummaryAttention(int64_t layer, uint32_t head, con
     const int64_t page = picked[i] / P;
     size_t j = i;
     while (j < picked.size() && int64_t(picked[j] / P) == page) ++j;
-    if (page < pages) bias[size_t(page)] = j - i == size_t(P) ? -INFINITY : std::log(float(P - int64_t(j - i)));
+    if (page < pages)
+      bias[size_t(page)] = j - i == size_t(P) ? -INFINITY : std::log(float(P - int64_t(j - i)));
     i = j;
   }
   // No page with an unpicked token (none yet, or all picked): nothing to add, and a softmax over
   // nothing but -inf would be NaN.
   if (std::none_of(bias.begin(), bias.end(), [](float b) { return std::isfinite(b); })) return none;
-  const torch::Tensor ks = torch::from_blob(const_cast<float*>(summary_k_[slot].data()), {pages, d}, torch::kFloat32);
-  const torch::Tensor vs = torch::from_blob(const_cast<float*>(summary_v_[slot].data()), {pages, d}, torch::kFloat32);
+  const torch::Tensor ks =
+      torch::from_blob(const_cast<float*>(summary_k_[slot].data()), {pages, d}, torch::kFloat32);
+  const torch::Tensor vs =
+      torch::from_blob(const_cast<float*>(summary_v_[slot].data()), {pages, d}, torch::kFloat32);
   const torch::Tensor b = torch::from_blob(bias.data(), {pages}, torch::kFloat32);
-  const torch::Tensor scores = torch::matmul(qb, ks.t()) / std::sqrt(double(d)) + b;  // [g, m, pages]
+  const torch::Tensor scores =
+      torch::matmul(qb, ks.t()) / std::sqrt(double(d)) + b;  // [g, m, pages]
   const torch::Tensor lse = torch::logsumexp(scores, -1);
   const torch::Tensor out = torch::matmul(torch::softmax(scores, -1), vs);
   return {out, lse};
 }
 
-// The k cold tokens with the most exact attention mass of the group's queries qb [g, m, d]
-// (summed over the group and the block), ascending.
-std::vector<uint32_t> TieredCache::OracleTopK(int64_t layer, uint32_t head, const torch::Tensor& qb) {
-  const int64_t n = int64_t(cold_tokens_), k = std::min<int64_t>(options_.top_k, n);
-  std::vector<uint32_t> picked;
-  if (k == 0) return picked;
-  const torch::Tensor scores = torch::matmul(qb.to(torch::kFloat64), exact_k_[layer][head].to(torch::kFloat64).t()) /
-                               std::sqrt(double(shape_.head_dim));  // [g, m, n]
-  const torch::Tensor hot = torch::matmul(qb.to(torch::kFloat64), hot_k_[layer][head].to(torch::kCPU).to(torch::kFloat64).t()) /
-                            std::sqrt(double(shape_.head_dim));
-  const torch::Tensor lse = torch::logsumexp(torch::cat({scores, hot}, -1), -1, true);
-  const torch::Tensor mass = torch::exp(scores - lse).sum(1).sum(0);  // [n]
-  const torch::Tensor idx = std::get<0>(std::get<1>(torch::topk(mass, k)).sort()).contiguous();
-  for (int64_t i = 0; i < k; ++i) picked.push_back(uint32_t(idx[i].item<int64_t>()));
-  ++stats_.scans;
-  return picked;
+// The exact attention mass of every cold token for the group's queries qb [g, m, d], summed over
+// the group and the block: each query's softmax runs over the whole context (the cold tokens with
+// their exact keys, and the hot tier, whose last token is the query's own). [n] float64.
+torch::Tensor TieredCache::ExactColdMass(int64_t layer, uint32_t head,
+                                         const torch::Tensor& qb) const {
+  const double scale = 1.0 / std::sqrt(double(shape_.head_dim));
+  const torch::Tensor q = qb.to(torch::kFloat64);
+  const torch::Tensor cold =
+      torch::matmul(q, exact_k_[layer][head].to(torch::kFloat64).t()) * scale;
+  const torch::Tensor hot_k = hot_k_[layer][head].to(torch::kCPU).to(torch::kFloat64);
+  const torch::Tensor hot = torch::matmul(q, hot_k.t()) * scale;  // [g, m, n_hot]
+  const torch::Tensor lse = torch::logsumexp(torch::cat({cold, hot}, -1), -1, true);  // [g, m, 1]
+  return torch::exp(cold - lse).sum(1).sum(0);
 }
 
-// One retrieval's recall against the exact attention of the group's queries qb [g, 1, d] over
-// the whole context (cold tokens with their exact keys, plus the hot tier, whose last token is the
-// query's own): the mass the picked tokens hold over the mass the true top-k hold.
+// The k cold tokens with the most exact attention mass of the group's queries qb [g, m, d],
+// ascending.
+std::vector<uint32_t> TieredCache::OracleTopK(int64_t layer, uint32_t head,
+                                              const torch::Tensor& qb) {
+  const int64_t k = std::min<int64_t>(options_.top_k, int64_t(cold_tokens_));
+  ++stats_.scans;
+  if (k == 0) return {};
+  const torch::Tensor mass = ExactColdMass(layer, head, qb);
+  const torch::Tensor idx = std::get<0>(std::get<1>(torch::topk(mass, k)).sort()).contiguous();
+  const int64_t* p = idx.data_ptr<int64_t>();
+  return std::vector<uint32_t>(p, p + k);
+}
+
+// One retrieval's recall (a single query's group qb [g, 1, d]): the exact mass the picked tokens
+// hold over the mass the true top-k hold; also the cold share of attention and how much of it the
+// picked tokens hold.
 void TieredCache::MeasureRecall(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                 const std::vector<uint32_t>& picked) {
-  const int64_t n = int64_t(cold_tokens_);
-  const int64_t k = std::min<int64_t>(options_.top_k, n);
+  const int64_t k = std::min<int64_t>(options_.top_k, int64_t(cold_tokens_));
   if (k == 0) return;
-  const double scale = 1.0 / std::sqrt(double(shape_.head_dim));
-  const torch::Tensor q = qb.squeeze(1).to(torch::kFloat64);                      // [g, d]
-  const torch::Tensor cold = torch::matmul(q, exact_k_[layer][head].to(torch::kFloat64).t()) * scale;
-  const torch::Tensor hot_k = hot_k_[layer][head].to(torch::kCPU).to(torch::kFloat64);
-  const torch::Tensor hot = torch::matmul(q, hot_k.t()) * scale;                 // [g, n_hot]
-  const torch::Tensor lse = torch::logsumexp(torch::cat({cold, hot}, 1), 1, true);  // [g, 1]
-  const torch::Tensor mass = torch::exp(cold - lse).sum(0);                      // [n]
+  const torch::Tensor mass = ExactColdMass(layer, head, qb);  // [n]
   const double best = std::get<0>(torch::topk(mass, k)).sum().item<double>();
   const torch::Tensor idx = torch::from_blob(const_cast<uint32_t*>(picked.data()),
-                                             {int64_t(picked.size())}, torch::kInt32).to(torch::kLong);
+                                             {int64_t(picked.size())}, torch::kInt32)
+                                .to(torch::kLong);
   const double got = mass.index_select(0, idx).sum().item<double>();
   if (best > 0) {
     recall_.sum[size_t(layer)] += std::min(1.0, got / best);
@@ -316,13 +322,12 @@ void TieredCache::MeasureRecall(int64_t layer, uint32_t head, const torch::Tenso
 const uint8_t* TieredCache::Record(uint64_t token, uint32_t layer, uint32_t head) const {
   if (token < committed_tokens_) return reader_->Record(token, layer, head);
   // Runs are consecutive from committed_tokens_; find the one holding the token.
-  auto it = std::upper_bound(runs_.begin(), runs_.end(), token,
-                             [](uint64_t t, const std::unique_ptr<ColdRun>& r) {
-                               return t < r->first_token;
-                             });
+  auto it = std::upper_bound(
+      runs_.begin(), runs_.end(), token,
+      [](uint64_t t, const std::unique_ptr<ColdRun>& r) { return t < r->first_token; });
   const ColdRun& run = **(it - 1);
-  const uint64_t index = (uint64_t{layer} * shape_.num_kv_heads + head) * run.count +
-                         (token - run.first_token);
+  const uint64_t index =
+      (uint64_t{layer} * shape_.num_kv_heads + head) * run.count + (token - run.first_token);
   return run.records.data() + index * record_bytes();
 }
 
@@ -347,8 +352,10 @@ Status TieredCache::Evict(uint32_t count) {
   run->records.resize(size_t{L} * H * count * rb);
   std::vector<uint64_t> sigs(size_t{L} * H * count * words);
   for (uint32_t l = 0; l < L; ++l) {
-    const torch::Tensor kk = hot_k_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
-    const torch::Tensor vv = hot_v_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
+    const torch::Tensor kk =
+        hot_k_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
+    const torch::Tensor vv =
+        hot_v_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
     for (uint32_t h = 0; h < H; ++h) {
       std::vector<uint64_t>& head_sigs = signatures_[size_t{l} * H + h];
       for (uint32_t t = 0; t < count; ++t) {
@@ -368,7 +375,8 @@ Status TieredCache::Evict(uint32_t count) {
                          sigs.data() + (slot + 1) * words);
       }
     }
-    if (options_.exact_cold || options_.measure_recall || options_.oracle) exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
+    if (options_.exact_cold || options_.measure_recall || options_.oracle)
+      exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
     if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
     hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
     hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
@@ -385,13 +393,11 @@ Status TieredCache::Evict(uint32_t count) {
                      ids.data(), positions.data()};
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
-#ifdef KIV_HAVE_KERNELS
   if (gpu_index_) {
     for (uint32_t slot = 0; slot < L * H; ++slot)
       gpu_index_->Append(slot, sigs.data() + size_t{slot} * count * words,
                          key_norms_[slot].data() + key_norms_[slot].size() - count, count);
   }
-#endif
   runs_.push_back(std::move(run));
   cold_tokens_ += count;
   return Status::Ok();
@@ -413,7 +419,8 @@ Status TieredCache::Commit(const std::vector<uint8_t>& extra) {
   }
   for (uint32_t l = 0; l < shape_.num_layers; ++l) {
     for (auto* dst : {&cp.keys, &cp.values}) {
-      const torch::Tensor t = (dst == &cp.keys ? hot_k_[l] : hot_v_[l]).to(torch::kCPU).contiguous();
+      const torch::Tensor t =
+          (dst == &cp.keys ? hot_k_[l] : hot_v_[l]).to(torch::kCPU).contiguous();
       const auto* p = static_cast<const uint8_t*>(t.data_ptr());
       dst->insert(dst->end(), p, p + t.nbytes());
     }
@@ -467,7 +474,7 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   const int64_t n = cp.token_count();
   if (cp.num_layers != L || cp.num_kv_heads != H || cp.head_dim != d)
     return Status::Incompatible("the archive's checkpoint shape is not the model's");
-  const torch::Dtype dt = cp.dtype == format::kDtypeBF16 ? torch::kBFloat16
+  const torch::Dtype dt = cp.dtype == format::kDtypeBF16  ? torch::kBFloat16
                           : cp.dtype == format::kDtypeF16 ? torch::kHalf
                                                           : torch::kFloat32;
   const size_t layer_bytes = size_t{H} * n * d * DtypeBytes(cp.dtype);
@@ -511,13 +518,11 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
-#ifdef KIV_HAVE_KERNELS
   if (gpu_index_) {
     for (uint32_t slot = 0; slot < L * H; ++slot)
       gpu_index_->Append(slot, signatures_[slot].data(), key_norms_[slot].data(),
                          key_norms_[slot].size());
   }
-#endif
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
   return Status::Ok();
 }

@@ -26,9 +26,9 @@ class GpuSignatureIndex;
 
 // What retrieval did, summed since the cache was made (for the run summary and the benches).
 struct RetrievalStats {
-  uint64_t scans = 0;            // (layer, kv-head, query block) retrievals
-  uint64_t tokens_scanned = 0;   // signatures scored
-  uint64_t tokens_retrieved = 0; // records decoded into attention
+  uint64_t scans = 0;             // (layer, kv-head, query block) retrievals
+  uint64_t tokens_scanned = 0;    // signatures scored
+  uint64_t tokens_retrieved = 0;  // records decoded into attention
 };
 
 class TieredCache : public KvCache {
@@ -39,9 +39,9 @@ class TieredCache : public KvCache {
   // A cache over an archive: appends its cold tokens there, and when the archive already holds
   // tokens, restores the hot tier from its last checkpoint and the signatures from its segments.
   static Result<std::unique_ptr<TieredCache>> Open(ArchiveWriter* writer, const CacheShape& shape,
-                                                    const TieredCacheOptions& options,
-                                                    torch::Device device, torch::Dtype dtype,
-                                                    std::vector<uint8_t>* extra);
+                                                   const TieredCacheOptions& options,
+                                                   torch::Device device, torch::Dtype dtype,
+                                                   std::vector<uint8_t>* extra);
   ~TieredCache() override;
 
   torch::Tensor Attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
@@ -67,10 +67,12 @@ class TieredCache : public KvCache {
  private:
   struct ColdRun;  // records of one appended-but-uncommitted segment
   torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
-  std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries, uint32_t count);
+  std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries,
+                                 uint32_t count);
   void Summarize(uint32_t layer, uint32_t head, uint64_t token, const uint8_t* record);
   PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                     const std::vector<uint32_t>& picked) const;
+  torch::Tensor ExactColdMass(int64_t layer, uint32_t head, const torch::Tensor& qb) const;
   std::vector<uint32_t> OracleTopK(int64_t layer, uint32_t head, const torch::Tensor& qb);
   void MeasureRecall(int64_t layer, uint32_t head, const torch::Tensor& qb,
                      const std::vector<uint32_t>& picked);
@@ -97,7 +99,7 @@ class TieredCache : public KvCache {
   // Cold tier: per (layer, kv-head) signatures [n_cold][words]; exact keys/values when
   // exact_cold (keys also for measure_recall), per layer [H_kv, n_cold, d].
   std::vector<std::vector<uint64_t>> signatures_;
-  std::vector<std::vector<float>> key_norms_;  // per (layer, kv-head) [n_cold] |k|, for the scan
+  std::vector<std::vector<float>> key_norms_;     // per (layer, kv-head) [n_cold] |k|, for the scan
   std::unique_ptr<GpuSignatureIndex> gpu_index_;  // the same on the GPU (options.gpu_scan on CUDA)
   std::vector<torch::Tensor> exact_k_, exact_v_;
   // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
