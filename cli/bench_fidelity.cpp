@@ -12,6 +12,8 @@
 //   needle       a passkey at several depths of Emma, three arms: full cache, kiv, and kiv with
 //                cold retrieval off (the ablation).
 // A benchmark: it writes JSON and asserts nothing; the JSON says which goals were met.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,11 +23,8 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "cli/bench_env.h"
 #include "cli/commands.h"
@@ -34,6 +33,7 @@
 #include "cli/session_options.h"
 #include "cli/util.h"
 #include "index/signature.h"
+#include "storage/mapped_file.h"
 
 namespace kiv::cli {
 namespace {
@@ -67,23 +67,43 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-std::string ReadText(const Options& o, const std::string& book) {
-  std::ifstream in(fs::path(o.text_dir) / (book + ".txt"), std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// One book of the Austen text, at least `min_chars` long; empty after saying why (Fail).
+std::string ReadBook(const Options& o, const std::string& book, size_t min_chars) {
+  const std::string path = (fs::path(o.text_dir) / (book + ".txt")).string();
+  Result<std::string> text = ReadFileToString(path);
+  if (!text.ok()) {
+    Fail("cannot read the Austen text " + Quoted(path) +
+         " (tools/data/austen.sh fetches it): " + text.status().ToString());
+    return {};
+  }
+  if (text->size() < min_chars) {
+    Fail(Quoted(path) + " has " + std::to_string(text->size()) +
+         " characters; the benchmark needs " + std::to_string(min_chars));
+    return {};
+  }
+  return std::move(text).value();
 }
+
+// Haystacks and the resume prompt start at this character of the book (past the title pages),
+// as tools/data/make_needle.py takes it.
+constexpr size_t kBookOffset = 20000;
 
 // The session options of one arm, from the kiv arm's.
 enum class Arm { kFull, kKiv, kAblation, kExact, kCodecOnly, kRecall };
 const char* ArmName(Arm a) {
   switch (a) {
-    case Arm::kFull: return "full";
-    case Arm::kKiv: return "kiv";
-    case Arm::kAblation: return "ablation";
-    case Arm::kExact: return "exact_cold_k_all";
-    case Arm::kCodecOnly: return "codec_k_all";
-    case Arm::kRecall: return "kiv_recall";
+    case Arm::kFull:
+      return "full";
+    case Arm::kKiv:
+      return "kiv";
+    case Arm::kAblation:
+      return "ablation";
+    case Arm::kExact:
+      return "exact_cold_k_all";
+    case Arm::kCodecOnly:
+      return "codec_k_all";
+    case Arm::kRecall:
+      return "kiv_recall";
   }
   return "?";
 }
@@ -94,12 +114,23 @@ SessionOptions ArmOptions(const Options& o, Arm arm) {
   s.sampler = SamplerOptions{};  // greedy
   constexpr uint32_t kAll = 1u << 30;
   switch (arm) {
-    case Arm::kFull: s.full_cache = true; break;
-    case Arm::kKiv: break;
-    case Arm::kAblation: s.cache.retrieval = false; break;
-    case Arm::kExact: s.cache.exact_cold = true; [[fallthrough]];
-    case Arm::kCodecOnly: s.cache.top_k = s.cache.candidates = kAll; break;
-    case Arm::kRecall: s.cache.measure_recall = true; break;
+    case Arm::kFull:
+      s.full_cache = true;
+      break;
+    case Arm::kKiv:
+      break;
+    case Arm::kAblation:
+      s.cache.retrieval = false;
+      break;
+    case Arm::kExact:
+      s.cache.exact_cold = true;
+      [[fallthrough]];
+    case Arm::kCodecOnly:
+      s.cache.top_k = s.cache.candidates = kAll;
+      break;
+    case Arm::kRecall:
+      s.cache.measure_recall = true;
+      break;
   }
   return s;
 }
@@ -133,7 +164,8 @@ ForcedRun TeacherForce(const SessionOptions& s, const std::vector<int32_t>& ids,
   const auto t0 = Clock::now();
   {
     ProgressBar bar(label + " prefill", prefix.size(), ProgressBar::Unit::kTokens);
-    if (Status st = session->Prefill(prefix, [&](uint64_t d, uint64_t) { bar.Update(d); }); !st.ok()) {
+    if (Status st = session->Prefill(prefix, [&](uint64_t d, uint64_t) { bar.Update(d); });
+        !st.ok()) {
       Fail(label + ": prefill failed: " + st.ToString());
       return run;
     }
@@ -201,7 +233,8 @@ Divergence Compare(const ForcedRun& base, const ForcedRun& arm) {
     for (size_t t = 0; t < p.size(); ++t) kl += std::exp(p[t]) * (p[t] - q[t]);
     d.kl.push_back(std::max(0.0, kl));
     for (size_t t = 0; t < p.size(); ++t)
-      d.max_abs_logit = std::max(d.max_abs_logit, double(std::fabs(base.logits[i][t] - arm.logits[i][t])));
+      d.max_abs_logit =
+          std::max(d.max_abs_logit, double(std::fabs(base.logits[i][t] - arm.logits[i][t])));
     d.top1_agree += Argmax(base.logits[i]) == Argmax(arm.logits[i]);
   }
   return d;
@@ -231,7 +264,8 @@ void WriteRecall(JsonWriter& w, const RecallStats& r) {
   w.Field("worst_layer_mean", worst_mean);
   auto per_layer = [&](const char* key, const std::vector<double>& v) {
     w.Key(key).BeginArray();
-    for (size_t l = 0; l < v.size(); ++l) w.Double(r.count[l] ? v[l] / double(r.count[l]) : std::nan(""));
+    for (size_t l = 0; l < v.size(); ++l)
+      w.Double(r.count[l] ? v[l] / double(r.count[l]) : std::nan(""));
     w.EndArray();
   };
   per_layer("per_layer", r.sum);
@@ -271,7 +305,9 @@ int Equivalence(const Options& o, const std::vector<int32_t>& text_ids, JsonWrit
   const double tolerance = 1e-3;
   w.Field("tolerance", tolerance).Field("pass", de.max_abs_logit <= tolerance);
   w.EndObject();
-  std::fprintf(stderr, "equivalence: exact cold, k = all: max |logit diff| %.3g; codec, k = all: KL median %.3g, max %.3g\n",
+  std::fprintf(stderr,
+               "equivalence: exact cold, k = all: max |logit diff| %.3g; codec, k = all: KL median "
+               "%.3g, max %.3g\n",
                de.max_abs_logit, Quantile(dc.kl, 0.5),
                dc.kl.empty() ? 0.0 : *std::max_element(dc.kl.begin(), dc.kl.end()));
   return kExitOk;
@@ -321,7 +357,9 @@ int Resume(const Options& o, const std::string& text, JsonWriter& w) {
   w.Key("resume").BeginObject();
   w.Field("tokens", o.resume_new).Field("cut_after", o.resume_cut);
   w.Field("temperature", 0.8).Field("seed", 5);
-  w.Field("process", "same process, sessions closed and reopened (tests/cli/model_test.cpp runs the gate across processes)");
+  w.Field("process",
+          "same process, sessions closed and reopened (tests/cli/model_test.cpp runs the gate "
+          "across processes)");
   w.Field("identical_tokens", whole.ids == cut.ids).Field("identical_logits_bitwise", same);
   w.Field("seconds", s_total).Field("pass", same).EndObject();
   std::fprintf(stderr, "resume: %u tokens, cut after %u: %s\n", o.resume_new, o.resume_cut,
@@ -352,8 +390,9 @@ int Kl(const Options& o, const std::vector<int32_t>& ids, JsonWriter& w) {
   w.Key("full").BeginObject().Key("speed").BeginObject();
   WriteSpeed(w, base, n);
   w.EndObject().EndObject();
-  std::fprintf(stderr, "kl: kiv against full at %u tokens: median %.3g, p95 %.3g, max %.3g, top-1 %.4f\n",
-               n, median, p95, d.kl.empty() ? 0.0 : *std::max_element(d.kl.begin(), d.kl.end()), top1);
+  std::fprintf(
+      stderr, "kl: kiv against full at %u tokens: median %.3g, p95 %.3g, max %.3g, top-1 %.4f\n", n,
+      median, p95, d.kl.empty() ? 0.0 : *std::max_element(d.kl.begin(), d.kl.end()), top1);
   if (o.kl_codec_only) {
     const ForcedRun co = TeacherForce(ArmOptions(o, Arm::kCodecOnly), ids, n, scored, "kl codec");
     if (!co.ok) return kExitFailure;
@@ -369,13 +408,16 @@ int Kl(const Options& o, const std::vector<int32_t>& ids, JsonWriter& w) {
     const ForcedRun rec = TeacherForce(ArmOptions(o, Arm::kRecall), ids, n, scored, "recall");
     if (!rec.ok) return kExitFailure;
     w.Key("recall").BeginObject();
-    w.Field("what", "single-query retrievals (decode steps and the one-by-one prefill tail) of a kiv run over the KL text");
+    w.Field("what",
+            "single-query retrievals (decode steps and the one-by-one prefill tail) of a kiv run "
+            "over the KL text");
     w.Field("k", o.flags.session.cache.top_k);
     WriteRecall(w, rec.recall);
     w.EndObject();
     double worst = 0;
     const int layer = rec.recall.WorstLayer(&worst);
-    std::fprintf(stderr, "recall: mean %.3f, worst layer %d: %.3f\n", rec.recall.Mean(), layer, worst);
+    std::fprintf(stderr, "recall: mean %.3f, worst layer %d: %.3f\n", rec.recall.Mean(), layer,
+                 worst);
   }
   return kExitOk;
 }
@@ -408,10 +450,12 @@ NeedleCell MakeNeedle(const Options& o, const Session& s, const std::vector<int3
   const std::string head = tok.Decode(before);
   c.prompt = s.UserTurn(head + needle + tok.Decode(after) + question);
   // Where the needle landed: the token at which the prompt's bytes pass "passkey".
+  static constexpr std::string_view kMark = "secret passkey";
   std::string bytes;
   for (size_t i = 0; i < c.prompt.size(); ++i) {
+    const size_t from = bytes.size() >= kMark.size() ? bytes.size() - kMark.size() + 1 : 0;
     bytes += tok.TokenBytes(c.prompt[i]);
-    if (bytes.find("secret passkey") != std::string::npos) {
+    if (bytes.find(kMark, from) != std::string::npos) {  // only matches this token completes
       c.needle_token = int64_t(i);
       break;
     }
@@ -419,15 +463,14 @@ NeedleCell MakeNeedle(const Options& o, const Session& s, const std::vector<int3
   return c;
 }
 
-int Needle(const Options& o, JsonWriter& w) {
-  const std::string text = ReadText(o, o.needle_book);
-  if (text.size() < 200000) return Fail("the needle book " + o.needle_book + " is missing or short");
-  SessionOptions tokenizer_only = ArmOptions(o, Arm::kFull);
-  std::unique_ptr<Session> probe = OpenArm(tokenizer_only);
-  if (!probe) return kExitFailure;
+// `probe`: a fresh session, for its tokenizer and chat template.
+int Needle(const Options& o, const Session& probe, const std::string& text, JsonWriter& w) {
   const uint32_t longest = *std::max_element(o.needle_lengths.begin(), o.needle_lengths.end());
-  // From character 20,000 on (past the title pages), as tools/data/make_needle.py takes it.
-  const std::vector<int32_t> hay = BookTokens(*probe, text.substr(20000), longest);
+  const std::vector<int32_t> hay = BookTokens(probe, text.substr(kBookOffset), longest);
+  if (hay.size() < longest)
+    return Fail(o.needle_book + " has " + std::to_string(hay.size()) + " tokens after character " +
+                std::to_string(kBookOffset) + "; the longest needle needs " +
+                std::to_string(longest));
   const Arm arms[] = {Arm::kFull, Arm::kKiv, Arm::kAblation};
   uint32_t passed[3] = {0, 0, 0}, cells = 0, kiv_missed_full = 0, ablation_found = 0, misplaced = 0;
   w.Key("needle").BeginObject();
@@ -436,7 +479,7 @@ int Needle(const Options& o, JsonWriter& w) {
   w.Key("cells").BeginArray();
   for (uint32_t length : o.needle_lengths) {
     for (size_t di = 0; di < o.needle_depths.size(); ++di) {
-      const NeedleCell c = MakeNeedle(o, *probe, hay, length, o.needle_depths[di], cells);
+      const NeedleCell c = MakeNeedle(o, probe, hay, length, o.needle_depths[di], cells);
       ++cells;
       const int64_t from_end = int64_t(c.prompt.size()) - c.needle_token;
       const bool outside = c.needle_token >= 0 && from_end > int64_t(o.flags.session.cache.window);
@@ -449,7 +492,8 @@ int Needle(const Options& o, JsonWriter& w) {
         std::unique_ptr<Session> s = OpenArm(ArmOptions(o, arms[a]));
         if (!s) return kExitFailure;
         const auto t0 = Clock::now();
-        if (Status st = s->Prefill(c.prompt); !st.ok()) return Fail("needle prefill: " + st.ToString());
+        if (Status st = s->Prefill(c.prompt); !st.ok())
+          return Fail("needle prefill: " + st.ToString());
         const auto t1 = Clock::now();
         auto out = s->Generate(o.needle_new);
         if (!out.ok()) return Fail("needle generation: " + out.status().ToString());
@@ -469,13 +513,17 @@ int Needle(const Options& o, JsonWriter& w) {
   }
   w.EndArray();
   w.Key("summary").BeginObject().Field("cells", cells);
-  w.Field("full_passed", passed[0]).Field("kiv_passed", passed[1]).Field("ablation_passed", passed[2]);
+  w.Field("full_passed", passed[0])
+      .Field("kiv_passed", passed[1])
+      .Field("ablation_passed", passed[2]);
   w.Field("needles_inside_hot_window", misplaced);
   w.Field("kiv_passes_every_full_pass", kiv_missed_full == 0);
   w.Field("ablation_fails_outside_hot_window", ablation_found == 0);
   w.EndObject().EndObject();
-  std::fprintf(stderr, "needle: %u cells: full %u, kiv %u, ablation %u passed; kiv missed %u the full cache found\n",
-               cells, passed[0], passed[1], passed[2], kiv_missed_full);
+  std::fprintf(
+      stderr,
+      "needle: %u cells: full %u, kiv %u, ablation %u passed; kiv missed %u the full cache found\n",
+      cells, passed[0], passed[1], passed[2], kiv_missed_full);
   return kExitOk;
 }
 
@@ -490,9 +538,11 @@ int RunBenchFidelity(Options& o) {
   if (o.resume_cut == 0 || o.resume_cut >= o.resume_new)
     return UsageError("--resume-cut must be between 1 and --resume-new - 1");
   if (o.kl_scored < 2) return UsageError("--kl-scored must be at least 2");
-  const std::string kl_text = ReadText(o, o.kl_book);
-  if (kl_text.empty())
-    return Fail("no text in " + Quoted(o.text_dir) + " (tools/data/austen.sh fetches it)");
+  const std::string kl_text = ReadBook(o, o.kl_book, 1);
+  if (kl_text.empty()) return kExitFailure;
+  const bool wants_book = Has(o, "resume") || Has(o, "needle");
+  const std::string needle_text = wants_book ? ReadBook(o, o.needle_book, kBookOffset + 6000) : "";
+  if (wants_book && needle_text.empty()) return kExitFailure;
   const BenchEnvironment env = CollectEnvironment(".");  // the binary and command that measure
   std::unique_ptr<Session> probe = OpenArm(ArmOptions(o, Arm::kKiv));  // describes the kiv arm
   if (!probe) return kExitFailure;
@@ -512,66 +562,75 @@ int RunBenchFidelity(Options& o) {
   w.Field("scan_norms", c.scan_norms).Field("summary_page", c.summary_page);
   w.Field("oracle", c.oracle).EndObject();
   const std::vector<int32_t> kl_ids =
-      BookTokens(*probe, kl_text, std::max<size_t>(size_t{o.kl_context} + o.kl_scored,
-                                                   size_t{o.equivalence_tokens} + o.equivalence_scored));
-  probe.reset();
+      BookTokens(*probe, kl_text,
+                 std::max<size_t>(size_t{o.kl_context} + o.kl_scored,
+                                  size_t{o.equivalence_tokens} + o.equivalence_scored));
   int code = kExitOk;
   if (code == kExitOk && Has(o, "equivalence")) code = Equivalence(o, kl_ids, w);
   if (code == kExitOk && Has(o, "resume"))
-    code = Resume(o, ReadText(o, o.needle_book).substr(20000, 6000), w);
+    code = Resume(o, needle_text.substr(kBookOffset, 6000), w);
   if (code == kExitOk && Has(o, "kl")) code = Kl(o, kl_ids, w);
-  if (code == kExitOk && Has(o, "needle")) code = Needle(o, w);
+  if (code == kExitOk && Has(o, "needle")) code = Needle(o, *probe, needle_text, w);
   WriteEnvironmentJson(w, env);
   w.EndObject().Finish();
   if (!o.out.empty()) std::cerr << "result written to " << o.out << '\n';
   return code;
 }
 
-std::string DefaultTextDir() {
-  const char* cache = std::getenv("KIV_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string root = cache ? cache : std::string(home ? home : ".") + "/.cache/kiv";
-  return root + "/text/austen";
-}
-
 }  // namespace
 
 void SetupBenchFidelity(CLI::App& bench) {
   auto o = std::make_shared<Options>();
-  o->text_dir = DefaultTextDir();
+  o->text_dir = KivCacheDir() + "/text/austen";
   CLI::App* sub = bench.add_subcommand(
       "fidelity", "Measure kiv against a full cache: equivalence, resume, KL, recall, needles");
   SessionOptions& s = o->flags.session;
   s.model_dir = DefaultModelDir();
   sub->add_option("--model", s.model_dir, "HuggingFace model directory")->capture_default_str();
-  sub->add_option("--text-dir", o->text_dir, "Austen text (tools/data/austen.sh)")->capture_default_str();
+  sub->add_option("--text-dir", o->text_dir, "Austen text (tools/data/austen.sh)")
+      ->capture_default_str();
   sub->add_option("--parts", o->parts, "What to measure: equivalence,resume,kl,needle")
-      ->delimiter(',')->capture_default_str();
-  sub->add_option("--device", s.device, "cpu or cuda")->capture_default_str()
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--device", s.device, "cpu or cuda")
+      ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  sub->add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half)")->capture_default_str();
+  sub->add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half)")
+      ->capture_default_str();
   sub->add_option("--chunk", s.chunk_tokens, "Prefill chunk of every arm")->capture_default_str();
   sub->add_option("--sinks", s.cache.sinks, "Sink tokens")->capture_default_str();
   sub->add_option("--window", s.cache.window, "Hot window")->capture_default_str();
-  sub->add_option("--k", s.cache.top_k, "Cold tokens retrieved per layer and kv-head")->capture_default_str();
-  sub->add_option("--candidates", s.cache.candidates, "Scan candidates re-ranked")->capture_default_str();
+  sub->add_option("--k", s.cache.top_k, "Cold tokens retrieved per layer and kv-head")
+      ->capture_default_str();
+  sub->add_option("--candidates", s.cache.candidates, "Scan candidates re-ranked")
+      ->capture_default_str();
   sub->add_flag("--oracle", s.cache.oracle,
                 "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
   sub->add_option("--summary-page", s.cache.summary_page,
-                  "Cold pages of this many tokens also attend as one summary (0: off)")->capture_default_str();
-  sub->add_option("--kl-book", o->kl_book, "Book whose opening is the KL text")->capture_default_str();
-  sub->add_option("--kl-context", o->kl_context, "KL: context tokens before the scored ones")->capture_default_str();
-  sub->add_option("--kl-scored", o->kl_scored, "KL: scored positions (decode steps)")->capture_default_str();
-  sub->add_flag("!--no-codec-arm", o->kl_codec_only, "KL: skip the arm with the real codec and k = all");
+                  "Cold pages of this many tokens also attend as one summary (0: off)")
+      ->capture_default_str();
+  sub->add_option("--kl-book", o->kl_book, "Book whose opening is the KL text")
+      ->capture_default_str();
+  sub->add_option("--kl-context", o->kl_context, "KL: context tokens before the scored ones")
+      ->capture_default_str();
+  sub->add_option("--kl-scored", o->kl_scored, "KL: scored positions (decode steps)")
+      ->capture_default_str();
+  sub->add_flag("!--no-codec-arm", o->kl_codec_only,
+                "KL: skip the arm with the real codec and k = all");
   sub->add_flag("!--no-recall", o->recall, "Skip the recall run");
-  sub->add_option("--resume-new", o->resume_new, "Resume gate: tokens generated")->capture_default_str();
-  sub->add_option("--resume-cut", o->resume_cut, "Resume gate: close and reopen after this many")->capture_default_str();
+  sub->add_option("--resume-new", o->resume_new, "Resume gate: tokens generated")
+      ->capture_default_str();
+  sub->add_option("--resume-cut", o->resume_cut, "Resume gate: close and reopen after this many")
+      ->capture_default_str();
   sub->add_option("--needle-book", o->needle_book, "Needle haystack book")->capture_default_str();
   sub->add_option("--needle-lengths", o->needle_lengths, "Needle prompt lengths in tokens")
-      ->delimiter(',')->capture_default_str();
+      ->delimiter(',')
+      ->capture_default_str();
   sub->add_option("--needle-depths", o->needle_depths, "Needle depths, 0..1")
-      ->delimiter(',')->capture_default_str();
-  sub->add_option("--needle-new", o->needle_new, "Greedy tokens generated per needle answer")->capture_default_str();
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--needle-new", o->needle_new, "Greedy tokens generated per needle answer")
+      ->capture_default_str();
   sub->add_option("-o,--out", o->out, "Write the JSON result here (else to stdout)");
   sub->footer(R"(Every comparison is against the same model with a plain full cache. Progress and a
 summary line per part go to stderr; the JSON result to --out or stdout. On a 2-core CPU the whole

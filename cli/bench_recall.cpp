@@ -446,12 +446,7 @@ int RunBenchRecall(const Options& o) {
   return kExitOk;
 }
 
-std::string DefaultCapture() {
-  const char* cache = std::getenv("KIV_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string root = cache ? cache : std::string(home ? home : ".") + "/.cache/kiv";
-  return root + "/captures/smollm2-austen-8k";
-}
+std::string DefaultCapture() { return KivCacheDir() + "/captures/smollm2-austen-8k"; }
 
 }  // namespace
 

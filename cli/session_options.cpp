@@ -21,12 +21,7 @@ void OnInterrupt(int) {
 
 void InstallInterruptHandler() { std::signal(SIGINT, OnInterrupt); }
 
-std::string DefaultModelDir() {
-  const char* cache = std::getenv("KIV_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string root = cache ? cache : std::string(home ? home : ".") + "/.cache/kiv";
-  return root + "/models/SmolLM2-135M-Instruct";
-}
+std::string DefaultModelDir() { return KivCacheDir() + "/models/SmolLM2-135M-Instruct"; }
 
 void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
   f.session.model_dir = DefaultModelDir();

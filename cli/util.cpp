@@ -2,6 +2,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 namespace kiv::cli {
@@ -66,5 +67,11 @@ int Fail(const std::string& sentence) { return PrintLine(sentence, kExitFailure)
 int UsageError(const std::string& sentence) { return PrintLine(sentence, kExitUsage); }
 
 std::string Quoted(const std::string& path) { return "'" + path + "'"; }
+
+std::string KivCacheDir() {
+  const char* cache = std::getenv("KIV_CACHE");
+  const char* home = std::getenv("HOME");
+  return cache ? cache : std::string(home ? home : ".") + "/.cache/kiv";
+}
 
 }  // namespace kiv::cli

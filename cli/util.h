@@ -31,6 +31,10 @@ int Fail(const std::string& sentence);
 // The same, returning kExitUsage, for option values that are wrong together.
 int UsageError(const std::string& sentence);
 
+// Where kiv keeps what it fetches and makes (models, text, captures): $KIV_CACHE, else
+// ~/.cache/kiv.
+std::string KivCacheDir();
+
 // 'path' quoted for messages.
 std::string Quoted(const std::string& path);
 
