@@ -39,48 +39,40 @@ GpuSignatureIndex::GpuSignatureIndex(uint32_t slots, const index::SignatureProje
     : bits_(projection.bits()),
       dim_(projection.dim()),
       words_(projection.words()),
-      device_(device),
-      signatures_(slots),
-      norms_(slots),
-      size_(slots, 0) {
+      device_(device) {
   projection_ = torch::from_blob(const_cast<float*>(projection.matrix()),
                                  {int64_t(bits_), int64_t(dim_)}, torch::kFloat32)
                     .to(device_);
   const auto opts = torch::TensorOptions().device(device_);
-  for (uint32_t s = 0; s < slots; ++s) {
-    signatures_[s] = torch::empty({1024, int64_t(words_)}, opts.dtype(torch::kInt64));
-    norms_[s] = torch::empty({1024}, opts.dtype(torch::kFloat32));
-  }
+  signatures_ = torch::empty({int64_t(slots), 1024, int64_t(words_)}, opts.dtype(torch::kInt64));
+  norms_ = torch::empty({int64_t(slots), 1024}, opts.dtype(torch::kFloat32));
 }
 
-void GpuSignatureIndex::Append(uint32_t slot, const uint64_t* signatures, const float* norms,
-                               size_t count) {
+void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, size_t count) {
   if (count == 0) return;
-  const int64_t at = int64_t(size_[slot]), need = at + int64_t(count);
-  if (need > signatures_[slot].size(0)) {  // grow by doubling: amortized O(1) per token
-    const int64_t cap = std::max<int64_t>(need, 2 * signatures_[slot].size(0));
-    torch::Tensor s = torch::empty({cap, int64_t(words_)}, signatures_[slot].options());
-    torch::Tensor n = torch::empty({cap}, norms_[slot].options());
-    s.slice(0, 0, at).copy_(signatures_[slot].slice(0, 0, at));
-    n.slice(0, 0, at).copy_(norms_[slot].slice(0, 0, at));
-    signatures_[slot] = s;
-    norms_[slot] = n;
+  const int64_t slots = signatures_.size(0), at = int64_t(size_), need = at + int64_t(count);
+  if (need > signatures_.size(1)) {  // grow by doubling: amortized O(1) per token
+    const int64_t cap = std::max<int64_t>(need, 2 * signatures_.size(1));
+    torch::Tensor s = torch::empty({slots, cap, int64_t(words_)}, signatures_.options());
+    torch::Tensor n = torch::empty({slots, cap}, norms_.options());
+    s.slice(1, 0, at).copy_(signatures_.slice(1, 0, at));
+    n.slice(1, 0, at).copy_(norms_.slice(1, 0, at));
+    signatures_ = s;
+    norms_ = n;
   }
-  signatures_[slot]
-      .slice(0, at, need)
-      .copy_(torch::from_blob(const_cast<uint64_t*>(signatures), {int64_t(count), int64_t(words_)},
-                              torch::kInt64));
-  norms_[slot]
-      .slice(0, at, need)
-      .copy_(torch::from_blob(const_cast<float*>(norms), {int64_t(count)}, torch::kFloat32));
-  size_[slot] = size_t(need);
+  signatures_.slice(1, at, need)
+      .copy_(torch::from_blob(const_cast<uint64_t*>(signatures),
+                              {slots, int64_t(count), int64_t(words_)}, torch::kInt64));
+  norms_.slice(1, at, need)
+      .copy_(torch::from_blob(const_cast<float*>(norms), {slots, int64_t(count)}, torch::kFloat32));
+  size_ = size_t(need);
 }
 
 std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, const float* queries,
                                                              uint32_t g, uint32_t tables,
                                                              uint32_t c, bool norms) {
 #ifdef KIV_HAVE_KERNELS
-  const uint32_t n = uint32_t(size_[slot]);
+  const uint32_t n = uint32_t(size_);
   c = std::min(c, n);
   std::vector<std::vector<uint32_t>> out(tables);
   if (c == 0) return out;
@@ -96,7 +88,7 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
         error, "BuildScanTables");
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t)
-    problems[t] = {Ptr<const uint64_t>(signatures_[slot]),
+    problems[t] = {Ptr<const uint64_t>(signatures_[slot]),  // a slot's rows are contiguous
                    norms ? Ptr<const float>(norms_[slot]) : nullptr,
                    Ptr<const float>(table) + size_t{t} * (bits_ / 8) * 256};
   torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, opts.dtype(torch::kFloat32));

@@ -27,9 +27,10 @@ class GpuSignatureIndex {
   GpuSignatureIndex(uint32_t slots, const index::SignatureProjection& projection,
                     c10::Device device);
 
-  // Appends `count` tokens' signatures [count][words] and key norms [count] to `slot`.
-  void Append(uint32_t slot, const uint64_t* signatures, const float* norms, size_t count);
-  size_t size(uint32_t slot) const { return size_[slot]; }
+  // Appends `count` tokens to every slot: signatures [slots][count][words] and key norms
+  // [slots][count] (every slot holds the same tokens), in two copies to the device.
+  void Append(const uint64_t* signatures, const float* norms, size_t count);
+  size_t size() const { return size_; }
 
   // The `c` best-scoring tokens of `slot` for each of `count` queries on its own ([count][dim],
   // host floats): indices ascending per query, as index::SelectLargest gives them.
@@ -46,10 +47,10 @@ class GpuSignatureIndex {
 
   uint32_t bits_, dim_, words_;
   c10::Device device_;
-  at::Tensor projection_;               // [bits][dim] float on device_
-  std::vector<at::Tensor> signatures_;  // per slot [capacity][words] int64 on device_
-  std::vector<at::Tensor> norms_;       // per slot [capacity] float on device_
-  std::vector<size_t> size_;
+  at::Tensor projection_;  // [bits][dim] float on device_
+  at::Tensor signatures_;  // [slots][capacity][words] int64 on device_
+  at::Tensor norms_;       // [slots][capacity] float on device_
+  size_t size_ = 0;        // tokens held, the same in every slot
 };
 
 }  // namespace kiv

@@ -393,10 +393,12 @@ Status TieredCache::Evict(uint32_t count) {
                      ids.data(), positions.data()};
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
-  if (gpu_index_) {
+  if (gpu_index_) {  // sigs is [slot][count][words] already; the norms are each slot's last
+    std::vector<float> norms(size_t{L} * H * count);
     for (uint32_t slot = 0; slot < L * H; ++slot)
-      gpu_index_->Append(slot, sigs.data() + size_t{slot} * count * words,
-                         key_norms_[slot].data() + key_norms_[slot].size() - count, count);
+      std::copy(key_norms_[slot].end() - count, key_norms_[slot].end(),
+                norms.begin() + size_t{slot} * count);
+    gpu_index_->Append(sigs.data(), norms.data(), count);
   }
   runs_.push_back(std::move(run));
   cold_tokens_ += count;
@@ -518,10 +520,21 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
-  if (gpu_index_) {
-    for (uint32_t slot = 0; slot < L * H; ++slot)
-      gpu_index_->Append(slot, signatures_[slot].data(), key_norms_[slot].data(),
-                         key_norms_[slot].size());
+  if (gpu_index_) {  // in pieces, so the staging copy stays small
+    constexpr uint64_t kPiece = 65536;
+    std::vector<uint64_t> sigs;
+    std::vector<float> norms;
+    for (uint64_t t0 = 0; t0 < cold_tokens_; t0 += kPiece) {
+      const uint64_t m = std::min(kPiece, cold_tokens_ - t0);
+      sigs.resize(size_t{L} * H * m * words);
+      norms.resize(size_t{L} * H * m);
+      for (uint32_t slot = 0; slot < L * H; ++slot) {
+        std::copy_n(signatures_[slot].begin() + t0 * words, m * words,
+                    sigs.begin() + slot * m * words);
+        std::copy_n(key_norms_[slot].begin() + t0, m, norms.begin() + slot * m);
+      }
+      gpu_index_->Append(sigs.data(), norms.data(), m);
+    }
   }
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
   return Status::Ok();
