@@ -560,6 +560,7 @@ int RunBenchFidelity(Options& o) {
   w.Field("codec", c.codec_id).Field("chunk", o.flags.session.chunk_tokens);
   w.Field("prefill_block", c.prefill_block).Field("prefill_tail", c.prefill_tail);
   w.Field("scan_norms", c.scan_norms).Field("summary_page", c.summary_page);
+  w.Field("tail_samples", c.tail_samples);
   w.Field("oracle", c.oracle).EndObject();
   const std::vector<int32_t> kl_ids =
       BookTokens(*probe, kl_text,
@@ -606,6 +607,9 @@ void SetupBenchFidelity(CLI::App& bench) {
       ->capture_default_str();
   sub->add_flag("--oracle", s.cache.oracle,
                 "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
+  sub->add_option("--tail-samples", s.cache.tail_samples,
+                  "Also attend to this many unpicked cold tokens, sampled and weighted (0: off)")
+      ->capture_default_str();
   sub->add_option("--summary-page", s.cache.summary_page,
                   "Cold pages of this many tokens also attend as one summary (0: off)")
       ->capture_default_str();

@@ -18,6 +18,7 @@ void SetupChat(CLI::App& app);
 void SetupBenchAppend(CLI::App& bench);
 void SetupBenchRecall(CLI::App& bench);
 void SetupBenchFidelity(CLI::App& bench);  // needs the runtime
+void SetupBenchSpeed(CLI::App& bench);     // needs the runtime
 
 // Registers `run` as the subcommand's action. A nonzero exit code travels to main() as a
 // CLI::RuntimeError, which CLI11 passes through silently; main() returns its code.

@@ -46,6 +46,7 @@ void SetupApp(CLI::App& app) {
   kiv::cli::SetupBenchRecall(*bench);
 #ifdef KIV_HAVE_RUNTIME
   kiv::cli::SetupBenchFidelity(*bench);
+  kiv::cli::SetupBenchSpeed(*bench);
 #endif
 }
 

@@ -25,4 +25,33 @@ std::string CudaDeviceName(int index) {
          ", driver " + std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10);
 }
 
+int RegisterHostMemory(void* p, size_t bytes, bool read_only) {
+  int dev = 0, ro = 0;
+  if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return int(e);
+  if (read_only) cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, dev);
+  const unsigned flags = cudaHostRegisterMapped | (ro ? cudaHostRegisterReadOnly : 0u);
+  return int(cudaHostRegister(p, bytes, flags));
+}
+
+int UnregisterHostMemory(void* p) { return int(cudaHostUnregister(p)); }
+
+bool HostPointerUsableOnDevice(int device) {
+  int usable = 0;
+  if (cudaDeviceGetAttribute(&usable, cudaDevAttrCanUseHostPointerForRegisteredMem, device) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return usable != 0;
+}
+
+int CudaMemoryInfo(size_t* free_bytes, size_t* total_bytes) {
+  return int(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
+std::string CudaErrorName(int error) {
+  return std::string(cudaGetErrorName(cudaError_t(error))) + " (" +
+         cudaGetErrorString(cudaError_t(error)) + ")";
+}
+
 }  // namespace kiv::kernels

@@ -29,10 +29,21 @@ struct TieredCacheOptions {
   // attention as one summary: the mean of its decoded keys and values, weighted as the page's
   // unpicked tokens (score q·k̄/√d + log(P − picked in page)). 0: off.
   uint32_t summary_page = 0;
+  // With tail_samples = m > 0, m of the cold tokens retrieval did not pick also enter attention,
+  // a systematic sample in token order, each weighted as rest / m tokens: an unbiased estimate of
+  // the attention the unpicked tokens hold. 0: off.
+  uint32_t tail_samples = 0;
   // On a CUDA device, keep the signatures on the GPU and scan them there (kernels/scan.h,
   // bit-exact with the CPU scan); false scans on the CPU (the reference). Needs a build with
   // the CUDA kernels; ignored on the CPU.
   bool gpu_scan = true;
+  // With gpu_scan: run the rest of the cold step on the GPU too (the union of the group's
+  // candidates, re-rank, record gather from pinned host memory, attention; runtime/gpu_scan.h
+  // GpuColdTier). false: only the scan, the rest on the CPU as without a GPU (bit-exact with it).
+  bool gpu_cold = true;
+  // The most cold tokens a session on the GPU holds: the pinned record arena reserves address
+  // space for this many (it pins only what it fills).
+  uint64_t max_cold_tokens = uint64_t{1} << 22;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
   // Measure recall (QUALITY.md 5) at every single-query retrieval: keeps the exact cold keys in

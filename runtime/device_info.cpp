@@ -1,7 +1,16 @@
 #include "runtime/device_info.h"
 
 #include <torch/cuda.h>
+#include <torch/torch.h>
 #include <torch/version.h>
+
+#include <chrono>
+#include <fstream>
+#include <string>
+
+#ifdef KIV_HAVE_KERNELS
+#include "kernels/device.h"
+#endif
 
 namespace kiv {
 
@@ -9,10 +18,55 @@ DeviceInfo QueryDevices() {
   DeviceInfo info;
   info.torch_version = TORCH_VERSION;
   info.cuda_available = torch::cuda::is_available();
-  // Device properties need the CUDA runtime headers; the GPU issue fills them in from kernels/.
   const int64_t count = info.cuda_available ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-  for (int64_t i = 0; i < count; ++i) info.gpus.push_back(GpuInfo{"cuda:" + std::to_string(i)});
+  for (int64_t i = 0; i < count; ++i) {
+#ifdef KIV_HAVE_KERNELS
+    info.gpus.push_back(GpuInfo{kernels::CudaDeviceName(int(i))});
+#else
+    info.gpus.push_back(GpuInfo{"cuda:" + std::to_string(i)});
+#endif
+  }
   return info;
 }
+
+uint64_t GpuMemoryUsed() {
+#ifdef KIV_HAVE_KERNELS
+  size_t free_bytes = 0, total = 0;
+  if (kernels::CudaDeviceCount() > 0 && kernels::CudaMemoryInfo(&free_bytes, &total) == 0)
+    return total - free_bytes;
+#endif
+  return 0;
+}
+
+double MeasureGpuBandwidth() {
+  if (!torch::cuda::is_available()) return 0;
+  const int64_t bytes = int64_t{1} << 30;
+  torch::Tensor a = torch::empty({bytes}, torch::dtype(torch::kUInt8).device(torch::kCUDA));
+  torch::Tensor b = torch::empty_like(a);
+  a.fill_(1);
+  double best = 0;
+  for (int i = 0; i < 6; ++i) {
+    torch::cuda::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    b.copy_(a);
+    torch::cuda::synchronize();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i > 0) best = std::max(best, 2.0 * double(bytes) / s);  // the first warms up
+  }
+  return best;
+}
+
+namespace {
+uint64_t StatusKb(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(key + ":", 0) == 0) return std::stoull(line.substr(key.size() + 1)) * 1024;
+  return 0;
+}
+}  // namespace
+
+uint64_t HostRss() { return StatusKb("VmRSS"); }
+uint64_t HostPeakRss() { return StatusKb("VmHWM"); }
 
 }  // namespace kiv

@@ -23,4 +23,14 @@ struct DeviceInfo {
 
 DeviceInfo QueryDevices();
 
+// Bytes in use on the current CUDA device (total − free: the CUDA context, LibTorch's cached
+// blocks, kiv's own buffers); 0 without a device or a build without the kernels.
+uint64_t GpuMemoryUsed();
+// The device's copy bandwidth in bytes/s (read + written, a 1 GiB device-to-device copy, best of
+// 5): the limit a memory-bound decode step is held against. 0 on the CPU.
+double MeasureGpuBandwidth();
+// Resident and peak resident host memory of this process (VmRSS, VmHWM), bytes.
+uint64_t HostRss();
+uint64_t HostPeakRss();
+
 }  // namespace kiv

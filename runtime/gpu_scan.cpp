@@ -3,9 +3,19 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <string>
 
+#include <sys/mman.h>
+
+#include <thread>
+
 #ifdef KIV_HAVE_KERNELS
+#include "kernels/attention.h"
+#include "kernels/device.h"
+#include "kernels/gather.h"
+#include "kernels/merge.h"
 #include "kernels/scan.h"
 #endif
 
@@ -66,6 +76,18 @@ void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, s
   norms_.slice(1, at, need)
       .copy_(torch::from_blob(const_cast<float*>(norms), {slots, int64_t(count)}, torch::kFloat32));
   size_ = size_t(need);
+}
+
+uint64_t GpuSignatureIndex::device_bytes() const {
+  return uint64_t(signatures_.nbytes() + norms_.nbytes() + projection_.nbytes());
+}
+
+const uint64_t* GpuSignatureIndex::signatures(uint32_t slot) const {
+  return reinterpret_cast<const uint64_t*>(signatures_[slot].data_ptr());
+}
+
+const float* GpuSignatureIndex::norms(uint32_t slot) const {
+  return norms_[slot].data_ptr<float>();
 }
 
 std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, const float* queries,
@@ -130,6 +152,255 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::SelectPerQuery(uint32_t sl
 std::vector<uint32_t> GpuSignatureIndex::SelectGroup(uint32_t slot, const float* queries,
                                                      uint32_t count, uint32_t c, bool norms) {
   return std::move(Select(slot, queries, count, 1, c, norms)[0]);
+}
+
+// ---- GpuRecordArena ----
+
+namespace {
+constexpr uint64_t kPinPiece = 65536;  // tokens pinned at a time while the arena fills
+constexpr uint64_t kPage = 4096;
+}  // namespace
+
+GpuRecordArena::GpuRecordArena(uint32_t slots, uint32_t record_bytes, uint64_t capacity)
+    : slots_(slots), record_bytes_(record_bytes), capacity_(capacity) {
+#ifdef KIV_HAVE_KERNELS
+  TORCH_CHECK(kernels::HostPointerUsableOnDevice(),
+              "not implemented: a GPU that cannot read registered host memory at its host "
+              "address (cudaDevAttrCanUseHostPointerForRegisteredMem)");
+#endif
+  slot_bytes_ = (capacity * record_bytes + kPage - 1) / kPage * kPage;
+  void* p = mmap(nullptr, slot_bytes_ * slots, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  TORCH_CHECK(p != MAP_FAILED, "cannot reserve ", slot_bytes_ * slots,
+              " bytes of address space for the GPU record arena");
+  base_ = static_cast<uint8_t*>(p);
+}
+
+GpuRecordArena::~GpuRecordArena() {
+#ifdef KIV_HAVE_KERNELS
+  for (uint8_t* r : registered_) kernels::UnregisterHostMemory(r);
+#endif
+  if (base_) munmap(base_, slot_bytes_ * slots_);
+}
+
+void GpuRecordArena::AppendSlot(uint32_t slot, const uint8_t* records, uint64_t at,
+                                uint64_t count) {
+  TORCH_CHECK(at + count <= capacity_, "the context outgrew the GPU record arena (",
+              capacity_, " tokens; raise --max-context)");
+  std::memcpy(base_ + slot * slot_bytes_ + at * record_bytes_, records, count * record_bytes_);
+}
+
+void GpuRecordArena::Append(const uint8_t* records, uint64_t count, uint32_t threads) {
+  const uint64_t at = size_;
+  std::atomic<uint32_t> next{0};
+  auto copy = [&] {
+    for (uint32_t slot; (slot = next.fetch_add(1)) < slots_;)
+      AppendSlot(slot, records + slot * count * record_bytes_, at, count);
+  };
+  std::vector<std::thread> pool;
+  for (uint32_t i = 1; i < std::min(threads, slots_); ++i) pool.emplace_back(copy);
+  copy();
+  for (std::thread& t : pool) t.join();
+  Grow(at + count);
+}
+
+void GpuRecordArena::Grow(uint64_t size) {
+  TORCH_CHECK(size <= capacity_, "the context outgrew the GPU record arena");
+  size_ = std::max(size_, size);
+  if (size_ <= pinned_) return;
+  const uint64_t want = std::min(capacity_, (size_ + kPinPiece - 1) / kPinPiece * kPinPiece);
+#ifdef KIV_HAVE_KERNELS
+  const uint64_t from = pinned_ * record_bytes_ / kPage * kPage;
+  const uint64_t to = std::min(slot_bytes_, (want * record_bytes_ + kPage - 1) / kPage * kPage);
+  for (uint32_t slot = 0; slot < slots_; ++slot) {
+    uint8_t* p = base_ + slot * slot_bytes_ + from;
+    const int err = kernels::RegisterHostMemory(p, to - from, /*read_only=*/false);
+    TORCH_CHECK(err == 0, "pinning ", to - from, " bytes of the GPU record arena failed: ",
+                kernels::CudaErrorName(err));
+    registered_.push_back(p);
+  }
+#endif
+  pinned_ = want;
+}
+
+// ---- GpuColdTier ----
+
+GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
+                         const index::RecordCodec& codec, const GpuSignatureIndex* index,
+                         const GpuRecordArena* arena, c10::Device device)
+    : shape_(shape),
+      options_(options),
+      codec_(codec),
+      index_(index),
+      arena_(arena),
+      device_(device),
+      max_reps_(1024) {
+  const uint32_t L = shape.num_layers, H = shape.num_kv_heads;
+  std::vector<int64_t> bases(size_t{L} * max_reps_ * H);
+  for (uint32_t l = 0; l < L; ++l)
+    for (uint32_t r = 0; r < max_reps_; ++r)
+      for (uint32_t h = 0; h < H; ++h)
+        bases[(size_t{l} * max_reps_ + r) * H + h] =
+            int64_t(reinterpret_cast<uintptr_t>(arena->base(l * H + h)));
+  record_bases_ = torch::from_blob(bases.data(), {int64_t(bases.size())}, torch::kInt64)
+                      .to(device_);
+}
+
+GpuColdTier::~GpuColdTier() = default;
+
+PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
+                                     int64_t per_query_begin) {
+  const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
+  const int64_t n = q.size(1), B = std::max<int64_t>(1, options_.prefill_block);
+  const torch::Tensor qf = q.to(torch::kFloat32).reshape({Hkv, g, n, d});
+  std::vector<torch::Tensor> outs, lses;
+  if (per_query_begin > 0) {  // blocks of B positions: [nb, H_kv, g·B, d]
+    const int64_t nb = (per_query_begin + B - 1) / B;
+    torch::Tensor qb = qf.slice(2, 0, per_query_begin);
+    if (nb * B > per_query_begin)  // zero queries add nothing to a block's table
+      qb = torch::constant_pad_nd(qb, {0, 0, 0, nb * B - per_query_begin});
+    qb = qb.reshape({Hkv, g, nb, B, d}).permute({2, 0, 1, 3, 4}).reshape({nb, Hkv, g * B, d});
+    for (int64_t r0 = 0; r0 < nb; r0 += max_reps_) {
+      const int64_t r1 = std::min<int64_t>(nb, r0 + max_reps_);
+      PartialAttention o = Retrieve(layer, qb.slice(0, r0, r1).contiguous(), uint32_t(r1 - r0),
+                                    uint32_t(g * B), /*per_query=*/false);
+      outs.push_back(o.out.reshape({r1 - r0, Hkv, g, B, d}).permute({1, 2, 0, 3, 4})
+                         .reshape({Hkv * g, (r1 - r0) * B, d}));
+      lses.push_back(o.lse.reshape({r1 - r0, Hkv, g, B}).permute({1, 2, 0, 3})
+                         .reshape({Hkv * g, (r1 - r0) * B}));
+    }
+    if (nb * B > per_query_begin) {
+      outs.back() = outs.back().slice(1, 0, outs.back().size(1) - (nb * B - per_query_begin));
+      lses.back() = lses.back().slice(1, 0, lses.back().size(1) - (nb * B - per_query_begin));
+    }
+  }
+  // One position at a time: [m, H_kv, g, d], in pieces that keep the scan's scores small.
+  const int64_t m = n - per_query_begin;
+  if (m > 0) {
+    const torch::Tensor qt = qf.slice(2, per_query_begin, n).permute({2, 0, 1, 3});
+    const int64_t cold = int64_t(index_->size());
+    const int64_t piece = std::clamp<int64_t>((int64_t{64} << 20) / (cold * Hkv * g), 1,
+                                              max_reps_);
+    for (int64_t r0 = 0; r0 < m; r0 += piece) {
+      const int64_t r1 = std::min(m, r0 + piece);
+      PartialAttention o = Retrieve(layer, qt.slice(0, r0, r1).contiguous(), uint32_t(r1 - r0),
+                                    uint32_t(g), /*per_query=*/true);
+      outs.push_back(o.out.reshape({r1 - r0, Hkv * g, d}).permute({1, 0, 2}));
+      lses.push_back(o.lse.reshape({r1 - r0, Hkv * g}).permute({1, 0}));
+    }
+  }
+  return {torch::cat(outs, 1), torch::cat(lses, 1)};
+}
+
+// queries: [reps][H_kv][G][d] float, contiguous. Problem p = (rep, kv-head) re-ranks with its G
+// queries; per_query: each of them first scans on its own (G = g), else their sum scans once.
+PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
+                                       uint32_t G, bool per_query) {
+#ifdef KIV_HAVE_KERNELS
+  const uint32_t Hkv = shape_.num_kv_heads, d = shape_.head_dim, bits = options_.signature_bits;
+  const uint32_t P = reps * Hkv, n = uint32_t(index_->size());
+  const uint32_t tables = per_query ? P * G : P;
+  const uint32_t c = std::min<uint32_t>(
+      n, per_query ? (options_.candidates + G - 1) / G : options_.candidates);
+  const auto opts = torch::TensorOptions().device(device_);
+  const auto i32 = opts.dtype(torch::kInt32), f32 = opts.dtype(torch::kFloat32);
+  std::string error;
+  torch::Tensor table = torch::empty({int64_t(tables), int64_t(bits / 8) * 256}, f32);
+  Check(kernels::BuildScanTables(Ptr<const float>(index_->projection()), bits, d,
+                                 Ptr<const float>(queries), per_query ? 1 : G, tables,
+                                 Ptr<float>(table), nullptr, &error),
+        error, "BuildScanTables");
+  std::vector<kernels::ScanProblem> problems(tables);
+  for (uint32_t t = 0; t < tables; ++t) {
+    const uint32_t slot = uint32_t(layer) * Hkv + (per_query ? t / G : t) % Hkv;
+    problems[t] = {index_->signatures(slot), options_.scan_norms ? index_->norms(slot) : nullptr,
+                   Ptr<const float>(table) + size_t{t} * (bits / 8) * 256};
+  }
+  torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, f32);
+  torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, i32);
+  torch::Tensor counts = torch::empty({int64_t(tables)}, i32);
+  torch::Tensor workspace = torch::empty(
+      {int64_t(kernels::ScanSelectWorkspaceBytes(tables, n))}, opts.dtype(torch::kUInt8));
+  kernels::ScanSelectArgs args;
+  args.problems = problems.data();
+  args.num_problems = tables;
+  args.n = n;
+  args.words = bits / 64;
+  args.c = c;
+  args.scores = Ptr<float>(scores);
+  args.selected = Ptr<uint32_t>(selected);
+  args.counts = Ptr<uint32_t>(counts);
+  args.workspace = workspace.data_ptr();
+  args.workspace_bytes = size_t(workspace.numel());
+  Check(kernels::ScanSelect(args, nullptr, &error), error, "ScanSelect");
+  torch::Tensor candidates = selected, candidate_counts = counts;
+  uint32_t row = c;
+  if (per_query && G > 1) {  // the group's lists, united
+    row = G * c;
+    candidates = torch::empty({int64_t(P), int64_t(row)}, i32);
+    candidate_counts = torch::empty({int64_t(P)}, i32);
+    kernels::MergeCandidatesArgs m;
+    m.num_problems = P, m.lists = G, m.length = c;
+    m.in = Ptr<const uint32_t>(selected), m.in_counts = Ptr<const uint32_t>(counts);
+    m.out = Ptr<uint32_t>(candidates), m.out_counts = Ptr<uint32_t>(candidate_counts);
+    Check(kernels::MergeCandidates(m, nullptr, &error), error, "MergeCandidates");
+  }
+  const uint32_t k = std::min<uint32_t>(options_.top_k, row);
+  torch::Tensor ids = torch::empty({int64_t(P), int64_t(k)}, i32);
+  torch::Tensor picked = torch::empty({int64_t(P)}, i32);
+  torch::Tensor keys = torch::empty({int64_t(P), int64_t(k), int64_t(d)}, f32);
+  torch::Tensor values = torch::empty_like(keys);
+  kernels::RerankGatherParams rg;
+  rg.num_problems = P;
+  rg.head_dim = d;
+  rg.group = G;
+  rg.num_candidates = row;
+  rg.top_k = k;
+  rg.codec = codec_;
+  rg.out_dtype = kernels::DType::kFloat32;
+  rg.record_stride_bytes = index::kRecordBytes * (d / 64);
+  rg.records = reinterpret_cast<const uint8_t* const*>(record_bases_.data_ptr<int64_t>() +
+                                                       size_t(layer) * max_reps_ * Hkv);
+  rg.candidates = Ptr<const uint32_t>(candidates);
+  rg.candidate_counts = Ptr<const uint32_t>(candidate_counts);
+  rg.queries = Ptr<const float>(queries);
+  rg.out_ids = Ptr<uint32_t>(ids);
+  rg.out_counts = Ptr<uint32_t>(picked);
+  rg.out_keys = keys.data_ptr();
+  rg.out_values = values.data_ptr();
+  torch::Tensor rg_workspace = torch::empty(
+      {int64_t(kernels::RerankGatherWorkspaceBytes(rg))}, opts.dtype(torch::kUInt8));
+  rg.workspace = rg_workspace.data_ptr();
+  rg.workspace_bytes = size_t(rg_workspace.numel());
+  Check(kernels::LaunchRerankGather(rg, nullptr, &error), error, "LaunchRerankGather");
+  torch::Tensor out = torch::empty({int64_t(P) * G, int64_t(d)}, f32);
+  torch::Tensor lse = torch::empty({int64_t(P) * G}, f32);
+  kernels::SparseAttentionParams at;
+  at.num_q_heads = P * G;
+  at.num_kv_heads = P;
+  at.head_dim = d;
+  at.q = queries.data_ptr();
+  at.q_dtype = kernels::DType::kFloat32;
+  at.sets[0].keys = keys.data_ptr();
+  at.sets[0].values = values.data_ptr();
+  at.sets[0].dtype = kernels::DType::kFloat32;
+  at.sets[0].max_rows = k;
+  at.sets[0].counts = Ptr<const uint32_t>(picked);
+  at.num_sets = 1;
+  at.out = Ptr<float>(out);
+  at.lse = Ptr<float>(lse);
+  torch::Tensor at_workspace = torch::empty(
+      {int64_t(kernels::SparseAttentionWorkspaceBytes(at))}, opts.dtype(torch::kUInt8));
+  at.workspace = at_workspace.data_ptr();
+  at.workspace_bytes = size_t(at_workspace.numel());
+  Check(kernels::LaunchSparseDecodeAttention(at, nullptr, &error), error,
+        "LaunchSparseDecodeAttention");
+  return {out, lse};
+#else
+  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query;
+  TORCH_CHECK(false, "not implemented: the GPU cold tier in a build without the CUDA kernels");
+  return {};
+#endif
 }
 
 }  // namespace kiv

@@ -4,8 +4,8 @@
 // float order), so a session picks the same candidates on either.
 //
 // Selecting needs a build with the CUDA kernels (Available()); without them it fails loudly.
-// Candidate ids come back to the host; the re-rank, the record gather and the attention still run
-// as on the CPU (the next kernels to wire).
+// GpuSignatureIndex alone brings candidate ids back to the host (the CPU then re-ranks);
+// GpuColdTier runs the whole cold step on the GPU: scan → union → re-rank + gather → attention.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,7 +14,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "index/record.h"
 #include "index/signature.h"
+#include "runtime/cache_options.h"
+#include "runtime/full_cache.h"
 
 namespace kiv {
 
@@ -31,6 +34,12 @@ class GpuSignatureIndex {
   // [slots][count] (every slot holds the same tokens), in two copies to the device.
   void Append(const uint64_t* signatures, const float* norms, size_t count);
   size_t size() const { return size_; }
+  // Device pointers to a slot's signatures [capacity][words] and norms [capacity], valid until
+  // the next Append.
+  const uint64_t* signatures(uint32_t slot) const;
+  const float* norms(uint32_t slot) const;
+  const at::Tensor& projection() const { return projection_; }
+  uint64_t device_bytes() const;  // signatures and norms as allocated (capacity, not size)
 
   // The `c` best-scoring tokens of `slot` for each of `count` queries on its own ([count][dim],
   // host floats): indices ascending per query, as index::SelectLargest gives them.
@@ -51,6 +60,70 @@ class GpuSignatureIndex {
   at::Tensor signatures_;  // [slots][capacity][words] int64 on device_
   at::Tensor norms_;       // [slots][capacity] float on device_
   size_t size_ = 0;        // tokens held, the same in every slot
+};
+
+// Every cold record of every (layer, kv-head) slot in pinned host memory that the GPU reads in
+// place (zero-copy): slot s's record of token t at base(s) + t · record_bytes, one contiguous
+// reservation per slot of `capacity` tokens, pinned in pieces as it fills.
+class GpuRecordArena {
+ public:
+  GpuRecordArena(uint32_t slots, uint32_t record_bytes, uint64_t capacity);
+  ~GpuRecordArena();
+  GpuRecordArena(const GpuRecordArena&) = delete;
+  GpuRecordArena& operator=(const GpuRecordArena&) = delete;
+
+  // Appends `count` tokens to every slot from [slots][count][record_bytes] host bytes, on up to
+  // `threads` threads (reopening copies a whole archive).
+  void Append(const uint8_t* records, uint64_t count, uint32_t threads = 1);
+  // Appends `count` tokens of one slot (slot-major restores call this per slot, then Commit).
+  void AppendSlot(uint32_t slot, const uint8_t* records, uint64_t at, uint64_t count);
+  // Pins what AppendSlot wrote up to `size` tokens in every slot.
+  void Grow(uint64_t size);
+  const uint8_t* base(uint32_t slot) const { return base_ + slot * slot_bytes_; }
+  uint64_t size() const { return size_; }
+  uint64_t capacity() const { return capacity_; }
+
+ private:
+  uint32_t slots_, record_bytes_;
+  uint64_t capacity_, slot_bytes_;
+  uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  uint64_t pinned_ = 0;  // tokens of every slot pinned so far
+  std::vector<uint8_t*> registered_;
+};
+
+// The cold step of one layer on the GPU, for a decode step or a prefill chunk: signatures and norms
+// (GpuSignatureIndex) and records (GpuRecordArena) resident; no host round trip.
+//   - per-query positions (a decode step; the last prefill_tail queries of a prompt's last chunk):
+//     each query head scans on its own for C / g candidates, the group's lists are united, the
+//     group re-ranks them and keeps k (the CPU path's Retrieve, kernels bit-exact with it up to
+//     near-ties of the float softmax);
+//   - the other prefill queries share one retrieval per block of prefill_block positions (one
+//     summed table per block and kv-head, C candidates, the block's g · block queries re-rank).
+// Returns the attention of q over the retrieved tokens with its log-sum-exp, to merge with the
+// hot tier's.
+class GpuColdTier {
+ public:
+  GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
+              const index::RecordCodec& codec, const GpuSignatureIndex* index,
+              const GpuRecordArena* arena, c10::Device device);
+  ~GpuColdTier();
+  // q: [H_q, n, d] on the device (any float dtype, any strides). Queries [0, per_query_begin)
+  // share block retrievals; [per_query_begin, n) retrieve one by one. out is float32.
+  PartialAttention Attend(int64_t layer, const at::Tensor& q, int64_t per_query_begin);
+
+ private:
+  PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
+                            uint32_t per_problem, bool per_query);
+
+  CacheShape shape_;
+  TieredCacheOptions options_;
+  index::RecordCodec codec_;
+  const GpuSignatureIndex* index_;
+  const GpuRecordArena* arena_;
+  c10::Device device_;
+  uint32_t max_reps_;
+  at::Tensor record_bases_;  // [L][max_reps][H_kv] uint64 device: the arena's slot bases
 };
 
 }  // namespace kiv

@@ -118,6 +118,7 @@ Status Session::Feed(const std::vector<int32_t>& ids, const ProgressFn& progress
     const size_t n = std::min(chunk, ids.size() - at);
     const std::vector<int64_t> part(ids.begin() + at, ids.begin() + at + n);
     const bool last = at + n == ids.size();
+    if (m.tiered) m.tiered->set_chunk_ends_prompt(last);
     torch::Tensor logits = m.model->Forward(part, *m.cache, LlamaModel::Logits::kLast);
     if (m.tiered) KIV_RETURN_IF_ERROR(m.tiered->status());
     if (last) {
@@ -216,6 +217,7 @@ SessionStats Session::stats() const {
   if (impl_->tiered) {
     s.hot_tokens = impl_->tiered->hot_tokens();
     s.cold_tokens = impl_->tiered->cold_tokens();
+    s.cache_device_bytes = impl_->tiered->device_bytes();
   } else {
     s.hot_tokens = s.context_tokens;
   }

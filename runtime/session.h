@@ -40,6 +40,8 @@ struct SessionStats {
   uint64_t hot_tokens = 0;
   uint64_t cold_tokens = 0;
   uint64_t archive_bytes = 0;
+  uint64_t cache_device_bytes = 0;  // what the cache holds on the model's device (hot tier, and
+                                    // on CUDA the signatures and norms)
   uint32_t turns = 0;
   bool resumed = false;
 };

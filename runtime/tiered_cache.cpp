@@ -66,6 +66,13 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   if (device.is_cuda() && options.gpu_scan && GpuSignatureIndex::Available())
     gpu_index_ =
         std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
+  if (gpu_index_ && options.gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
+      options.summary_page == 0 && options.tail_samples == 0) {
+    gpu_records_ = std::make_unique<GpuRecordArena>(uint32_t(signatures_.size()), record_bytes(),
+                                                    options.max_cold_tokens);
+    gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),
+                                              gpu_records_.get(), device);
+  }
   summary_k_.resize(signatures_.size());
   summary_v_.resize(signatures_.size());
   page_sums_.assign(signatures_.size(), std::vector<float>(2 * size_t{shape.head_dim}, 0.0f));
@@ -83,28 +90,41 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
   hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
   PartialAttention hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
   if (options_.retrieval && cold_tokens_ > 0) {
+    // Blocks of prefill_block queries share a retrieval, except the last prefill_tail queries of
+    // a prompt, which retrieve one by one: that is where a question sits, and its tokens need the
+    // passage they ask about. Shared with 63 document queries, their retrieval lost a needle that
+    // their own found (docs/quality.md). A decode step (one query) retrieves on its own.
+    const int64_t n = q.size(1), tail = options_.prefill_tail;
+    const int64_t per_query_begin =
+        chunk_ends_prompt_ || n <= tail ? std::max<int64_t>(0, n - tail) : n;
     PartialAttention cold;
-    cold.out = ColdAttention(layer, q, &cold.lse).to(hot.out.device());
-    cold.lse = cold.lse.to(hot.out.device());
+    if (gpu_cold_) {
+      const int64_t hkv = shape_.num_kv_heads, B = std::max<int64_t>(1, options_.prefill_block);
+      const int64_t blocks = (per_query_begin + B - 1) / B, singles = n - per_query_begin;
+      stats_.scans += uint64_t((blocks + singles) * hkv);
+      stats_.tokens_scanned += uint64_t(blocks * hkv + singles * shape_.num_q_heads) * cold_tokens_;
+      stats_.tokens_retrieved += uint64_t((blocks + singles) * hkv) *
+                                 std::min<uint64_t>(options_.top_k, cold_tokens_);
+      cold = gpu_cold_->Attend(layer, q, per_query_begin);
+    } else {
+      cold.out = ColdAttention(layer, q, per_query_begin, &cold.lse).to(hot.out.device());
+      cold.lse = cold.lse.to(hot.out.device());
+    }
     hot = MergeAttention(hot, cold);  // one softmax over sinks ∪ retrieved ∪ hot ∪ chunk
   }
   return hot.out.to(q.dtype());
 }
 
 torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
-                                         torch::Tensor* lse) {
+                                         int64_t per_query_begin, torch::Tensor* lse) {
   const uint32_t hkv = shape_.num_kv_heads, d = shape_.head_dim;
   const uint32_t g = shape_.num_q_heads / hkv;
   const int64_t n = q.size(1);
   const torch::Tensor qf = q.to(torch::kFloat32).to(torch::kCPU).contiguous();  // [Hq, n, d]
   torch::Tensor out = torch::zeros({int64_t(shape_.num_q_heads), n, d}, torch::kFloat32);
   *lse = torch::full({int64_t(shape_.num_q_heads), n}, -INFINITY, torch::kFloat32);
-  // Blocks of prefill_block queries share a retrieval, except the chunk's last prefill_tail
-  // queries, which retrieve one by one: that is where a question sits, and its tokens need the
-  // passage they ask about. Shared with 63 document queries, their retrieval lost a needle that
-  // their own found (docs/quality.md).
   const int64_t block = std::max<int64_t>(1, options_.prefill_block);
-  const int64_t tail_begin = std::max<int64_t>(0, n - int64_t(options_.prefill_tail));
+  const int64_t tail_begin = per_query_begin;
   std::vector<std::pair<int64_t, int64_t>> blocks;  // [begin, end)
   for (int64_t b0 = 0; b0 < tail_begin; b0 += block)
     blocks.push_back({b0, std::min(b0 + block, tail_begin)});
@@ -122,31 +142,92 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
       if (picked.empty()) continue;
       const int64_t r = int64_t(picked.size());
       torch::Tensor ks, vs;
-      if (options_.exact_cold) {
-        const torch::Tensor idx =
-            torch::from_blob(const_cast<uint32_t*>(picked.data()), {r}, torch::kInt32)
-                .to(torch::kLong);
-        ks = exact_k_[layer][h].index_select(0, idx);
-        vs = exact_v_[layer][h].index_select(0, idx);
-      } else {
-        ks = torch::empty({r, int64_t(d)}, torch::kFloat32);
-        vs = torch::empty({r, int64_t(d)}, torch::kFloat32);
-        for (int64_t i = 0; i < r; ++i) {
-          const uint8_t* rec = Record(picked[i], uint32_t(layer), h);
-          for (uint32_t s = 0; s < d / 64; ++s)
-            codec_.Decode(rec + s * index::kRecordBytes, ks.data_ptr<float>() + i * d + s * 64,
-                          vs.data_ptr<float>() + i * d + s * 64);
-        }
-      }
+      ColdKeysValues(layer, h, picked, &ks, &vs);
       stats_.tokens_retrieved += uint64_t(r);
       if (options_.measure_recall && m == 1) MeasureRecall(layer, h, qb, picked);
       PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));  // [g,m,d]
       if (options_.summary_page > 0) o = MergeAttention(o, SummaryAttention(layer, h, qb, picked));
+      if (options_.tail_samples > 0)
+        o = MergeAttention(o, TailAttention(layer, h, qb, picked, length_ + b0));
       out.slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.out);
       lse->slice(0, h * g, (h + 1) * g).slice(1, b0, b0 + m).copy_(o.lse);
     }
   }
   return out;
+}
+
+// The decoded (or, with exact_cold, exact) keys and values of cold tokens of (layer, head):
+// [n, d] float32 each.
+void TieredCache::ColdKeysValues(int64_t layer, uint32_t head, const std::vector<uint32_t>& tokens,
+                                 torch::Tensor* ks, torch::Tensor* vs) const {
+  const int64_t r = int64_t(tokens.size()), d = shape_.head_dim;
+  if (options_.exact_cold) {
+    const torch::Tensor idx =
+        torch::from_blob(const_cast<uint32_t*>(tokens.data()), {r}, torch::kInt32)
+            .to(torch::kLong);
+    *ks = exact_k_[layer][head].index_select(0, idx);
+    *vs = exact_v_[layer][head].index_select(0, idx);
+    return;
+  }
+  *ks = torch::empty({r, d}, torch::kFloat32);
+  *vs = torch::empty({r, d}, torch::kFloat32);
+  for (int64_t i = 0; i < r; ++i) {
+    const uint8_t* rec = Record(tokens[i], uint32_t(layer), head);
+    for (int64_t s = 0; s < d / 64; ++s)
+      codec_.Decode(rec + s * index::kRecordBytes, ks->data_ptr<float>() + i * d + s * 64,
+                    vs->data_ptr<float>() + i * d + s * 64);
+  }
+}
+
+namespace {
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+// The attention of the group's queries qb [g, m, d] over a sample of the cold tokens that
+// `picked` does not hold, each standing for rest / tail_samples of them: a systematic sample (one
+// random offset, then evenly spaced in token order, so every stretch of the context is
+// represented), seeded by (layer, head, position) so that a resumed session draws the same.
+// Its log-sum-exp carries the weight: merged with the picked tokens' attention it estimates the
+// softmax over the whole cold tier without bias in its numerator and denominator.
+PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                            std::vector<uint32_t> picked, int64_t position) {
+  const int64_t g = qb.size(0), m = qb.size(1), d = shape_.head_dim;
+  const uint64_t n = cold_tokens_, samples = options_.tail_samples;
+  std::sort(picked.begin(), picked.end());
+  const uint64_t rest = n - picked.size();
+  if (rest == 0)
+    return {torch::zeros({g, m, d}, torch::kFloat32),
+            torch::full({g, m}, -INFINITY, torch::kFloat32)};
+  std::vector<uint32_t> tokens;
+  double weight = 1.0;
+  std::vector<uint64_t> ranks;  // ascending ranks among the unpicked tokens
+  if (rest <= samples) {
+    for (uint64_t i = 0; i < rest; ++i) ranks.push_back(i);
+  } else {
+    weight = double(rest) / double(samples);
+    const uint64_t seed = SplitMix64(options_.projection_seed ^ (uint64_t(layer) << 48) ^
+                                     (uint64_t{head} << 40) ^ uint64_t(position));
+    const double u = double(seed >> 11) * 0x1.0p-53;
+    for (uint64_t i = 0; i < samples; ++i)
+      ranks.push_back(std::min(rest - 1, uint64_t((double(i) + u) * weight)));
+  }
+  size_t j = 0;  // picked tokens at or below the current one
+  for (uint64_t rank : ranks) {
+    uint64_t token = rank + j;
+    while (j < picked.size() && picked[j] <= token) token = rank + ++j;
+    tokens.push_back(uint32_t(token));
+  }
+  stats_.tokens_sampled += tokens.size();
+  torch::Tensor ks, vs;
+  ColdKeysValues(layer, head, tokens, &ks, &vs);
+  PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));
+  o.lse = o.lse + float(std::log(weight));
+  return o;
 }
 
 std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const float* queries,
@@ -351,33 +432,46 @@ Status TieredCache::Evict(uint32_t count) {
   run->count = count;
   run->records.resize(size_t{L} * H * count * rb);
   std::vector<uint64_t> sigs(size_t{L} * H * count * words);
+  // Every layer's evicted keys and values in one copy to the host: [L][H][count][d] float.
+  std::vector<torch::Tensor> ks, vs;
   for (uint32_t l = 0; l < L; ++l) {
-    const torch::Tensor kk =
-        hot_k_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
-    const torch::Tensor vv =
-        hot_v_[l].slice(1, s0, s0 + count).to(torch::kFloat32).to(torch::kCPU).contiguous();
-    for (uint32_t h = 0; h < H; ++h) {
-      std::vector<uint64_t>& head_sigs = signatures_[size_t{l} * H + h];
+    ks.push_back(hot_k_[l].slice(1, s0, s0 + count));
+    vs.push_back(hot_v_[l].slice(1, s0, s0 + count));
+  }
+  const torch::Tensor kk = torch::stack(ks).to(torch::kFloat32).to(torch::kCPU).contiguous();
+  const torch::Tensor vv = torch::stack(vs).to(torch::kFloat32).to(torch::kCPU).contiguous();
+  // Records, signatures, norms (and page summaries): one (layer, kv-head) slot per task, each
+  // slot's state its own; on every core when a whole chunk is evicted.
+  std::atomic<uint32_t> next{0};
+  auto encode_slots = [&] {
+    for (uint32_t slot; (slot = next.fetch_add(1)) < L * H;) {
+      const uint32_t l = slot / H, h = slot % H;
+      std::vector<uint64_t>& head_sigs = signatures_[slot];
       for (uint32_t t = 0; t < count; ++t) {
-        const float* key = kk.data_ptr<float>() + (size_t{h} * count + t) * d;
-        const float* value = vv.data_ptr<float>() + (size_t{h} * count + t) * d;
-        const size_t slot = (size_t{l} * H + h) * count + t;
+        const size_t at = size_t{slot} * count + t;
+        const float* key = kk.data_ptr<float>() + at * d;
+        const float* value = vv.data_ptr<float>() + at * d;
+        uint8_t* record = run->records.data() + at * rb;
         for (uint32_t s = 0; s < d / 64; ++s)
-          codec_.Encode(key + s * 64, value + s * 64,
-                        run->records.data() + slot * rb + s * index::kRecordBytes);
-        projection_.Sign(key, nullptr, sigs.data() + slot * words);
-        if (options_.summary_page > 0) {
-          // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
-          Summarize(l, h, cold_tokens_ + t, run->records.data() + slot * rb);
-        }
-        key_norms_[size_t{l} * H + h].push_back(StoredKeyNorm(run->records.data() + slot * rb));
-        head_sigs.insert(head_sigs.end(), sigs.data() + slot * words,
-                         sigs.data() + (slot + 1) * words);
+          codec_.Encode(key + s * 64, value + s * 64, record + s * index::kRecordBytes);
+        projection_.Sign(key, nullptr, sigs.data() + at * words);
+        // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
+        if (options_.summary_page > 0) Summarize(l, h, cold_tokens_ + t, record);
+        key_norms_[slot].push_back(StoredKeyNorm(record));
+        head_sigs.insert(head_sigs.end(), sigs.data() + at * words, sigs.data() + (at + 1) * words);
       }
     }
+  };
+  const uint32_t threads =
+      count < 64 ? 1 : std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, L * H);
+  std::vector<std::thread> pool;
+  for (uint32_t i = 1; i < threads; ++i) pool.emplace_back(encode_slots);
+  encode_slots();
+  for (std::thread& t : pool) t.join();
+  for (uint32_t l = 0; l < L; ++l) {
     if (options_.exact_cold || options_.measure_recall || options_.oracle)
-      exact_k_[l] = torch::cat({exact_k_[l], kk}, 1);
-    if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv}, 1);
+      exact_k_[l] = torch::cat({exact_k_[l], kk[l]}, 1);
+    if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv[l]}, 1);
     hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
     hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
   }
@@ -400,6 +494,7 @@ Status TieredCache::Evict(uint32_t count) {
                 norms.begin() + size_t{slot} * count);
     gpu_index_->Append(sigs.data(), norms.data(), count);
   }
+  if (gpu_records_) gpu_records_->Append(run->records.data(), count);
   runs_.push_back(std::move(run));
   cold_tokens_ += count;
   return Status::Ok();
@@ -504,6 +599,9 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
         const SignatureRun run = reader_->Signatures(s, l, h);
         const auto* w = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
         signatures_[slot].insert(signatures_[slot].end(), w, w + size_t{run.token_count} * words);
+        if (gpu_records_ && run.token_count > 0)
+          gpu_records_->AppendSlot(slot, reader_->Record(run.first_token, l, h), run.first_token,
+                                   run.token_count);
         for (uint32_t t = 0; t < run.token_count; ++t) {
           const uint8_t* record = reader_->Record(run.first_token + t, l, h);
           key_norms_[slot].push_back(StoredKeyNorm(record));
@@ -520,6 +618,7 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
+  if (gpu_records_) gpu_records_->Grow(cold_tokens_);
   if (gpu_index_) {  // in pieces, so the staging copy stays small
     constexpr uint64_t kPiece = 65536;
     std::vector<uint64_t> sigs;
@@ -538,6 +637,13 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   }
   length_ = hot_positions_.empty() ? int64_t(cold_tokens_) : hot_positions_.back() + 1;
   return Status::Ok();
+}
+
+uint64_t TieredCache::device_bytes() const {
+  uint64_t bytes = gpu_index_ ? gpu_index_->device_bytes() : 0;
+  for (size_t l = 0; l < hot_k_.size(); ++l)
+    bytes += uint64_t(hot_k_[l].nbytes() + hot_v_[l].nbytes());
+  return bytes;
 }
 
 double RecallStats::Mean() const {

@@ -23,12 +23,15 @@
 namespace kiv {
 
 class GpuSignatureIndex;
+class GpuRecordArena;
+class GpuColdTier;
 
 // What retrieval did, summed since the cache was made (for the run summary and the benches).
 struct RetrievalStats {
   uint64_t scans = 0;             // (layer, kv-head, query block) retrievals
   uint64_t tokens_scanned = 0;    // signatures scored
   uint64_t tokens_retrieved = 0;  // records decoded into attention
+  uint64_t tokens_sampled = 0;    // records decoded as the sample of the unpicked (tail_samples)
 };
 
 class TieredCache : public KvCache {
@@ -54,22 +57,37 @@ class TieredCache : public KvCache {
   Status Commit(const std::vector<uint8_t>& extra);
   // Whether retrieval scans on the GPU (a CUDA device, options.gpu_scan, a build with kernels).
   bool scans_on_gpu() const { return gpu_index_ != nullptr; }
+  // Whether the whole cold step (scan, re-rank, gather, attention) runs on the GPU: scans_on_gpu(),
+  // options.gpu_cold and none of the CPU-only benchmark modes (oracle, measure_recall, exact_cold, summary_page,
+  // tail_samples).
+  bool cold_on_gpu() const { return gpu_cold_ != nullptr; }
+  // Whether the next chunk ends a prompt (the default): its last prefill_tail queries retrieve one
+  // by one, where a question sits. Earlier chunks of a long prompt retrieve per block only.
+  void set_chunk_ends_prompt(bool ends) { chunk_ends_prompt_ = ends; }
   // Fails the next call with this status if an archive write failed inside EndChunk.
   const Status& status() const { return status_; }
 
   uint64_t cold_tokens() const { return cold_tokens_; }
   uint64_t hot_tokens() const { return hot_ids_.size(); }
   const RetrievalStats& stats() const { return stats_; }
+  // Bytes the cache holds on its device: the hot tier, and on CUDA the resident signatures and
+  // norms (as allocated). Pinned host records are not counted (they are host memory).
+  uint64_t device_bytes() const;
   const RecallStats& recall() const { return recall_; }  // with options.measure_recall
   const std::vector<int64_t>& hot_token_ids() const { return hot_ids_; }
   TieredCacheOptions& options() { return options_; }
 
  private:
   struct ColdRun;  // records of one appended-but-uncommitted segment
-  torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, torch::Tensor* lse);
+  torch::Tensor ColdAttention(int64_t layer, const torch::Tensor& q, int64_t per_query_begin,
+                              torch::Tensor* lse);
   std::vector<uint32_t> Retrieve(int64_t layer, uint32_t head, const float* queries,
                                  uint32_t count);
   void Summarize(uint32_t layer, uint32_t head, uint64_t token, const uint8_t* record);
+  void ColdKeysValues(int64_t layer, uint32_t head, const std::vector<uint32_t>& tokens,
+                      torch::Tensor* ks, torch::Tensor* vs) const;
+  PartialAttention TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                 std::vector<uint32_t> picked, int64_t position);
   PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                     const std::vector<uint32_t>& picked) const;
   torch::Tensor ExactColdMass(int64_t layer, uint32_t head, const torch::Tensor& qb) const;
@@ -101,6 +119,9 @@ class TieredCache : public KvCache {
   std::vector<std::vector<uint64_t>> signatures_;
   std::vector<std::vector<float>> key_norms_;     // per (layer, kv-head) [n_cold] |k|, for the scan
   std::unique_ptr<GpuSignatureIndex> gpu_index_;  // the same on the GPU (options.gpu_scan on CUDA)
+  std::unique_ptr<GpuRecordArena> gpu_records_;   // the records, pinned for the GPU (cold_on_gpu)
+  std::unique_ptr<GpuColdTier> gpu_cold_;
+  bool chunk_ends_prompt_ = true;
   std::vector<torch::Tensor> exact_k_, exact_v_;
   // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
   // each full page [pages][d], and the running sums of the page being filled [2][d].
