@@ -1,6 +1,10 @@
 #include "runtime/session.h"
 
+#include <torch/cuda.h>
 #include <torch/torch.h>
+
+#include <chrono>
+#include <cstdlib>
 
 #include <cstdio>
 #include <cstring>
@@ -42,10 +46,16 @@ struct Session::Impl {
   std::unique_ptr<ArchiveWriter> writer;
   std::unique_ptr<KvCache> cache;
   TieredCache* tiered = nullptr;  // cache, when it is the tiered one
+  // KIV_PROFILE: seconds in model forward passes (synchronized), and how many.
+  double forward_s = 0;
+  uint64_t forwards = 0;
 };
 
 Session::Session() : impl_(std::make_unique<Impl>()) {}
 Session::~Session() {
+  if (impl_ && std::getenv("KIV_PROFILE"))
+    std::fprintf(stderr, "kiv profile: %llu forward passes, %.3f s\n",
+                 static_cast<unsigned long long>(impl_->forwards), impl_->forward_s);
   if (impl_ && impl_->writer) impl_->writer->Close();  // uncommitted work is a tail: dropped
 }
 
@@ -119,7 +129,13 @@ Status Session::Feed(const std::vector<int32_t>& ids, const ProgressFn& progress
     const std::vector<int64_t> part(ids.begin() + at, ids.begin() + at + n);
     const bool last = at + n == ids.size();
     if (m.tiered) m.tiered->set_chunk_ends_prompt(last);
+    static const bool profile = std::getenv("KIV_PROFILE") != nullptr;
+    const bool sync = profile && m.model->device().is_cuda();
+    const auto t0 = std::chrono::steady_clock::now();
     torch::Tensor logits = m.model->Forward(part, *m.cache, LlamaModel::Logits::kLast);
+    if (sync) torch::cuda::synchronize();
+    m.forward_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++m.forwards;
     if (m.tiered) KIV_RETURN_IF_ERROR(m.tiered->status());
     if (last) {
       logits = logits.reshape({-1}).to(torch::kCPU).to(torch::kFloat32).contiguous();

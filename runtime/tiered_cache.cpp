@@ -1,9 +1,14 @@
 #include "runtime/tiered_cache.h"
 
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -15,6 +20,27 @@
 
 namespace kiv {
 namespace {
+// KIV_PROFILE=1: each phase of the cache's work is timed between device synchronizations (which
+// slows it: a diagnosis, not a measurement of speed) and the sums go to stderr at the end.
+struct PhaseTimer {
+  static bool Enabled() {
+    static const bool on = std::getenv("KIV_PROFILE") != nullptr;
+    return on;
+  }
+  PhaseTimer(double* sum, bool cuda) : sum_(sum), cuda_(cuda) {
+    if (!Enabled()) return;
+    if (cuda_) torch::cuda::synchronize();
+    t0_ = std::chrono::steady_clock::now();
+  }
+  ~PhaseTimer() {
+    if (!Enabled()) return;
+    if (cuda_) torch::cuda::synchronize();
+    *sum_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  double* sum_;
+  bool cuda_;
+  std::chrono::steady_clock::time_point t0_;
+};
 // Query sets up to this size (a decode step's GQA group) scan query by query.
 constexpr uint32_t kPerQueryScanMax = 8;
 }  // namespace
@@ -79,16 +105,29 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   key_norms_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
 }
 
-TieredCache::~TieredCache() = default;
+TieredCache::~TieredCache() {
+  if (PhaseTimer::Enabled())
+    std::fprintf(stderr,
+                 "kiv profile: cache %llu calls: hot %.3f s, cold %.3f s, merge %.3f s, "
+                 "evict %.3f s\n",
+                 static_cast<unsigned long long>(profile_calls_), profile_[0], profile_[1],
+                 profile_[2], profile_[3]);
+}
 
 torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, int64_t first_position) {
   TORCH_CHECK(first_position == length_, "chunk starts at ", first_position, ", cache holds ",
               length_);
+  const bool cuda = device_.is_cuda();
+  ++profile_calls_;
   const int64_t previous = hot_k_[layer].size(1);
-  hot_k_[layer] = torch::cat({hot_k_[layer], k.to(dtype_)}, 1);
-  hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
-  PartialAttention hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
+  PartialAttention hot;
+  {
+    PhaseTimer t(&profile_[0], cuda);
+    hot_k_[layer] = torch::cat({hot_k_[layer], k.to(dtype_)}, 1);
+    hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
+    hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
+  }
   if (options_.retrieval && cold_tokens_ > 0) {
     // Blocks of prefill_block queries share a retrieval, except the last prefill_tail queries of
     // a prompt, which retrieve one by one: that is where a question sits, and its tokens need the
@@ -98,6 +137,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     const int64_t per_query_begin =
         chunk_ends_prompt_ || n <= tail ? std::max<int64_t>(0, n - tail) : n;
     PartialAttention cold;
+    std::optional<PhaseTimer> t(std::in_place, &profile_[1], cuda);
     if (gpu_cold_) {
       const int64_t hkv = shape_.num_kv_heads, B = std::max<int64_t>(1, options_.prefill_block);
       const int64_t blocks = (per_query_begin + B - 1) / B, singles = n - per_query_begin;
@@ -110,6 +150,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
       cold.out = ColdAttention(layer, q, per_query_begin, &cold.lse).to(hot.out.device());
       cold.lse = cold.lse.to(hot.out.device());
     }
+    t.reset();
+    t.emplace(&profile_[2], cuda);
     hot = MergeAttention(hot, cold);  // one softmax over sinks ∪ retrieved ∪ hot ∪ chunk
   }
   return hot.out.to(q.dtype());
@@ -418,6 +460,7 @@ void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
     hot_positions_.push_back(length_++);
   }
   const uint64_t keep = uint64_t{options_.sinks} + options_.window;
+  PhaseTimer t(&profile_[3], device_.is_cuda());
   if (status_.ok() && hot_ids_.size() > keep) status_ = Evict(uint32_t(hot_ids_.size() - keep));
 }
 

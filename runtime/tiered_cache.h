@@ -130,6 +130,8 @@ class TieredCache : public KvCache {
   int64_t length_ = 0;
   RetrievalStats stats_;
   RecallStats recall_;
+  double profile_[4] = {};  // KIV_PROFILE: seconds in hot, cold, merge, evict
+  uint64_t profile_calls_ = 0;
   Status status_;
 };
 

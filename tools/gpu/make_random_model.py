@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""A random-weight Llama model of about 1B parameters, for speed measurements only (speed does not
-depend on the weights; fidelity does: QUALITY.md). The shape is Llama-3.2-1B's body (hidden 2048,
-16 layers, 32 query heads, 8 kv-heads of 64 dims, MLP 8192) with SmolLM2's tokenizer and
-vocabulary (49,152, tied embeddings): 0.97B parameters, bf16.
+"""Random-weight Llama models for speed measurements only (speed does not depend on the weights;
+fidelity does: QUALITY.md), with the tokenizer and vocabulary of --tokenizer-from.
 
-    python3 tools/gpu/make_random_model.py --tokenizer-from ~/.cache/kiv/models/SmolLM2-135M-Instruct \
-        --out /tmp/random-1b
+--shape 1b: Llama-3.2-1B's body (hidden 2048, 16 layers, 32 query heads, 8 kv-heads of 64 dims,
+MLP 8192) with SmolLM2's vocabulary (49,152, tied embeddings): 0.97B parameters, bf16.
+--shape same: the shape of --tokenizer-from's config.json (e.g. SmolLM2-135M where only its
+tokenizer files travel to the GPU machine).
+
+    python3 tools/gpu/make_random_model.py --shape 1b \
+        --tokenizer-from ~/.cache/kiv/models/SmolLM2-135M-Instruct --out /tmp/random-1b
 """
 import argparse
 import json
@@ -20,10 +23,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenizer-from", required=True, help="model directory whose tokenizer files are copied")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--shape", choices=["1b", "same"], default="1b")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     src = json.load(open(os.path.join(a.tokenizer_from, "config.json")))
-    cfg = {
+    cfg = dict(src) if a.shape == "same" else {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
@@ -34,7 +38,8 @@ def main():
     }
     os.makedirs(a.out, exist_ok=True)
     g = torch.Generator().manual_seed(a.seed)
-    h, f, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    h, f = cfg["hidden_size"], cfg["intermediate_size"]
+    d = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
 
     def w(*shape, std=0.02):
@@ -52,10 +57,13 @@ def main():
         t[p + "mlp.down_proj.weight"] = w(h, f)
         t[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
         t[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+    if not cfg.get("tie_word_embeddings", True):
+        t["lm_head.weight"] = w(cfg["vocab_size"], h)
     save_file(t, os.path.join(a.out, "model.safetensors"), metadata={"format": "pt"})
     json.dump(cfg, open(os.path.join(a.out, "config.json"), "w"), indent=2)
     for name in os.listdir(a.tokenizer_from):
-        if name.startswith("tokenizer") or name in ("special_tokens_map.json", "generation_config.json"):
+        if name.startswith("tokenizer") or name in ("special_tokens_map.json", "generation_config.json",
+                                                    "chat_template.jinja"):
             shutil.copy(os.path.join(a.tokenizer_from, name), a.out)
     n = sum(x.numel() for x in t.values())
     print(f"{a.out}: {n / 1e9:.3f}B parameters (random, bf16)")

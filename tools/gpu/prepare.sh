@@ -10,6 +10,7 @@
 #               dependencies numpy, pyyaml, requests and tqdm are in the image)
 # .gpu/model1/  first half of SmolLM2-135M-Instruct.Q4_1.gguf + gguf.sha256 (whole file's sum)
 # .gpu/model2/  second half + gguf.sha256: a `run` call carries at most 64 MiB, the GGUF is 94 MiB
+# .gpu/tokenizer/    SmolLM2's tokenizer and config (speed on random weights in a single call)
 # .gpu/text/austen/  the six Austen novels + .complete (all.txt is rebuilt there: it is their
 #               concatenation, 4 MB that would not fit beside a model half)
 set -euo pipefail
@@ -148,6 +149,14 @@ else
   mv "$G/text/austen.tmp" "$G/text/austen"
   say "text: copied from $src (all.txt is rebuilt on the device)"
 fi
+
+# --- tokenizer: SmolLM2's tokenizer and config alone (3.5 MB), so a single call
+# can measure speed on random weights of its shape (tools/gpu/speed.sh) ---------------------------
+mkdir -p "$G/tokenizer"
+for f in tokenizer.json tokenizer_config.json config.json generation_config.json chat_template.jinja; do
+  [ -f "$CACHE/models/$MODEL_NAME/$f" ] && cp "$CACHE/models/$MODEL_NAME/$f" "$G/tokenizer/"
+done
+say "tokenizer: .gpu/tokenizer ($(du -sh "$G/tokenizer" | cut -f1))"
 
 # --- sizes: what each of the two `run` calls carries --------------------------------------------
 tree=$(git ls-files -co --exclude-standard -z | xargs -0 -r stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')

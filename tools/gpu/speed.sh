@@ -6,6 +6,8 @@
 #
 #   KIV_SPEED_CONTEXTS=4096,32768,...   context lengths (default: 4K, 32K, 128K, 512K, 1M)
 #   KIV_SPEED_FULL_MAX=N                full-cache arm up to N tokens (default 131072)
+#   KIV_PROFILE=1                        also print where the time goes (kiv profile: lines;
+#                                        synchronizes the device around each phase: slower)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
@@ -16,7 +18,18 @@ which=${1:-both}; shift || true
 CONTEXTS=${KIV_SPEED_CONTEXTS:-4096,32768,131072,524288,1048576}
 FULL_MAX=${KIV_SPEED_FULL_MAX:-131072}
 SMOL=$KIV_CACHE/models/SmolLM2-135M-Instruct
+TOK=$SMOL
 status=0
+if [ ! -f "$SMOL/.complete" ]; then
+  # Without the real weights (they travel in two calls: tools/gpu/README.md), speed is measured on
+  # random weights of the same shape: speed does not depend on the weights. prepare.sh carries
+  # SmolLM2's tokenizer and config in .gpu/tokenizer for this.
+  TOK=$KIV_GPU/tokenizer
+  [ -f "$TOK/tokenizer.json" ] || { echo "speed: no model and no .gpu/tokenizer (carry it)"; exit 1; }
+  SMOL=/tmp/kiv-random-smollm2
+  echo "speed: SmolLM2's real weights are not here: random weights of its shape in $SMOL"
+  [ -f "$SMOL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same --tokenizer-from "$TOK" --out "$SMOL" || exit 1
+fi
 if [ "$which" = smollm2 ] || [ "$which" = both ]; then
   echo "== kiv bench speed: SmolLM2-135M =="
   "$B/cli/kiv" bench speed --model "$SMOL" --contexts "$CONTEXTS" --full-max "$FULL_MAX" \
@@ -26,7 +39,7 @@ fi
 if [ "$which" = 1b ] || [ "$which" = both ]; then
   echo "== kiv bench speed: random-weight Llama 1B =="
   R1B=/tmp/kiv-random-1b
-  [ -f "$R1B/model.safetensors" ] || python3 tools/gpu/make_random_model.py --tokenizer-from "$SMOL" --out "$R1B" || status=1
+  [ -f "$R1B/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape 1b --tokenizer-from "$TOK" --out "$R1B" || status=1
   "$B/cli/kiv" bench speed --model "$R1B" --contexts "$CONTEXTS" --full-max "$FULL_MAX" \
     --dir /tmp/kiv-speed "$@" --out "$OUTDIR/speed-1b.json" || status=1
   rm -rf /tmp/kiv-speed
