@@ -560,7 +560,7 @@ int RunBenchFidelity(Options& o) {
   w.Field("codec", c.codec_id).Field("chunk", o.flags.session.chunk_tokens);
   w.Field("prefill_block", c.prefill_block).Field("prefill_tail", c.prefill_tail);
   w.Field("scan_norms", c.scan_norms).Field("summary_page", c.summary_page);
-  w.Field("tail_samples", c.tail_samples);
+  w.Field("tail_samples", c.tail_samples).Field("tail_every_chunk", c.tail_every_chunk);
   w.Field("oracle", c.oracle).EndObject();
   const std::vector<int32_t> kl_ids =
       BookTokens(*probe, kl_text,
@@ -607,6 +607,8 @@ void SetupBenchFidelity(CLI::App& bench) {
       ->capture_default_str();
   sub->add_flag("--oracle", s.cache.oracle,
                 "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
+  sub->add_flag("--tail-every-chunk", s.cache.tail_every_chunk,
+                "Every prefill chunk's last queries retrieve one by one (not only a prompt's last)");
   sub->add_option("--tail-samples", s.cache.tail_samples,
                   "Also attend to this many unpicked cold tokens, sampled and weighted (0: off)")
       ->capture_default_str();

@@ -22,6 +22,9 @@ struct TieredCacheOptions {
   uint32_t prefill_block = 64;
   // ... except the last prefill_tail queries of each chunk, which retrieve one by one.
   uint32_t prefill_tail = 64;
+  // true: every prefill chunk's last prefill_tail queries retrieve one by one (the rule before
+  // the GPU path), not only those of the chunk that ends a prompt. For comparison runs.
+  bool tail_every_chunk = false;
   // Weight the scan's score by the key's norm (an estimate of q·k rather than of q·k/|k|).
   bool scan_norms = true;
   // Cold tokens that retrieval did not pick still hold attention (a diffuse head spreads half of

@@ -292,10 +292,23 @@ PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
   return {torch::cat(outs, 1), torch::cat(lses, 1)};
 }
 
+// One decode step: q [H_q, 1, d]; the retrieved tokens and the hot tier hot_k/hot_v [H_kv, n_hot,
+// d] (rows contiguous, any head stride; bf16 or float32) attend in one kernel call, one softmax over both. [H_q, 1, d]
+// float32.
+torch::Tensor GpuColdTier::AttendDecode(int64_t layer, const torch::Tensor& q,
+                                        const torch::Tensor& hot_k, const torch::Tensor& hot_v) {
+  const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
+  TORCH_CHECK(q.size(1) == 1, "AttendDecode takes one position, not ", q.size(1));
+  const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v)
+      .out.view({Hkv * g, 1, d});
+}
+
 // queries: [reps][H_kv][G][d] float, contiguous. Problem p = (rep, kv-head) re-ranks with its G
 // queries; per_query: each of them first scans on its own (G = g), else their sum scans once.
 PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
-                                       uint32_t G, bool per_query) {
+                                       uint32_t G, bool per_query, const torch::Tensor* hot_k,
+                                       const torch::Tensor* hot_v) {
 #ifdef KIV_HAVE_KERNELS
   const uint32_t Hkv = shape_.num_kv_heads, d = shape_.head_dim, bits = options_.signature_bits;
   const uint32_t P = reps * Hkv, n = uint32_t(index_->size());
@@ -387,6 +400,23 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   at.sets[0].max_rows = k;
   at.sets[0].counts = Ptr<const uint32_t>(picked);
   at.num_sets = 1;
+  if (hot_k) {  // a decode step: the hot tier in the same softmax
+    TORCH_CHECK(reps == 1 && hot_k->stride(2) == 1 && hot_k->stride(1) == d &&
+                    hot_v->stride(2) == 1 && hot_v->stride(1) == d &&
+                    hot_v->stride(0) == hot_k->stride(0) &&
+                    hot_k->scalar_type() == hot_v->scalar_type(),
+                "the fused decode attention takes one position and hot keys/values with rows "
+                "of d contiguous elements");
+    kernels::KvSet& hot = at.sets[at.num_sets++];
+    hot.keys = hot_k->data_ptr();
+    hot.values = hot_v->data_ptr();
+    hot.dtype = hot_k->scalar_type() == torch::kBFloat16 ? kernels::DType::kBFloat16
+                                                         : kernels::DType::kFloat32;
+    TORCH_CHECK(hot_k->scalar_type() == torch::kBFloat16 || hot_k->scalar_type() == torch::kFloat32,
+                "hot tier dtype ", hot_k->scalar_type(), " is not bf16 or float32");
+    hot.max_rows = uint32_t(hot_k->size(1));
+    hot.head_stride = uint64_t(hot_k->stride(0));
+  }
   at.out = Ptr<float>(out);
   at.lse = Ptr<float>(lse);
   torch::Tensor at_workspace = torch::empty(
@@ -397,7 +427,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
         "LaunchSparseDecodeAttention");
   return {out, lse};
 #else
-  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query;
+  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)hot_k, (void)hot_v;
   TORCH_CHECK(false, "not implemented: the GPU cold tier in a build without the CUDA kernels");
   return {};
 #endif

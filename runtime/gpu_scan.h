@@ -111,10 +111,16 @@ class GpuColdTier {
   // q: [H_q, n, d] on the device (any float dtype, any strides). Queries [0, per_query_begin)
   // share block retrievals; [per_query_begin, n) retrieve one by one. out is float32.
   PartialAttention Attend(int64_t layer, const at::Tensor& q, int64_t per_query_begin);
+  // A decode step (q [H_q, 1, d]): retrieval as Attend's per-query positions, and one attention
+  // kernel over the retrieved tokens and the hot tier hot_k/hot_v [H_kv, n_hot, d] (rows of d
+  // contiguous elements, any head stride; bf16 or float32) together: no second attention and no merge. [H_q, 1, d] float32.
+  at::Tensor AttendDecode(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
+                          const at::Tensor& hot_v);
 
  private:
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
-                            uint32_t per_problem, bool per_query);
+                            uint32_t per_problem, bool per_query,
+                            const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr);
 
   CacheShape shape_;
   TieredCacheOptions options_;

@@ -75,15 +75,15 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   const bool known = index::RecordCodec::FromId(options.codec_id, &codec_);
   TORCH_CHECK(known, "unknown record codec id ", options.codec_id);
   TORCH_CHECK(shape.head_dim % 64 == 0, "head_dim must be a multiple of 64, is ", shape.head_dim);
-  const auto opts = torch::TensorOptions().dtype(dtype).device(device);
   for (uint32_t l = 0; l < shape.num_layers; ++l) {
-    hot_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
-    hot_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, opts));
+    hot_k_.push_back(torch::Tensor());
+    hot_v_.push_back(torch::Tensor());
     if (options.exact_cold || options.measure_recall || options.oracle)
       exact_k_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
     if (options.exact_cold)
       exact_v_.push_back(torch::empty({shape.num_kv_heads, 0, shape.head_dim}, torch::kFloat32));
   }
+  ReserveHot(int64_t{options.sinks} + options.window + 1024 + 64);
   recall_.sum.assign(shape.num_layers, 0.0);
   recall_.count.assign(shape.num_layers, 0);
   recall_.cold_mass.assign(shape.num_layers, 0.0);
@@ -124,8 +124,20 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
   PartialAttention hot;
   {
     PhaseTimer t(&profile_[0], cuda);
-    hot_k_[layer] = torch::cat({hot_k_[layer], k.to(dtype_)}, 1);
-    hot_v_[layer] = torch::cat({hot_v_[layer], v.to(dtype_)}, 1);
+    const int64_t n = k.size(1);
+    ReserveHot(previous + n);
+    hot_k_buf_[layer].narrow(1, previous, n).copy_(k);
+    hot_v_buf_[layer].narrow(1, previous, n).copy_(v);
+    hot_k_[layer] = hot_k_buf_[layer].narrow(1, 0, previous + n);
+    hot_v_[layer] = hot_v_buf_[layer].narrow(1, 0, previous + n);
+    // A decode step on the GPU: retrieved and hot tokens in one attention kernel.
+    if (gpu_cold_ && q.size(1) == 1 && options_.retrieval && cold_tokens_ > 0) {
+      stats_.scans += shape_.num_kv_heads;
+      stats_.tokens_scanned += uint64_t{shape_.num_q_heads} * cold_tokens_;
+      stats_.tokens_retrieved +=
+          uint64_t{shape_.num_kv_heads} * std::min<uint64_t>(options_.top_k, cold_tokens_);
+      return gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer]).to(q.dtype());
+    }
     hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
   }
   if (options_.retrieval && cold_tokens_ > 0) {
@@ -135,7 +147,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     // their own found (docs/quality.md). A decode step (one query) retrieves on its own.
     const int64_t n = q.size(1), tail = options_.prefill_tail;
     const int64_t per_query_begin =
-        chunk_ends_prompt_ || n <= tail ? std::max<int64_t>(0, n - tail) : n;
+        chunk_ends_prompt_ || options_.tail_every_chunk || n <= tail ? std::max<int64_t>(0, n - tail) : n;
     PartialAttention cold;
     std::optional<PhaseTimer> t(std::in_place, &profile_[1], cuda);
     if (gpu_cold_) {
@@ -515,8 +527,16 @@ Status TieredCache::Evict(uint32_t count) {
     if (options_.exact_cold || options_.measure_recall || options_.oracle)
       exact_k_[l] = torch::cat({exact_k_[l], kk[l]}, 1);
     if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv[l]}, 1);
-    hot_k_[l] = torch::cat({hot_k_[l].slice(1, 0, s0), hot_k_[l].slice(1, s0 + count)}, 1);
-    hot_v_[l] = torch::cat({hot_v_[l].slice(1, 0, s0), hot_v_[l].slice(1, s0 + count)}, 1);
+  }
+  // Out of the hot tier: every layer's later rows move down over the evicted ones, in one copy
+  // (a clone first: the ranges overlap).
+  const int64_t m = hot_k_[0].size(1), rest = m - s0 - count;
+  for (torch::Tensor* buf : {&hot_k_buf_, &hot_v_buf_}) {
+    if (rest > 0) buf->narrow(2, s0, rest).copy_(buf->narrow(2, s0 + count, rest).clone());
+  }
+  for (uint32_t l = 0; l < L; ++l) {
+    hot_k_[l] = hot_k_buf_[l].narrow(1, 0, m - count);
+    hot_v_[l] = hot_v_buf_[l].narrow(1, 0, m - count);
   }
   std::vector<uint32_t> ids(count), positions(count);
   for (uint32_t t = 0; t < count; ++t) {
@@ -624,8 +644,11 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
           .clone()
           .to(device_, dtype_);
     };
-    hot_k_[l] = load(cp.keys);
-    hot_v_[l] = load(cp.values);
+    ReserveHot(n);
+    hot_k_buf_[l].narrow(1, 0, n).copy_(load(cp.keys));
+    hot_v_buf_[l].narrow(1, 0, n).copy_(load(cp.values));
+    hot_k_[l] = hot_k_buf_[l].narrow(1, 0, n);
+    hot_v_[l] = hot_v_buf_[l].narrow(1, 0, n);
   }
   hot_ids_.assign(cp.token_ids.begin(), cp.token_ids.end());
   hot_positions_.assign(cp.positions.begin(), cp.positions.end());
@@ -682,11 +705,32 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   return Status::Ok();
 }
 
+// The hot tier lives in two buffers [L][H_kv][capacity][d]; hot_k_[l] / hot_v_[l] are views of
+// layer l's first rows (a layer is ahead of the next while a chunk goes through the model).
+// Grows the buffers to hold at least `rows` per layer, keeping what they hold.
+void TieredCache::ReserveHot(int64_t rows) {
+  const int64_t cap = hot_k_buf_.defined() ? hot_k_buf_.size(2) : 0;
+  if (rows <= cap) return;
+  const int64_t L = shape_.num_layers, H = shape_.num_kv_heads, d = shape_.head_dim;
+  const int64_t new_cap = std::max(rows, 2 * cap);
+  const auto opts = torch::TensorOptions().dtype(dtype_).device(device_);
+  torch::Tensor k = torch::zeros({L, H, new_cap, d}, opts), v = torch::zeros_like(k);
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t len = hot_k_[size_t(l)].defined() ? hot_k_[size_t(l)].size(1) : 0;
+    if (len > 0) {
+      k[l].narrow(1, 0, len).copy_(hot_k_[size_t(l)]);
+      v[l].narrow(1, 0, len).copy_(hot_v_[size_t(l)]);
+    }
+    hot_k_[size_t(l)] = k[l].narrow(1, 0, len);
+    hot_v_[size_t(l)] = v[l].narrow(1, 0, len);
+  }
+  hot_k_buf_ = k;
+  hot_v_buf_ = v;
+}
+
 uint64_t TieredCache::device_bytes() const {
   uint64_t bytes = gpu_index_ ? gpu_index_->device_bytes() : 0;
-  for (size_t l = 0; l < hot_k_.size(); ++l)
-    bytes += uint64_t(hot_k_[l].nbytes() + hot_v_[l].nbytes());
-  return bytes;
+  return bytes + uint64_t(hot_k_buf_.nbytes() + hot_v_buf_.nbytes());
 }
 
 double RecallStats::Mean() const {

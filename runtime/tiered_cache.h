@@ -98,6 +98,7 @@ class TieredCache : public KvCache {
   float StoredKeyNorm(const uint8_t* record) const;
   uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
   Status Evict(uint32_t count);
+  void ReserveHot(int64_t rows);
   Status Restore(const HotCheckpoint& cp);
 
   CacheShape shape_;
@@ -112,7 +113,8 @@ class TieredCache : public KvCache {
   uint64_t committed_tokens_ = 0;               // records the reader serves
 
   // Hot tier: per layer [H_kv, n_hot, d] keys (post-RoPE) and values; the same tokens in all.
-  std::vector<torch::Tensor> hot_k_, hot_v_;
+  std::vector<torch::Tensor> hot_k_, hot_v_;  // views of hot_*_buf_ (ReserveHot)
+  torch::Tensor hot_k_buf_, hot_v_buf_;          // [L][H_kv][capacity][d]
   std::vector<int64_t> hot_ids_, hot_positions_;
   // Cold tier: per (layer, kv-head) signatures [n_cold][words]; exact keys/values when
   // exact_cold (keys also for measure_recall), per layer [H_kv, n_cold, d].
