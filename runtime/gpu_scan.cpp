@@ -58,17 +58,26 @@ GpuSignatureIndex::GpuSignatureIndex(uint32_t slots, const index::SignatureProje
   norms_ = torch::empty({int64_t(slots), 1024}, opts.dtype(torch::kFloat32));
 }
 
+void GpuSignatureIndex::Reserve(size_t tokens) {
+  const int64_t slots = signatures_.size(0), at = int64_t(size_), cap = int64_t(tokens);
+  if (cap <= signatures_.size(1)) return;
+  torch::Tensor s = torch::empty({slots, cap, int64_t(words_)}, signatures_.options());
+  torch::Tensor n = torch::empty({slots, cap}, norms_.options());
+  s.slice(1, 0, at).copy_(signatures_.slice(1, 0, at));
+  n.slice(1, 0, at).copy_(norms_.slice(1, 0, at));
+  signatures_ = s;
+  norms_ = n;
+}
+
 void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, size_t count) {
   if (count == 0) return;
   const int64_t slots = signatures_.size(0), at = int64_t(size_), need = at + int64_t(count);
-  if (need > signatures_.size(1)) {  // grow by doubling: amortized O(1) per token
-    const int64_t cap = std::max<int64_t>(need, 2 * signatures_.size(1));
-    torch::Tensor s = torch::empty({slots, cap, int64_t(words_)}, signatures_.options());
-    torch::Tensor n = torch::empty({slots, cap}, norms_.options());
-    s.slice(1, 0, at).copy_(signatures_.slice(1, 0, at));
-    n.slice(1, 0, at).copy_(norms_.slice(1, 0, at));
-    signatures_ = s;
-    norms_ = n;
+  if (need > signatures_.size(1)) {
+    // Grow by a quarter (at least 64K tokens): amortized O(1) copies per token, and at most a
+    // quarter of the signatures' memory idle (doubling left up to half of it: 1.9 GB instead of
+    // 0.94 GB for SmolLM2 at 512K tokens).
+    const int64_t old_cap = signatures_.size(1);
+    Reserve(size_t(std::max<int64_t>(need, old_cap + std::max<int64_t>(old_cap / 4, 65536))));
   }
   signatures_.slice(1, at, need)
       .copy_(torch::from_blob(const_cast<uint64_t*>(signatures),

@@ -33,6 +33,8 @@ class GpuSignatureIndex {
   // Appends `count` tokens to every slot: signatures [slots][count][words] and key norms
   // [slots][count] (every slot holds the same tokens), in two copies to the device.
   void Append(const uint64_t* signatures, const float* norms, size_t count);
+  // Room for `tokens` in every slot without another copy (reopening knows the count).
+  void Reserve(size_t tokens);
   size_t size() const { return size_; }
   // Device pointers to a slot's signatures [capacity][words] and norms [capacity], valid until
   // the next Append.
