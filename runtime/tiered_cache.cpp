@@ -233,15 +233,6 @@ void TieredCache::ColdKeysValues(int64_t layer, uint32_t head, const std::vector
   }
 }
 
-namespace {
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-}  // namespace
-
 // The attention of the group's queries qb [g, m, d] over a sample of the cold tokens that
 // `picked` does not hold, each standing for rest / tail_samples of them: a systematic sample (one
 // random offset, then evenly spaced in token order, so every stretch of the context is
@@ -264,8 +255,9 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
     for (uint64_t i = 0; i < rest; ++i) ranks.push_back(i);
   } else {
     weight = double(rest) / double(samples);
-    const uint64_t seed = SplitMix64(options_.projection_seed ^ (uint64_t(layer) << 48) ^
-                                     (uint64_t{head} << 40) ^ uint64_t(position));
+    uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^
+                     (uint64_t{head} << 40) ^ uint64_t(position);
+    const uint64_t seed = index::SplitMix64(&state);
     const double u = double(seed >> 11) * 0x1.0p-53;
     for (uint64_t i = 0; i < samples; ++i)
       ranks.push_back(std::min(rest - 1, uint64_t((double(i) + u) * weight)));

@@ -84,6 +84,24 @@ double MaxDiff(const std::vector<torch::Tensor>& a, const std::vector<torch::Ten
   return m;
 }
 
+// The CUDA tests' stream: 1,500 prefill tokens and 30 decode steps, on the GPU (the model hands
+// the cache tensors on its own device), and small knobs so retrieval has real choices to make.
+std::vector<Step> CudaSteps(uint64_t seed) {
+  auto steps = MakeSteps(1500, 30, seed);
+  for (Step& s : steps)
+    for (auto* part : {&s.q, &s.k, &s.v})
+      for (torch::Tensor& t : *part) t = t.to(torch::kCUDA);
+  return steps;
+}
+
+TieredCacheOptions SmallGpuOptions() {
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = 32;
+  o.candidates = 256;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("equivalence gate: exact cold tokens, k >= cold tokens: full attention") {
@@ -249,14 +267,8 @@ TEST_CASE("on CUDA, the scan on the GPU picks what the CPU scan picks: outputs b
     MESSAGE("skipped: no CUDA device for LibTorch");
     return;
   }
-  auto steps = MakeSteps(1500, 30, 7);
-  for (Step& s : steps)  // the model hands the cache tensors on its own device
-    for (auto* part : {&s.q, &s.k, &s.v})
-      for (torch::Tensor& t : *part) t = t.to(torch::kCUDA);
-  TieredCacheOptions o;
-  o.window = 64;
-  o.top_k = 32;
-  o.candidates = 256;
+  const auto steps = CudaSteps(7);
+  TieredCacheOptions o = SmallGpuOptions();
   o.gpu_cold = false;  // the scan alone on the GPU
   TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
   CHECK_FALSE(gpu.cold_on_gpu());
@@ -278,14 +290,8 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
     MESSAGE("skipped: no CUDA device for LibTorch");
     return;
   }
-  auto steps = MakeSteps(1500, 30, 8);
-  for (Step& s : steps)
-    for (auto* part : {&s.q, &s.k, &s.v})
-      for (torch::Tensor& t : *part) t = t.to(torch::kCUDA);
-  TieredCacheOptions o;
-  o.window = 64;
-  o.top_k = 32;
-  o.candidates = 256;
+  const auto steps = CudaSteps(8);
+  TieredCacheOptions o = SmallGpuOptions();
   o.prefill_block = 16;  // chunks of 100: blocks of 16 (the last one short), then 64 one by one
   o.max_cold_tokens = 4096;
   TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
