@@ -176,6 +176,36 @@ TEST_CASE("page summaries of one token each are the unpicked tokens themselves: 
   CHECK(MaxDiff(Run(plain, steps), want) > 100 * diff);  // without summaries: far off
 }
 
+TEST_CASE("tail samples: all unpicked tokens when they fit; an estimate closer than k alone") {
+  // With tail_samples >= the unpicked count every unpicked token is its own sample (weight 1):
+  // the union is every cold token, as with k = all.
+  const auto steps = MakeSteps(700, 20, 6);
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = o.candidates = 100000;
+  TieredCache all(kShape, o);
+  const auto want = Run(all, steps);
+  o.top_k = 8;
+  o.candidates = 64;
+  o.tail_samples = 100000;
+  TieredCache every(kShape, o);
+  const double diff = MaxDiff(Run(every, steps), want);
+  MESSAGE("tail_samples >= unpicked, k = 8 against k = all: max diff " << diff);
+  CHECK(diff < 1e-4);
+  // Fewer samples than unpicked tokens: an estimate; on these diffuse random heads it must land
+  // nearer the full answer than the k picked tokens alone, and repeat itself exactly.
+  o.tail_samples = 64;
+  TieredCache sampled(kShape, o), again(kShape, o);
+  const auto got = Run(sampled, steps);
+  o.tail_samples = 0;
+  TieredCache plain(kShape, o);
+  const double err_sampled = RelError(got, want), err_plain = RelError(Run(plain, steps), want);
+  MESSAGE("relative error, k = 8: alone " << err_plain << ", with 64 tail samples " << err_sampled);
+  CHECK(err_sampled < err_plain);
+  CHECK(MaxDiff(Run(again, steps), got) == 0.0);
+  CHECK(sampled.stats().tokens_sampled > 0);
+}
+
 TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with retrieval") {
   const auto steps = MakeSteps(1200, 30, 6);
   TieredCacheOptions o;
