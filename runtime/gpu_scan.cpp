@@ -11,11 +11,11 @@
 
 #include <thread>
 
+#include "kernels/gather.h"  // plain C++ (the launch limits); the kernels link with KIV_HAVE_KERNELS
+#include "kernels/merge.h"
 #ifdef KIV_HAVE_KERNELS
 #include "kernels/attention.h"
 #include "kernels/device.h"
-#include "kernels/gather.h"
-#include "kernels/merge.h"
 #include "kernels/scan.h"
 #endif
 
@@ -233,6 +233,16 @@ void GpuRecordArena::Grow(uint64_t size) {
 }
 
 // ---- GpuColdTier ----
+
+bool GpuColdTier::Supports(const CacheShape& shape, const TieredCacheOptions& o) {
+  const uint64_t g = shape.num_q_heads / std::max<uint32_t>(1, shape.num_kv_heads);
+  const uint64_t share = (uint64_t{o.candidates} + g - 1) / g;
+  return o.top_k >= 1 && o.top_k <= kernels::kGatherMaxTopK &&
+         o.candidates <= kernels::kGatherMaxCandidates && o.candidates <= kernels::kMergeMaxTokens &&
+         share * g <= kernels::kMergeMaxTokens &&
+         g * std::max<uint32_t>(1, o.prefill_block) <= kernels::kGatherMaxGroup &&
+         shape.head_dim <= 128;
+}
 
 GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
                          const index::RecordCodec& codec, const GpuSignatureIndex* index,

@@ -106,6 +106,9 @@ class GpuRecordArena {
 // hot tier's.
 class GpuColdTier {
  public:
+  // Whether the kernels take these knobs (k ≤ 1,024; a group's candidates ≤ 4,096; g x
+  // prefill_block ≤ 256 queries per re-rank); the cache keeps the cold step on the CPU otherwise.
+  static bool Supports(const CacheShape& shape, const TieredCacheOptions& options);
   GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
               const index::RecordCodec& codec, const GpuSignatureIndex* index,
               const GpuRecordArena* arena, c10::Device device);

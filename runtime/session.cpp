@@ -259,7 +259,10 @@ std::string Session::Describe() const {
                   "scanned on the %s%s, %s",
                   c.model_type.c_str(), static_cast<long long>(c.num_layers),
                   options_.device.c_str(), o.sinks, o.window, o.top_k, o.candidates,
-                  o.signature_bits, impl_->tiered->scans_on_gpu() ? "GPU" : "CPU",
+                  o.signature_bits,
+                  impl_->tiered->cold_on_gpu()    ? "GPU (re-rank, gather, attention there too)"
+                  : impl_->tiered->scans_on_gpu() ? "GPU (re-rank, gather, attention on the CPU)"
+                                                  : "CPU",
                   o.retrieval ? "" : " (retrieval OFF)",
                   sampler_.Describe().c_str());
   }

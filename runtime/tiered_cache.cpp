@@ -93,7 +93,8 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     gpu_index_ =
         std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
   if (gpu_index_ && options.gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
-      options.summary_page == 0 && options.tail_samples == 0) {
+      options.summary_page == 0 && options.tail_samples == 0 &&
+      GpuColdTier::Supports(shape, options)) {
     gpu_records_ = std::make_unique<GpuRecordArena>(uint32_t(signatures_.size()), record_bytes(),
                                                     options.max_cold_tokens);
     gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),

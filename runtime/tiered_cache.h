@@ -58,8 +58,8 @@ class TieredCache : public KvCache {
   // Whether retrieval scans on the GPU (a CUDA device, options.gpu_scan, a build with kernels).
   bool scans_on_gpu() const { return gpu_index_ != nullptr; }
   // Whether the whole cold step (scan, re-rank, gather, attention) runs on the GPU: scans_on_gpu(),
-  // options.gpu_cold and none of the CPU-only benchmark modes (oracle, measure_recall, exact_cold, summary_page,
-  // tail_samples).
+  // options.gpu_cold, knobs the kernels take (GpuColdTier::Supports) and none of the CPU-only
+  // benchmark modes (oracle, measure_recall, exact_cold, summary_page, tail_samples).
   bool cold_on_gpu() const { return gpu_cold_ != nullptr; }
   // Whether the next chunk ends a prompt (the default): its last prefill_tail queries retrieve one
   // by one, where a question sits. Earlier chunks of a long prompt retrieve per block only.
