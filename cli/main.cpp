@@ -1,5 +1,8 @@
 // kiv: the command-line front end. Each subcommand lives in its own file (see commands.h); this
 // file wires them into one CLI11 app and maps every outcome onto the exit codes 0 / 1 / 2.
+#include <execinfo.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <exception>
 #include <iostream>
@@ -50,9 +53,23 @@ void SetupApp(CLI::App& app) {
 #endif
 }
 
+// A crash names where it happened (a bug report, and machines without a debugger): the call
+// stack to stderr, then the default action (the core dump, exit status 139).
+void OnFatalSignal(int sig) {
+  static const char kHead[] = "kiv: fatal signal; call stack:\n";
+  (void)!write(STDERR_FILENO, kHead, sizeof kHead - 1);
+  void* frames[64];
+  backtrace_symbols_fd(frames, backtrace(frames, 64), STDERR_FILENO);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  void* warm[1];
+  backtrace(warm, 1);  // loads the unwinder now, not first inside the signal handler
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) std::signal(sig, OnFatalSignal);
   // With SIGXFSZ at its default a file-size limit kills the process mid-write; ignored, the write
   // fails with EFBIG and the writer reports it like any other full disk.
   std::signal(SIGXFSZ, SIG_IGN);
