@@ -150,7 +150,9 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.cold_tokens = st.cold_tokens;
     std::cerr << label << ": " << context << " tokens: prefill " << prefill_s << " s, decode "
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
-              << " tokens/s), GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use\n";
+              << " tokens/s)";
+    if (p.gpu_used_bytes > 0) std::cerr << ", GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use";
+    std::cerr << '\n';
     points->push_back(p);
   }
   *prefill_rate = double(fed) / std::max(prefill_s, 1e-9);
@@ -201,8 +203,11 @@ int Run(const Options& o) {
   const std::vector<int32_t> ids = TextTokens(o, **probe, max_context);
   if (ids.empty()) return kExitFailure;
   probe->reset();
-  std::cerr << "measuring the device's copy bandwidth ...\n";
-  const double bandwidth = kiv_options.device == "cuda" ? MeasureGpuBandwidth() : 0.0;
+  double bandwidth = 0;
+  if (kiv_options.device == "cuda") {
+    std::cerr << "measuring the device's copy bandwidth ...\n";
+    bandwidth = MeasureGpuBandwidth();
+  }
   const uint64_t gpu_idle = GpuMemoryUsed();
 
   std::vector<Point> kiv_points, full_points;

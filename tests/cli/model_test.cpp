@@ -3,6 +3,9 @@
 // and refusing an archive made with another model. Needs the fetched SmolLM2 and Austen text
 // (tools/test.sh fetches them); without them each case says so and checks nothing.
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <string>
 
 #include "tests/cli/run_kiv.h"
 
@@ -100,4 +103,28 @@ TEST_CASE("an archive made with one model is refused by another") {
   CHECK(o.code == 1);
   CHECK(o.err.find("different model") != std::string::npos);
   CHECK(o.err.find("tokenizer") != std::string::npos);
+}
+
+TEST_CASE("bench speed on the CPU: every length measured, the archive reopened, JSON written") {
+  if (!HaveModel()) return;
+  TempDir dir;
+  const std::string json = (dir / "speed.json").string();
+  const Outcome o = RunKiv({"bench", "speed", "--device", "cpu", "--contexts", "512,1024",
+                            "--decode-steps", "4", "--warmup", "1", "--full-max", "512", "--dir",
+                            (dir / "work").string(), "--out", json});
+  INFO(o.all());
+  REQUIRE(o.exited);
+  REQUIRE(o.code == 0);
+  std::ifstream in(json);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // kiv at both lengths, the full cache at 512 only; every decode step timed.
+  size_t points = 0;
+  for (size_t at = 0; (at = text.find("\"decode_ms_median\": ", at)) != std::string::npos; ++at)
+    ++points;
+  CHECK(points == 3);
+  CHECK(text.find("\"decode_ms_median\": null") == std::string::npos);
+  CHECK(text.find("\"context\": 1024") != std::string::npos);
+  CHECK(text.find("\"reopen_first_token_s\": ") != std::string::npos);
+  CHECK(text.find("\"reopen_first_token_s\": null") == std::string::npos);
+  CHECK(o.err.find("reopen ") != std::string::npos);
 }
