@@ -36,6 +36,11 @@ struct TieredCacheOptions {
   // a systematic sample in token order, each weighted as rest / m tokens: an unbiased estimate of
   // the attention the unpicked tokens hold. 0: off.
   uint32_t tail_samples = 0;
+  // With tail_samples and tail_importance = τ > 0 (CPU scan, single-query retrievals): the sample
+  // is drawn with probability ∝ exp(τ · the scan's estimate of the group's attention logit),
+  // systematic PPS, each drawn token weighted by 1 / (m · its probability): still unbiased, with
+  // less variance where the estimate follows the true attention. 0: a uniform sample.
+  float tail_importance = 0.0f;
   // On a CUDA device, keep the signatures on the GPU and scan them there (kernels/scan.h,
   // bit-exact with the CPU scan); false scans on the CPU (the reference). Needs a build with
   // the CUDA kernels; ignored on the CPU.

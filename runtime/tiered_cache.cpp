@@ -252,6 +252,8 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
   std::vector<uint32_t> tokens;
   double weight = 1.0;
   std::vector<uint64_t> ranks;  // ascending ranks among the unpicked tokens
+  if (rest > samples && tail_log_mass_.size() == n)
+    return ImportanceTail(layer, head, qb, picked, position);
   if (rest <= samples) {
     for (uint64_t i = 0; i < rest; ++i) ranks.push_back(i);
   } else {
@@ -277,12 +279,58 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
   return o;
 }
 
+// TailAttention's sample drawn in proportion to tail_log_mass_ (systematic PPS over the unpicked
+// tokens in token order, one seeded offset): token i drawn with probability p_i = w_i / W enters
+// with the log weight log(1 / (m p_i)), once per draw, so numerator and denominator stay unbiased.
+PartialAttention TieredCache::ImportanceTail(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                             const std::vector<uint32_t>& picked,
+                                             int64_t position) {
+  const uint64_t n = cold_tokens_, m = options_.tail_samples;
+  std::vector<uint32_t> unpicked;
+  unpicked.reserve(n - picked.size());
+  for (uint64_t t = 0, j = 0; t < n; ++t) {
+    if (j < picked.size() && picked[j] == t) {
+      ++j;
+      continue;
+    }
+    unpicked.push_back(uint32_t(t));
+  }
+  double top = -INFINITY;
+  for (uint32_t t : unpicked) top = std::max(top, tail_log_mass_[t]);
+  std::vector<double> cumulative(unpicked.size());
+  double total = 0;
+  for (size_t i = 0; i < unpicked.size(); ++i)
+    cumulative[i] = total += std::exp(tail_log_mass_[unpicked[i]] - top);
+  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
+                   uint64_t(position);
+  const double u = double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+  std::vector<uint32_t> tokens;
+  std::vector<float> bias;
+  size_t i = 0;
+  for (uint64_t s = 0; s < m; ++s) {
+    const double point = (double(s) + u) * total / double(m);
+    while (i + 1 < unpicked.size() && cumulative[i] <= point) ++i;
+    const uint32_t t = unpicked[i];
+    tokens.push_back(t);
+    const double p = std::exp(tail_log_mass_[t] - top) / total;
+    bias.push_back(float(-std::log(double(m) * p)));
+  }
+  stats_.tokens_sampled += tokens.size();
+  torch::Tensor ks, vs;
+  ColdKeysValues(layer, head, tokens, &ks, &vs);
+  const torch::Tensor b = torch::from_blob(bias.data(), {int64_t(bias.size())}, torch::kFloat32);
+  const torch::Tensor q = qb.to(torch::kFloat32);
+  const torch::Tensor scores = torch::matmul(q, ks.t()) / std::sqrt(double(shape_.head_dim)) + b;
+  return {torch::matmul(torch::softmax(scores, -1), vs), torch::logsumexp(scores, -1)};
+}
+
 std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const float* queries,
                                             uint32_t count) {
   const uint32_t d = shape_.head_dim, words = options_.signature_bits / 64;
   const size_t n = cold_tokens_;
   std::vector<uint32_t> picked;
   ++stats_.scans;
+  tail_log_mass_.clear();
   if (n <= options_.top_k) {  // everything cold fits: nothing to choose
     picked.resize(n);
     for (size_t t = 0; t < n; ++t) picked[t] = uint32_t(t);
@@ -312,8 +360,19 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
     if (gpu_index_) {
       best = gpu_index_->SelectPerQuery(slot, queries, count, share, options_.scan_norms);
     } else {
-      for (uint32_t j = 0; j < count; ++j)
+      const bool importance = options_.tail_samples > 0 && options_.tail_importance > 0;
+      if (importance) tail_log_mass_.assign(n, -INFINITY);
+      // The asymmetric score estimates bits · √(2/π) · q·k; the logit is q·k / √d.
+      const double to_logit = options_.tail_importance /
+                              (options_.signature_bits * std::sqrt(2.0 / M_PI) * std::sqrt(d));
+      for (uint32_t j = 0; j < count; ++j) {
         best.push_back(cpu_scan(queries + size_t{j} * d, 1, share));
+        if (!importance) continue;
+        for (size_t t = 0; t < n; ++t) {  // log Σ_j exp(τ · logit_j)
+          const double x = to_logit * scores[t], m = std::max(tail_log_mass_[t], x);
+          tail_log_mass_[t] = m + std::log(std::exp(tail_log_mass_[t] - m) + std::exp(x - m));
+        }
+      }
     }
     for (const std::vector<uint32_t>& b : best)
       candidates.insert(candidates.end(), b.begin(), b.end());

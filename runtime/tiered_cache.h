@@ -88,6 +88,8 @@ class TieredCache : public KvCache {
                       torch::Tensor* ks, torch::Tensor* vs) const;
   PartialAttention TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                  std::vector<uint32_t> picked, int64_t position);
+  PartialAttention ImportanceTail(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                  const std::vector<uint32_t>& picked, int64_t position);
   PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                     const std::vector<uint32_t>& picked) const;
   torch::Tensor ExactColdMass(int64_t layer, uint32_t head, const torch::Tensor& qb) const;
@@ -132,6 +134,9 @@ class TieredCache : public KvCache {
   int64_t length_ = 0;
   RetrievalStats stats_;
   RecallStats recall_;
+  // The last single-query CPU retrieval's estimate of each cold token's group attention logit
+  // (τ-scaled, tail_importance), for TailAttention; empty when the last retrieval made none.
+  std::vector<double> tail_log_mass_;
   double profile_[4] = {};  // KIV_PROFILE: seconds in hot, cold, merge, evict
   uint64_t profile_calls_ = 0;
   Status status_;

@@ -204,6 +204,16 @@ TEST_CASE("tail samples: all unpicked tokens when they fit; an estimate closer t
   CHECK(err_sampled < err_plain);
   CHECK(MaxDiff(Run(again, steps), got) == 0.0);
   CHECK(sampled.stats().tokens_sampled > 0);
+  // Drawn in proportion to the scan's estimate of each token's attention: still an estimate that
+  // beats k alone, and repeats exactly.
+  o.tail_samples = 64;
+  o.tail_importance = 1.0f;
+  TieredCache weighted(kShape, o), weighted_again(kShape, o);
+  const auto got_weighted = Run(weighted, steps);
+  const double err_weighted = RelError(got_weighted, want);
+  MESSAGE("relative error with 64 samples drawn by the scan's estimate: " << err_weighted);
+  CHECK(err_weighted < err_plain);
+  CHECK(MaxDiff(Run(weighted_again, steps), got_weighted) == 0.0);
 }
 
 TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with retrieval") {
