@@ -561,7 +561,7 @@ int RunBenchFidelity(Options& o) {
   w.Field("prefill_block", c.prefill_block).Field("prefill_tail", c.prefill_tail);
   w.Field("scan_norms", c.scan_norms).Field("summary_page", c.summary_page);
   w.Field("tail_samples", c.tail_samples).Field("tail_every_chunk", c.tail_every_chunk);
-  w.Field("tail_importance", double(c.tail_importance));
+  w.Field("tail_importance", double(c.tail_importance)).Field("tail_recent", c.tail_recent);
   w.Field("oracle", c.oracle).EndObject();
   const std::vector<int32_t> kl_ids =
       BookTokens(*probe, kl_text,
@@ -615,6 +615,9 @@ void SetupBenchFidelity(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--tail-importance", s.cache.tail_importance,
                   "Draw the tail sample in proportion to exp(this x the scan's logit estimate)")
+      ->capture_default_str();
+  sub->add_option("--tail-recent", s.cache.tail_recent,
+                  "The tail sample's most recent stratum: this many unpicked tokens, half the samples")
       ->capture_default_str();
   sub->add_option("--summary-page", s.cache.summary_page,
                   "Cold pages of this many tokens also attend as one summary (0: off)")

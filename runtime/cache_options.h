@@ -41,6 +41,10 @@ struct TieredCacheOptions {
   // systematic PPS, each drawn token weighted by 1 / (m · its probability): still unbiased, with
   // less variance where the estimate follows the true attention. 0: a uniform sample.
   float tail_importance = 0.0f;
+  // With tail_samples and tail_recent = R > 0: the R most recent unpicked cold tokens (just
+  // outside the hot window, where attention is densest) are a stratum of their own with half the
+  // samples (all of them when they fit), the older ones the other. 0: one stratum.
+  uint32_t tail_recent = 0;
   // On a CUDA device, keep the signatures on the GPU and scan them there (kernels/scan.h,
   // bit-exact with the CPU scan); false scans on the CPU (the reference). Needs a build with
   // the CUDA kernels; ignored on the CPU.

@@ -249,34 +249,51 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
   if (rest == 0)
     return {torch::zeros({g, m, d}, torch::kFloat32),
             torch::full({g, m}, -INFINITY, torch::kFloat32)};
-  std::vector<uint32_t> tokens;
-  double weight = 1.0;
-  std::vector<uint64_t> ranks;  // ascending ranks among the unpicked tokens
   if (rest > samples && tail_log_mass_.size() == n)
     return ImportanceTail(layer, head, qb, picked, position);
-  if (rest <= samples) {
-    for (uint64_t i = 0; i < rest; ++i) ranks.push_back(i);
-  } else {
-    weight = double(rest) / double(samples);
-    uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^
-                     (uint64_t{head} << 40) ^ uint64_t(position);
-    const uint64_t seed = index::SplitMix64(&state);
-    const double u = double(seed >> 11) * 0x1.0p-53;
-    for (uint64_t i = 0; i < samples; ++i)
-      ranks.push_back(std::min(rest - 1, uint64_t((double(i) + u) * weight)));
-  }
+  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
+                   uint64_t(position);
+  const double u = double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+  // Strata of unpicked ranks: [0, older) and, with tail_recent, the most recent [older, rest),
+  // which gets half the samples (all its tokens when they fit); each a systematic sample.
+  const uint64_t recent = std::min<uint64_t>(options_.tail_recent, rest), older = rest - recent;
+  const uint64_t recent_samples =
+      recent == 0 ? 0 : std::min<uint64_t>(recent, rest <= samples ? recent : samples / 2);
+  const uint64_t older_samples = std::min<uint64_t>(older, samples - recent_samples);
+  std::vector<uint64_t> ranks;  // ascending ranks among the unpicked tokens
+  std::vector<float> bias;      // log weight of each sampled token
+  auto stratum = [&](uint64_t begin, uint64_t size, uint64_t count) {
+    if (size == 0 || count == 0) return;
+    const double weight = double(size) / double(count);
+    for (uint64_t i = 0; i < count; ++i) {
+      ranks.push_back(begin + (count == size ? i
+                                             : std::min(size - 1, uint64_t((double(i) + u) * weight))));
+      bias.push_back(float(std::log(weight)));
+    }
+  };
+  stratum(0, older, older_samples);
+  stratum(older, recent, recent_samples);
+  std::vector<uint32_t> tokens;
   size_t j = 0;  // picked tokens at or below the current one
   for (uint64_t rank : ranks) {
     uint64_t token = rank + j;
     while (j < picked.size() && picked[j] <= token) token = rank + ++j;
     tokens.push_back(uint32_t(token));
   }
+  return BiasedAttention(layer, head, qb, tokens, bias);
+}
+
+// The attention of qb [g, m, d] over cold tokens each with a log weight added to its logit.
+PartialAttention TieredCache::BiasedAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                              const std::vector<uint32_t>& tokens,
+                                              std::vector<float> bias) {
   stats_.tokens_sampled += tokens.size();
   torch::Tensor ks, vs;
   ColdKeysValues(layer, head, tokens, &ks, &vs);
-  PartialAttention o = AttentionWithLse(qb, ks.unsqueeze(0), vs.unsqueeze(0));
-  o.lse = o.lse + float(std::log(weight));
-  return o;
+  const torch::Tensor b = torch::from_blob(bias.data(), {int64_t(bias.size())}, torch::kFloat32);
+  const torch::Tensor scores =
+      torch::matmul(qb.to(torch::kFloat32), ks.t()) / std::sqrt(double(shape_.head_dim)) + b;
+  return {torch::matmul(torch::softmax(scores, -1), vs), torch::logsumexp(scores, -1)};
 }
 
 // TailAttention's sample drawn in proportion to tail_log_mass_ (systematic PPS over the unpicked
@@ -315,13 +332,7 @@ PartialAttention TieredCache::ImportanceTail(int64_t layer, uint32_t head, const
     const double p = std::exp(tail_log_mass_[t] - top) / total;
     bias.push_back(float(-std::log(double(m) * p)));
   }
-  stats_.tokens_sampled += tokens.size();
-  torch::Tensor ks, vs;
-  ColdKeysValues(layer, head, tokens, &ks, &vs);
-  const torch::Tensor b = torch::from_blob(bias.data(), {int64_t(bias.size())}, torch::kFloat32);
-  const torch::Tensor q = qb.to(torch::kFloat32);
-  const torch::Tensor scores = torch::matmul(q, ks.t()) / std::sqrt(double(shape_.head_dim)) + b;
-  return {torch::matmul(torch::softmax(scores, -1), vs), torch::logsumexp(scores, -1)};
+  return BiasedAttention(layer, head, qb, tokens, std::move(bias));
 }
 
 std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const float* queries,

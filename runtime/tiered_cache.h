@@ -88,6 +88,8 @@ class TieredCache : public KvCache {
                       torch::Tensor* ks, torch::Tensor* vs) const;
   PartialAttention TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                  std::vector<uint32_t> picked, int64_t position);
+  PartialAttention BiasedAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
+                                   const std::vector<uint32_t>& tokens, std::vector<float> bias);
   PartialAttention ImportanceTail(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                   const std::vector<uint32_t>& picked, int64_t position);
   PartialAttention SummaryAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,

@@ -214,6 +214,17 @@ TEST_CASE("tail samples: all unpicked tokens when they fit; an estimate closer t
   MESSAGE("relative error with 64 samples drawn by the scan's estimate: " << err_weighted);
   CHECK(err_weighted < err_plain);
   CHECK(MaxDiff(Run(weighted_again, steps), got_weighted) == 0.0);
+  // A recent stratum: still an estimate that beats k alone; with every unpicked token fitting,
+  // still k = all.
+  o.tail_importance = 0.0f;
+  o.tail_recent = 128;
+  TieredCache recent(kShape, o);
+  const double err_recent = RelError(Run(recent, steps), want);
+  MESSAGE("relative error with 64 samples, half of them from the 128 most recent: " << err_recent);
+  CHECK(err_recent < err_plain);
+  o.tail_samples = 100000;
+  TieredCache recent_all(kShape, o);
+  CHECK(MaxDiff(Run(recent_all, steps), want) < 1e-4);
 }
 
 TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with retrieval") {
