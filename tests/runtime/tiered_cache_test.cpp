@@ -84,6 +84,24 @@ double MaxDiff(const std::vector<torch::Tensor>& a, const std::vector<torch::Ten
   return m;
 }
 
+// Window 64 and k = every cold token: what an estimate of the unpicked tokens' attention aims at.
+std::vector<torch::Tensor> AllCold(const std::vector<Step>& steps) {
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = o.candidates = 100000;
+  TieredCache all(kShape, o);
+  return Run(all, steps);
+}
+
+// Window 64, k = 8 of 64 candidates: most cold attention left unpicked.
+TieredCacheOptions SmallK() {
+  TieredCacheOptions o;
+  o.window = 64;
+  o.top_k = 8;
+  o.candidates = 64;
+  return o;
+}
+
 // The CUDA tests' stream: 1,500 prefill tokens and 30 decode steps, on the GPU (the model hands
 // the cache tensors on its own device), and small knobs so retrieval has real choices to make.
 std::vector<Step> CudaSteps(uint64_t seed) {
@@ -159,13 +177,8 @@ TEST_CASE("page summaries of one token each are the unpicked tokens themselves: 
   // own summary (its decoded key and value, weight log 1): the union is every cold token, as with
   // k = all, so the outputs agree to float rounding.
   const auto steps = MakeSteps(700, 20, 5);
-  TieredCacheOptions o;
-  o.window = 64;
-  o.top_k = o.candidates = 100000;
-  TieredCache all(kShape, o);
-  const auto want = Run(all, steps);
-  o.top_k = 8;
-  o.candidates = 64;
+  const auto want = AllCold(steps);
+  TieredCacheOptions o = SmallK();
   o.summary_page = 1;
   TieredCache paged(kShape, o);
   const double diff = MaxDiff(Run(paged, steps), want);
@@ -180,13 +193,8 @@ TEST_CASE("tail samples: all unpicked tokens when they fit; an estimate closer t
   // With tail_samples >= the unpicked count every unpicked token is its own sample (weight 1):
   // the union is every cold token, as with k = all.
   const auto steps = MakeSteps(700, 20, 6);
-  TieredCacheOptions o;
-  o.window = 64;
-  o.top_k = o.candidates = 100000;
-  TieredCache all(kShape, o);
-  const auto want = Run(all, steps);
-  o.top_k = 8;
-  o.candidates = 64;
+  const auto want = AllCold(steps);
+  TieredCacheOptions o = SmallK();
   o.tail_samples = 100000;
   TieredCache every(kShape, o);
   const double diff = MaxDiff(Run(every, steps), want);
