@@ -26,6 +26,15 @@ declare -A GRID=(
   [summary16]="--summary-page 16"
   [cuda_default]="--device cuda"
 )
+# KIV_KL_GRID="name=args;name=args" replaces the grid above (at most 8 settings: the device
+# tool brings back 8 files), e.g. KIV_KL_GRID="w1024_t1024=--window 1024 --tail-samples 1024".
+if [[ -n "${KIV_KL_GRID:-}" ]]; then
+  GRID=()
+  IFS=';' read -ra settings <<<"$KIV_KL_GRID"
+  for setting in "${settings[@]}"; do
+    GRID[${setting%%=*}]="${setting#*=}"
+  done
+fi
 for name in "${!GRID[@]}"; do
   threads=2
   # shellcheck disable=SC2086
