@@ -246,6 +246,7 @@ int Run(const Options& o) {
   w.Field("gpu", dev.gpus.empty() ? std::string("none") : dev.gpus[0].name);
   w.Field("torch", dev.torch_version);
   w.Key("knobs").BeginObject().Field("device", kiv_options.device);
+  w.Field("cuda_graphs", kiv_options.cuda_graphs);
   w.Field("sinks", c.sinks).Field("window", c.window).Field("k", c.top_k);
   w.Field("candidates", c.candidates).Field("signature_bits", c.signature_bits);
   w.Field("codec", c.codec_id).Field("chunk", kiv_options.chunk_tokens);
@@ -292,6 +293,8 @@ void SetupBenchSpeed(CLI::App& bench) {
   sub->add_option("--device", s.device, "cpu or cuda")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  sub->add_flag("--cuda-graphs", s.cuda_graphs,
+                "Decode steps replay CUDA graphs of the model's operations (both arms)");
   sub->add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half)")
       ->capture_default_str();
   sub->add_option("--chunk", s.chunk_tokens, "Prefill chunk")->capture_default_str();

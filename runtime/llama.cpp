@@ -6,6 +6,12 @@
 #include <cassert>
 #include <cmath>
 
+#if KIV_TORCH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include "runtime/kv_cache.h"
 #include "runtime/safetensors.h"
 
@@ -18,6 +24,21 @@ struct LlamaModel::Layer {
   at::Tensor post_norm;             // [hidden]
   at::Tensor gate_w, up_w, down_w;  // [inter, hidden] x2, [hidden, inter]
   at::Tensor gate_b, up_b, down_b;  // undefined unless mlp_bias
+};
+
+// The static buffers the graphs read and write, and the graphs. Graph s (0 ≤ s ≤ L) runs:
+//   s = 0:      h = embedding(ids); cos, sin from pos; q/k/v of layer 0
+//   0 < s < L:  h = AfterAttention(s − 1, h, attn[s − 1]); q/k/v of layer s
+//   s = L:      h = AfterAttention(L − 1, ...); logits = Head(h)
+// q/k/v[l] are outputs of graph l (tensors of its memory pool, fixed addresses); attn[l] is
+// filled from the cache's eager Attend before graph l + 1 replays.
+struct LlamaModel::DecodeGraphs {
+#if KIV_TORCH_CUDA
+  at::Tensor ids, pos;  // [1] int64
+  at::Tensor h, cos, sin, logits;
+  std::vector<at::Tensor> q, k, v, attn;
+  std::vector<std::unique_ptr<at::cuda::CUDAGraph>> graphs;
+#endif
 };
 
 namespace {
@@ -166,28 +187,42 @@ at::Tensor LlamaModel::RopeCosSin(int64_t first_position, int64_t n, at::Tensor*
   return emb.cos().to(dtype_);
 }
 
-// input_layernorm → q/k/v → RoPE → cache.Attend → o_proj; returns the attention block's output
-// [n, hidden] (before the residual add).
-at::Tensor LlamaModel::AttentionBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                                      const at::Tensor& sin, int64_t first_position,
-                                      KvCache& cache) const {
+void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                          const at::Tensor& sin, at::Tensor* q, at::Tensor* k,
+                          at::Tensor* v) const {
   const Layer& l = layers_[static_cast<size_t>(layer)];
   const int64_t n = h.size(0), d = config_.head_dim;
   at::Tensor x = RmsNorm(h, l.input_norm, config_.rms_norm_eps);
   // [n, H*d] → [H, n, d]
-  at::Tensor q = at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}).transpose(0, 1);
-  at::Tensor k = at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
-  at::Tensor v = at::linear(x, l.v_w, l.v_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
-  q = q * cos + RotateHalf(q) * sin;
-  k = k * cos + RotateHalf(k) * sin;
-  at::Tensor attn = cache.Attend(layer, q, k, v, first_position);  // [H_q, n, d]
-  assert(attn.size(0) == config_.num_q_heads && attn.size(1) == n && attn.size(2) == d);
-  return at::linear(attn.transpose(0, 1).reshape({n, config_.num_q_heads * d}), l.o_w, l.o_b);
+  at::Tensor qq = at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}).transpose(0, 1);
+  at::Tensor kk = at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  *v = at::linear(x, l.v_w, l.v_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  *q = qq * cos + RotateHalf(qq) * sin;
+  *k = kk * cos + RotateHalf(kk) * sin;
+}
+
+// o_proj, the residual, post_attention_layernorm and the SwiGLU MLP, the residual.
+at::Tensor LlamaModel::AfterAttention(int64_t layer, const at::Tensor& h,
+                                      const at::Tensor& attn) const {
+  const Layer& l = layers_[static_cast<size_t>(layer)];
+  const int64_t n = h.size(0);
+  assert(attn.size(0) == config_.num_q_heads && attn.size(1) == n);
+  at::Tensor o = at::linear(attn.transpose(0, 1).reshape({n, config_.num_q_heads * config_.head_dim}),
+                            l.o_w, l.o_b);
+  at::Tensor r = h + o;
+  at::Tensor x = RmsNorm(r, l.post_norm, config_.rms_norm_eps);
+  at::Tensor gate = at::silu(at::linear(x, l.gate_w, l.gate_b));
+  return r + at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b);
+}
+
+at::Tensor LlamaModel::Head(const at::Tensor& h) const {
+  return at::linear(RmsNorm(h, norm_, config_.rms_norm_eps), lm_head_).to(at::kFloat);
 }
 
 at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache, Logits which) {
   assert(!tokens.empty());
   c10::InferenceMode guard;
+  if (use_graphs_ && tokens.size() == 1) return ForwardGraphed(tokens[0], cache);
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t first_position = cache.length();
   at::Tensor ids = at::tensor(tokens, at::kLong).to(device_);
@@ -195,17 +230,101 @@ at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cach
   at::Tensor sin;
   at::Tensor cos = RopeCosSin(first_position, n, &sin);
   for (int64_t i = 0; i < config_.num_layers; ++i) {
-    const Layer& l = layers_[static_cast<size_t>(i)];
-    h = h + AttentionBlock(i, h, cos, sin, first_position, cache);
-    at::Tensor x = RmsNorm(h, l.post_norm, config_.rms_norm_eps);
-    at::Tensor gate = at::silu(at::linear(x, l.gate_w, l.gate_b));
-    h = h + at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b);
+    at::Tensor q, k, v;
+    QkvBlock(i, h, cos, sin, &q, &k, &v);
+    h = AfterAttention(i, h, cache.Attend(i, q, k, v, first_position));
   }
   if (which == Logits::kLast) h = h.narrow(0, n - 1, 1);
-  h = RmsNorm(h, norm_, config_.rms_norm_eps);
-  at::Tensor logits = at::linear(h, lm_head_).to(at::kFloat);
+  at::Tensor logits = Head(h);
   cache.EndChunk(tokens);
   return logits;
 }
+
+#if KIV_TORCH_CUDA
+
+Status LlamaModel::EnableDecodeGraphs(bool on) {
+  if (on && !device_.is_cuda())
+    return Status::InvalidArgument("CUDA graphs need a model on a CUDA device");
+  use_graphs_ = on;
+  if (!on) graphs_.reset();
+  return Status::Ok();
+}
+
+at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
+  const int64_t L = config_.num_layers, first_position = cache.length();
+  auto segment = [this, L](DecodeGraphs& g, int64_t s) {
+    if (s == 0) {
+      g.h.copy_(at::embedding(embed_, g.ids));
+      at::Tensor freqs = at::outer(g.pos.to(at::kFloat), inv_freq_);
+      at::Tensor emb = at::cat({freqs, freqs}, -1);
+      g.sin.copy_(emb.sin().to(dtype_));
+      g.cos.copy_(emb.cos().to(dtype_));
+    } else {
+      g.h.copy_(AfterAttention(s - 1, g.h, g.attn[size_t(s - 1)]));
+    }
+    if (s < L) {
+      QkvBlock(s, g.h, g.cos, g.sin, &g.q[size_t(s)], &g.k[size_t(s)], &g.v[size_t(s)]);
+    } else {
+      g.logits = Head(g.h);
+    }
+  };
+  if (!graphs_) {
+    auto g = std::make_unique<DecodeGraphs>();
+    const auto opts = at::TensorOptions().device(device_);
+    g->ids = at::zeros({1}, opts.dtype(at::kLong));
+    g->pos = at::zeros({1}, opts.dtype(at::kLong));
+    g->h = at::zeros({1, config_.hidden_size}, opts.dtype(dtype_));
+    g->cos = at::zeros({1, config_.head_dim}, opts.dtype(dtype_));
+    g->sin = at::zeros_like(g->cos);
+    g->q.resize(size_t(L)), g->k.resize(size_t(L)), g->v.resize(size_t(L));
+    for (int64_t l = 0; l < L; ++l)
+      g->attn.push_back(at::zeros({config_.num_q_heads, 1, config_.head_dim}, opts.dtype(dtype_)));
+    // Warm up on the capture stream (cuBLAS sets up its workspace for a stream on first use,
+    // which must not happen inside a capture), then capture every segment into one pool.
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    c10::cuda::device_synchronize();
+    {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      for (int64_t s = 0; s <= L; ++s) segment(*g, s);
+      side.synchronize();
+      const auto pool = at::cuda::graph_pool_handle();
+      for (int64_t s = 0; s <= L; ++s) {
+        g->graphs.push_back(std::make_unique<at::cuda::CUDAGraph>());
+        g->graphs.back()->capture_begin(pool);
+        segment(*g, s);
+        g->graphs.back()->capture_end();
+      }
+    }
+    c10::cuda::device_synchronize();
+    graphs_ = std::move(g);
+  }
+  DecodeGraphs& g = *graphs_;
+  g.ids.fill_(token);
+  g.pos.fill_(first_position);
+  g.graphs[0]->replay();
+  for (int64_t l = 0; l < L; ++l) {
+    const size_t i = size_t(l);
+    g.attn[i].copy_(cache.Attend(l, g.q[i], g.k[i], g.v[i], first_position));
+    g.graphs[i + 1]->replay();
+  }
+  at::Tensor logits = g.logits.clone();  // the next replay overwrites g.logits
+  cache.EndChunk({token});
+  return logits;
+}
+
+#else
+
+Status LlamaModel::EnableDecodeGraphs(bool on) {
+  if (on)
+    return Status::NotImplemented(
+        "CUDA graphs: this build's LibTorch has no CUDA (build with a CUDA torch)");
+  return Status::Ok();
+}
+
+at::Tensor LlamaModel::ForwardGraphed(int64_t, KvCache&) {
+  TORCH_CHECK(false, "not implemented: CUDA graphs in a build without CUDA LibTorch");
+}
+
+#endif  // KIV_TORCH_CUDA
 
 }  // namespace kiv

@@ -54,6 +54,16 @@ class LlamaModel {
   at::Tensor Forward(const std::vector<int64_t>& tokens, KvCache& cache,
                      Logits which = Logits::kAll);
 
+  // Decode steps (Forward of one token) on CUDA replay CUDA graphs of the model's own operations:
+  // one graph before the first layer's attention (embedding, RoPE angles, q/k/v), one between
+  // each pair of layers (o_proj, MLP, the next layer's q/k/v) and one after the last (the head),
+  // captured on the first decode step after this call. The cache's Attend runs eagerly between
+  // them, so its shapes may change from step to step. The logits are the eager path's bit for
+  // bit (the same operations on the same values). An error on the CPU, or where this build's
+  // LibTorch has no CUDA.
+  Status EnableDecodeGraphs(bool on);
+  bool decode_graphs() const { return use_graphs_; }
+
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -64,8 +74,17 @@ class LlamaModel {
   struct Layer;
   LlamaModel(ModelConfig config, c10::Device device, at::ScalarType dtype);
   at::Tensor RopeCosSin(int64_t first_position, int64_t n, at::Tensor* sin) const;
-  at::Tensor AttentionBlock(int64_t layer, const at::Tensor& x, const at::Tensor& cos,
-                            const at::Tensor& sin, int64_t first_position, KvCache& cache) const;
+  // The pieces of a layer around the cache's Attend, shared by the eager and the graphed paths.
+  // h: [n, hidden]; q [H_q, n, d], k and v [H_kv, n, d] after RoPE.
+  void QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
+                at::Tensor* q, at::Tensor* k, at::Tensor* v) const;
+  // The residual stream after layer `layer`, from its input h and the attention output
+  // [H_q, n, d].
+  at::Tensor AfterAttention(int64_t layer, const at::Tensor& h, const at::Tensor& attn) const;
+  at::Tensor Head(const at::Tensor& h) const;  // final norm and lm_head: float32 logits
+  at::Tensor ForwardGraphed(int64_t token, KvCache& cache);
+
+  struct DecodeGraphs;
 
   ModelConfig config_;
   c10::Device device_;
@@ -76,6 +95,8 @@ class LlamaModel {
   at::Tensor norm_;      // [hidden]
   at::Tensor lm_head_;   // [vocab, hidden]; the same tensor as embed_ when tied
   at::Tensor inv_freq_;  // [head_dim / 2] float32 on device_
+  bool use_graphs_ = false;
+  std::unique_ptr<DecodeGraphs> graphs_;  // captured on the first graphed decode step
 };
 
 }  // namespace kiv

@@ -29,6 +29,7 @@ struct SessionOptions {
   uint32_t chunk_tokens = 1024;  // prefill chunk: retrieval stays active inside long prompts
   SamplerOptions sampler;
   std::string device = "cpu";    // "cpu" or "cuda"
+  bool cuda_graphs = false;      // decode steps replay CUDA graphs (LlamaModel::EnableDecodeGraphs)
   // CPU threads for LibTorch; 0 picks: 1 on machines with at most 2 cores (there, a second
   // OpenMP thread spin-waits against everything else and decode ran 40x slower: 0.5 against
   // 23 tokens/s), else half the cores.

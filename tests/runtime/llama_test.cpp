@@ -493,6 +493,55 @@ TEST_CASE("tiny Llama3 / Qwen2 / Mistral models match transformers, whole and ch
   }
 }
 
+TEST_CASE("decode steps replaying CUDA graphs give the eager path's logits bit for bit") {
+  const std::string root = CacheDir() + "/reference/tiny";
+  if (!EnsureReference(root + "/tiny-mistral/reference.json", "tiny --out '" + root + "'")) {
+    MESSAGE("skipped: no tiny reference models in " << root
+                                                    << " and python3 with transformers is absent");
+    return;
+  }
+  {
+    auto cpu = kiv::LlamaModel::Load(root + "/tiny-llama3", torch::kCPU, torch::kFloat);
+    REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
+    const kiv::Status refused = (*cpu)->EnableDecodeGraphs(true);
+    CHECK(!refused.ok());
+    MESSAGE("on the CPU: " << refused.ToString());
+    CHECK((*cpu)->EnableDecodeGraphs(false).ok());
+  }
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped on CUDA: no GPU here");
+    return;
+  }
+  for (const std::string name : {"tiny-llama3", "tiny-qwen2", "tiny-mistral"}) {
+    for (const torch::ScalarType dtype : {torch::kBFloat16, torch::kFloat}) {
+      CAPTURE(name);
+      CAPTURE(dtype);
+      const std::string dir = root + "/" + name;
+      Reference ref;
+      REQUIRE(ReadReference(dir + "/reference.json", &ref));
+      REQUIRE(ref.ids.size() > 12);
+      auto eager = kiv::LlamaModel::Load(dir, torch::kCUDA, dtype);
+      auto graphed = kiv::LlamaModel::Load(dir, torch::kCUDA, dtype);
+      REQUIRE(eager.ok());
+      REQUIRE(graphed.ok());
+      REQUIRE((*graphed)->EnableDecodeGraphs(true).ok());
+      const int64_t L = (*eager)->config().num_layers;
+      kiv::FullCache ce(L), cg(L);
+      const std::vector<int64_t> prompt(ref.ids.begin(), ref.ids.begin() + 8);
+      CHECK(torch::equal((*eager)->Forward(prompt, ce), (*graphed)->Forward(prompt, cg)));
+      size_t equal = 0, steps = 0;
+      for (size_t t = 8; t < ref.ids.size(); ++t, ++steps) {
+        const torch::Tensor a = (*eager)->Forward({ref.ids[t]}, ce);
+        const torch::Tensor b = (*graphed)->Forward({ref.ids[t]}, cg);
+        equal += torch::equal(a, b);
+      }
+      MESSAGE(name << " " << dtype << ": " << equal << " of " << steps
+                   << " graphed decode steps equal the eager ones bit for bit");
+      CHECK(equal == steps);
+    }
+  }
+}
+
 TEST_CASE("SmolLM2-135M-Instruct matches transformers on Emma, whole and in chunks of 64") {
   const std::string model_dir = CacheDir() + "/models/SmolLM2-135M-Instruct";
   if (!fs::exists(model_dir + "/model.safetensors")) {
