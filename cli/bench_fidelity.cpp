@@ -606,6 +606,7 @@ void SetupBenchFidelity(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--candidates", s.cache.candidates, "Scan candidates re-ranked")
       ->capture_default_str();
+  sub->add_flag("!--no-scan-norms", s.cache.scan_norms, "Scan without weighting keys by their norm");
   sub->add_flag("--oracle", s.cache.oracle,
                 "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
   sub->add_flag("--tail-every-chunk", s.cache.tail_every_chunk,

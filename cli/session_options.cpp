@@ -48,6 +48,11 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
   sub.add_option("--prefill-tail", s.cache.prefill_tail,
                  "Last queries of each prefill chunk that retrieve one by one")
       ->capture_default_str();
+  sub.add_flag("!--no-scan-norms", s.cache.scan_norms,
+               "Scan without weighting keys by their norm (no norms on the GPU)");
+  sub.add_option("--reserve-cold", s.cache.reserve_cold_tokens,
+                 "GPU: room for this many cold tokens' signatures from the start (0: grow)")
+      ->capture_default_str();
   sub.add_flag("--no-retrieval", f.no_retrieval, "Never read cold tokens (the ablation)");
   sub.add_flag("--full-cache", s.full_cache, "Keep every token exact, no archive (the baseline)");
   sub.add_option("--device", s.device, "cpu or cuda")->capture_default_str()

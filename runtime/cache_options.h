@@ -56,6 +56,10 @@ struct TieredCacheOptions {
   // The most cold tokens a session on the GPU holds: the pinned record arena reserves address
   // space for this many (it pins only what it fills).
   uint64_t max_cold_tokens = uint64_t{1} << 22;
+  // With gpu_scan: room for this many cold tokens' signatures (and norms) on the GPU from the
+  // start. Without it the index grows by a quarter at a time, each growth a copy that holds the
+  // old and the new allocation at once (1.8 GB for a moment at 1M tokens). 0: grow as needed.
+  uint64_t reserve_cold_tokens = 0;
   bool retrieval = true;     // false: the ablation arm, cold tokens are never seen
   bool exact_cold = false;   // true: cold keys and values kept exact (the codec bypassed)
   // Measure recall (QUALITY.md 5) at every single-query retrieval: keeps the exact cold keys in

@@ -45,7 +45,7 @@ bool GpuSignatureIndex::Available() {
 }
 
 GpuSignatureIndex::GpuSignatureIndex(uint32_t slots, const index::SignatureProjection& projection,
-                                     c10::Device device)
+                                     c10::Device device, bool with_norms)
     : bits_(projection.bits()),
       dim_(projection.dim()),
       words_(projection.words()),
@@ -55,17 +55,18 @@ GpuSignatureIndex::GpuSignatureIndex(uint32_t slots, const index::SignatureProje
                     .to(device_);
   const auto opts = torch::TensorOptions().device(device_);
   signatures_ = torch::empty({int64_t(slots), 1024, int64_t(words_)}, opts.dtype(torch::kInt64));
-  norms_ = torch::empty({int64_t(slots), 1024}, opts.dtype(torch::kFloat32));
+  if (with_norms) norms_ = torch::empty({int64_t(slots), 1024}, opts.dtype(torch::kFloat32));
 }
 
 void GpuSignatureIndex::Reserve(size_t tokens) {
   const int64_t slots = signatures_.size(0), at = int64_t(size_), cap = int64_t(tokens);
   if (cap <= signatures_.size(1)) return;
   torch::Tensor s = torch::empty({slots, cap, int64_t(words_)}, signatures_.options());
-  torch::Tensor n = torch::empty({slots, cap}, norms_.options());
   s.slice(1, 0, at).copy_(signatures_.slice(1, 0, at));
-  n.slice(1, 0, at).copy_(norms_.slice(1, 0, at));
   signatures_ = s;
+  if (!norms_.defined()) return;
+  torch::Tensor n = torch::empty({slots, cap}, norms_.options());
+  n.slice(1, 0, at).copy_(norms_.slice(1, 0, at));
   norms_ = n;
 }
 
@@ -82,13 +83,16 @@ void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, s
   signatures_.slice(1, at, need)
       .copy_(torch::from_blob(const_cast<uint64_t*>(signatures),
                               {slots, int64_t(count), int64_t(words_)}, torch::kInt64));
-  norms_.slice(1, at, need)
-      .copy_(torch::from_blob(const_cast<float*>(norms), {slots, int64_t(count)}, torch::kFloat32));
+  if (norms_.defined())
+    norms_.slice(1, at, need)
+        .copy_(torch::from_blob(const_cast<float*>(norms), {slots, int64_t(count)},
+                                torch::kFloat32));
   size_ = size_t(need);
 }
 
 uint64_t GpuSignatureIndex::device_bytes() const {
-  return uint64_t(signatures_.nbytes() + norms_.nbytes() + projection_.nbytes());
+  return uint64_t(signatures_.nbytes() + (norms_.defined() ? norms_.nbytes() : 0) +
+                  projection_.nbytes());
 }
 
 const uint64_t* GpuSignatureIndex::signatures(uint32_t slot) const {
@@ -96,13 +100,14 @@ const uint64_t* GpuSignatureIndex::signatures(uint32_t slot) const {
 }
 
 const float* GpuSignatureIndex::norms(uint32_t slot) const {
-  return norms_[slot].data_ptr<float>();
+  return norms_.defined() ? norms_[slot].data_ptr<float>() : nullptr;
 }
 
 std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, const float* queries,
                                                              uint32_t g, uint32_t tables,
                                                              uint32_t c, bool norms) {
 #ifdef KIV_HAVE_KERNELS
+  TORCH_CHECK(!norms || norms_.defined(), "a scan with key norms over an index built without");
   const uint32_t n = uint32_t(size_);
   c = std::min(c, n);
   std::vector<std::vector<uint32_t>> out(tables);
@@ -120,7 +125,7 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t)
     problems[t] = {Ptr<const uint64_t>(signatures_[slot]),  // a slot's rows are contiguous
-                   norms ? Ptr<const float>(norms_[slot]) : nullptr,
+                   norms ? this->norms(slot) : nullptr,
                    Ptr<const float>(table) + size_t{t} * (bits_ / 8) * 256};
   torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, opts.dtype(torch::kFloat32));
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, opts.dtype(torch::kInt32));

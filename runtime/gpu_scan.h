@@ -26,20 +26,24 @@ class GpuSignatureIndex {
   // Whether this build has the kernels (kernels/scan.h) that Select* run.
   static bool Available();
 
-  // `slots` (layer, kv-head) runs of signatures of `projection.words()` words each, on `device`.
+  // `slots` (layer, kv-head) runs of signatures of `projection.words()` words each, on `device`,
+  // and beside them the keys' norms when `with_norms` (the scan's weights; 4 bytes a token and
+  // slot: 377 MB at 1M tokens of SmolLM2).
   GpuSignatureIndex(uint32_t slots, const index::SignatureProjection& projection,
-                    c10::Device device);
+                    c10::Device device, bool with_norms = true);
 
   // Appends `count` tokens to every slot: signatures [slots][count][words] and key norms
-  // [slots][count] (every slot holds the same tokens), in two copies to the device.
+  // [slots][count] (every slot holds the same tokens; ignored, and may be null, without norms),
+  // in two copies to the device.
   void Append(const uint64_t* signatures, const float* norms, size_t count);
+  bool has_norms() const { return norms_.defined(); }
   // Room for `tokens` in every slot without another copy (reopening knows the count).
   void Reserve(size_t tokens);
   size_t size() const { return size_; }
   // Device pointers to a slot's signatures [capacity][words] and norms [capacity], valid until
   // the next Append.
   const uint64_t* signatures(uint32_t slot) const;
-  const float* norms(uint32_t slot) const;
+  const float* norms(uint32_t slot) const;  // null without norms
   const at::Tensor& projection() const { return projection_; }
   uint64_t device_bytes() const;  // signatures and norms as allocated (capacity, not size)
 
@@ -60,7 +64,7 @@ class GpuSignatureIndex {
   c10::Device device_;
   at::Tensor projection_;  // [bits][dim] float on device_
   at::Tensor signatures_;  // [slots][capacity][words] int64 on device_
-  at::Tensor norms_;       // [slots][capacity] float on device_
+  at::Tensor norms_;       // [slots][capacity] float on device_; undefined without norms
   size_t size_ = 0;        // tokens held, the same in every slot
 };
 

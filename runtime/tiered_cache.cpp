@@ -90,8 +90,10 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   recall_.coverage.assign(shape.num_layers, 0.0);
   signatures_.resize(size_t{shape.num_layers} * shape.num_kv_heads);
   if (device.is_cuda() && options.gpu_scan && GpuSignatureIndex::Available())
-    gpu_index_ =
-        std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_, device);
+    gpu_index_ = std::make_unique<GpuSignatureIndex>(uint32_t(signatures_.size()), projection_,
+                                                     device, options.scan_norms);
+  if (gpu_index_ && options.reserve_cold_tokens > 0)
+    gpu_index_->Reserve(options.reserve_cold_tokens);
   if (gpu_index_ && options.gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
       options.summary_page == 0 && options.tail_samples == 0 &&
       GpuColdTier::Supports(shape, options)) {
@@ -550,6 +552,7 @@ Status TieredCache::Evict(uint32_t count) {
   run->count = count;
   run->records.resize(size_t{L} * H * count * rb);
   std::vector<uint64_t> sigs(size_t{L} * H * count * words);
+  std::vector<float> norms(options_.scan_norms ? size_t{L} * H * count : 0);
   // Every layer's evicted keys and values in one copy to the host: [L][H][count][d] float.
   std::vector<torch::Tensor> ks, vs;
   for (uint32_t l = 0; l < L; ++l) {
@@ -575,7 +578,11 @@ Status TieredCache::Evict(uint32_t count) {
         projection_.Sign(key, nullptr, sigs.data() + at * words);
         // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
         if (options_.summary_page > 0) Summarize(l, h, cold_tokens_ + t, record);
-        key_norms_[slot].push_back(StoredKeyNorm(record));
+        // With the index on the GPU the host keeps no signatures or norms (they would be 1.8 GB
+        // at 1M tokens of SmolLM2): norms[] only stages this eviction's upload.
+        if (options_.scan_norms) norms[at] = StoredKeyNorm(record);
+        if (gpu_index_) continue;
+        if (options_.scan_norms) key_norms_[slot].push_back(norms[at]);
         head_sigs.insert(head_sigs.end(), sigs.data() + at * words, sigs.data() + (at + 1) * words);
       }
     }
@@ -613,13 +620,7 @@ Status TieredCache::Evict(uint32_t count) {
                      ids.data(), positions.data()};
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
-  if (gpu_index_) {  // sigs is [slot][count][words] already; the norms are each slot's last
-    std::vector<float> norms(size_t{L} * H * count);
-    for (uint32_t slot = 0; slot < L * H; ++slot)
-      std::copy(key_norms_[slot].end() - count, key_norms_[slot].end(),
-                norms.begin() + size_t{slot} * count);
-    gpu_index_->Append(sigs.data(), norms.data(), count);
-  }
+  if (gpu_index_) gpu_index_->Append(sigs.data(), norms.data(), count);  // [slot][count] both
   if (gpu_records_) gpu_records_->Append(run->records.data(), count);
   runs_.push_back(std::move(run));
   cold_tokens_ += count;
@@ -733,9 +734,10 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
         if (gpu_records_ && run.token_count > 0)
           gpu_records_->AppendSlot(slot, reader_->Record(run.first_token, l, h), run.first_token,
                                    run.token_count);
+        if (!options_.scan_norms && options_.summary_page == 0) continue;
         for (uint32_t t = 0; t < run.token_count; ++t) {
           const uint8_t* record = reader_->Record(run.first_token + t, l, h);
-          key_norms_[slot].push_back(StoredKeyNorm(record));
+          if (options_.scan_norms) key_norms_[slot].push_back(StoredKeyNorm(record));
           if (options_.summary_page > 0) Summarize(l, h, run.first_token + t, record);
         }
       }
@@ -753,21 +755,25 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   if (gpu_records_) gpu_records_->Grow(cold_tokens_);
   const auto t_pinned = Clock::now();
   if (gpu_index_) {  // in pieces, so the staging copy stays small
-    gpu_index_->Reserve(cold_tokens_);
+    gpu_index_->Reserve(std::max<uint64_t>(cold_tokens_, options_.reserve_cold_tokens));
     constexpr uint64_t kPiece = 65536;
     std::vector<uint64_t> sigs;
     std::vector<float> norms;
     for (uint64_t t0 = 0; t0 < cold_tokens_; t0 += kPiece) {
       const uint64_t m = std::min(kPiece, cold_tokens_ - t0);
       sigs.resize(size_t{L} * H * m * words);
-      norms.resize(size_t{L} * H * m);
+      norms.resize(options_.scan_norms ? size_t{L} * H * m : 0);
       for (uint32_t slot = 0; slot < L * H; ++slot) {
         std::copy_n(signatures_[slot].begin() + t0 * words, m * words,
                     sigs.begin() + slot * m * words);
-        std::copy_n(key_norms_[slot].begin() + t0, m, norms.begin() + slot * m);
+        if (options_.scan_norms)
+          std::copy_n(key_norms_[slot].begin() + t0, m, norms.begin() + slot * m);
       }
       gpu_index_->Append(sigs.data(), norms.data(), m);
     }
+    // The host copies only staged the upload (Evict keeps none with the index on the GPU).
+    for (auto& v : signatures_) std::vector<uint64_t>().swap(v);
+    for (auto& v : key_norms_) std::vector<float>().swap(v);
   }
   if (PhaseTimer::Enabled()) {
     if (device_.is_cuda()) torch::cuda::synchronize();

@@ -327,21 +327,30 @@ TEST_CASE("on CUDA, the scan on the GPU picks what the CPU scan picks: outputs b
     return;
   }
   const auto steps = CudaSteps(7);
-  TieredCacheOptions o = SmallGpuOptions();
-  o.gpu_cold = false;  // the scan alone on the GPU
-  TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
-  CHECK_FALSE(gpu.cold_on_gpu());
-  if (!gpu.scans_on_gpu()) {
-    MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
-    return;
+  uint64_t bytes[2] = {0, 0};
+  for (const bool norms : {true, false}) {
+    CAPTURE(norms);
+    TieredCacheOptions o = SmallGpuOptions();
+    o.gpu_cold = false;  // the scan alone on the GPU
+    o.scan_norms = norms;
+    TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
+    CHECK_FALSE(gpu.cold_on_gpu());
+    if (!gpu.scans_on_gpu()) {
+      MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+      return;
+    }
+    o.gpu_scan = false;
+    TieredCache cpu(kShape, o, torch::kCUDA, torch::kFloat32);
+    CHECK_FALSE(cpu.scans_on_gpu());
+    const auto got = Run(gpu, steps), want = Run(cpu, steps);
+    CHECK(gpu.stats().scans == cpu.stats().scans);
+    CHECK(gpu.stats().tokens_retrieved == cpu.stats().tokens_retrieved);
+    for (uint32_t l = 0; l < kShape.num_layers; ++l)
+      CHECK(torch::equal(got[l].cpu(), want[l].cpu()));
+    bytes[norms ? 0 : 1] = gpu.device_bytes();
   }
-  o.gpu_scan = false;
-  TieredCache cpu(kShape, o, torch::kCUDA, torch::kFloat32);
-  CHECK_FALSE(cpu.scans_on_gpu());
-  const auto got = Run(gpu, steps), want = Run(cpu, steps);
-  CHECK(gpu.stats().scans == cpu.stats().scans);
-  CHECK(gpu.stats().tokens_retrieved == cpu.stats().tokens_retrieved);
-  for (uint32_t l = 0; l < kShape.num_layers; ++l) CHECK(torch::equal(got[l].cpu(), want[l].cpu()));
+  MESSAGE("cache on the GPU: " << bytes[0] << " bytes with key norms, " << bytes[1] << " without");
+  CHECK(bytes[1] < bytes[0]);
 }
 
 TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
@@ -353,6 +362,7 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
   TieredCacheOptions o = SmallGpuOptions();
   o.prefill_block = 16;  // chunks of 100: blocks of 16 (the last one short), then 64 one by one
   o.max_cold_tokens = 4096;
+  o.reserve_cold_tokens = 3000;  // the index reserved up front: the same answers
   TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
   if (!gpu.cold_on_gpu()) {
     MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
