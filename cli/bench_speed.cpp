@@ -197,6 +197,7 @@ int Run(const Options& o) {
   probe_options.archive.clear();
   probe_options.full_cache = true;
   probe_options.device = "cpu";
+  probe_options.cuda_graphs = false;
   auto probe = Session::Open(probe_options);
   if (!probe.ok()) return Fail("cannot load the model: " + probe.status().ToString());
   const uint64_t max_context = o.contexts.back();
