@@ -197,7 +197,6 @@ int Run(const Options& o) {
   probe_options.archive.clear();
   probe_options.full_cache = true;
   probe_options.device = "cpu";
-  probe_options.cuda_graphs = false;
   auto probe = Session::Open(probe_options);
   if (!probe.ok()) return Fail("cannot load the model: " + probe.status().ToString());
   const uint64_t max_context = o.contexts.back();
@@ -298,8 +297,8 @@ void SetupBenchSpeed(CLI::App& bench) {
   sub->add_option("--device", s.device, "cpu or cuda")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  sub->add_flag("--cuda-graphs", s.cuda_graphs,
-                "Decode steps replay CUDA graphs of the model's operations (both arms)");
+  sub->add_flag("!--no-cuda-graphs", s.cuda_graphs,
+                "Decode steps run eagerly, not as CUDA graph replays (both arms)");
   sub->add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half)")
       ->capture_default_str();
   sub->add_option("--chunk", s.chunk_tokens, "Prefill chunk")->capture_default_str();

@@ -57,8 +57,8 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
   sub.add_flag("--full-cache", s.full_cache, "Keep every token exact, no archive (the baseline)");
   sub.add_option("--device", s.device, "cpu or cuda")->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  sub.add_flag("--cuda-graphs", s.cuda_graphs,
-               "With --device cuda: decode steps replay CUDA graphs of the model's operations");
+  sub.add_flag("!--no-cuda-graphs", s.cuda_graphs,
+               "With --device cuda: decode steps run eagerly, not as CUDA graph replays");
   sub.add_option("--threads", s.threads, "CPU threads (0: 1 on <= 2 cores, else half of them)")
       ->capture_default_str();
   sub.add_flag("-q,--quiet", f.quiet, "No progress bar and no summary line");

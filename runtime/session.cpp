@@ -76,7 +76,8 @@ Result<std::unique_ptr<Session>> Session::Open(const SessionOptions& options) {
   const c10::Device device(options.device == "cuda" ? c10::kCUDA : c10::kCPU);
   auto model = LlamaModel::Load(options.model_dir, device, DefaultDtype(device));
   if (!model.ok()) return model.status();
-  if (options.cuda_graphs) KIV_RETURN_IF_ERROR(model.value()->EnableDecodeGraphs(true));
+  if (options.cuda_graphs && device.is_cuda())
+    KIV_RETURN_IF_ERROR(model.value()->EnableDecodeGraphs(true));
   Impl& m = *s->impl_;
   m.model = std::move(model.value());
   const ModelConfig& c = m.model->config();

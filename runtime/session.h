@@ -29,7 +29,9 @@ struct SessionOptions {
   uint32_t chunk_tokens = 1024;  // prefill chunk: retrieval stays active inside long prompts
   SamplerOptions sampler;
   std::string device = "cpu";    // "cpu" or "cuda"
-  bool cuda_graphs = false;      // decode steps replay CUDA graphs (LlamaModel::EnableDecodeGraphs)
+  // On CUDA, decode steps replay CUDA graphs of the model's operations
+  // (LlamaModel::EnableDecodeGraphs: the eager path's logits bit for bit, ~2.5x faster on an H100).
+  bool cuda_graphs = true;
   // CPU threads for LibTorch; 0 picks: 1 on machines with at most 2 cores (there, a second
   // OpenMP thread spin-waits against everything else and decode ran 40x slower: 0.5 against
   // 23 tokens/s), else half the cores.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs THERE, on the GPU machine, after tools/gpu/device_setup.sh: checks that decode steps
-# replaying CUDA graphs (`--cuda-graphs`, LlamaModel::EnableDecodeGraphs) compute what the eager
-# path computes, and times both.
+# replaying CUDA graphs (the default on CUDA; `--no-cuda-graphs` runs them eagerly) compute what
+# the eager path computes, and times both.
 #
 #   bash tools/gpu/graph_check.sh MODEL_DIR     # SmolLM2, or random weights of a shape
 #
@@ -29,7 +29,7 @@ grep -E "MESSAGE|ERROR|CHECK|test cases" "$work/test.log" | tail -12
 
 head -c 12000 "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
 for mode in eager graphs; do
-  flag=""; [ "$mode" = graphs ] && flag="--cuda-graphs"
+  flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
   # shellcheck disable=SC2086
   "$B/cli/kiv" run --model "$MODEL" --device cuda $flag --prompt-file "$work/prompt.txt" \
     --max-new 48 --logits-out "$work/logits-$mode.bin" "Who is Emma?" \
@@ -44,7 +44,7 @@ fi
 cmp -s "$work/answer-eager.txt" "$work/answer-graphs.txt" || { echo "graphs: answers differ"; status=1; }
 
 for mode in eager graphs; do
-  flag=""; [ "$mode" = graphs ] && flag="--cuda-graphs"
+  flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
   # shellcheck disable=SC2086
   "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,32768 --full-max 4096 --no-reopen \
     $flag --dir "$work/speed" --out "$OUTDIR/speed-$mode.json" 2>"$work/speed-$mode.log" ||
