@@ -153,9 +153,14 @@ fi
 # --- tokenizer: SmolLM2's tokenizer and config alone (3.5 MB), so a single call
 # can measure speed on random weights of its shape (tools/gpu/speed.sh) ---------------------------
 mkdir -p "$G/tokenizer"
+if [ ! -f "$CACHE/models/$MODEL_NAME/tokenizer.json" ]; then
+  say "tokenizer: the model is not converted in $CACHE/models yet; fetching it (tools/model/fetch_model.sh)"
+  bash tools/model/fetch_model.sh "$CACHE" || die "fetch_model.sh failed: .gpu/tokenizer would be empty"
+fi
 for f in tokenizer.json tokenizer_config.json config.json generation_config.json chat_template.jinja; do
   [ -f "$CACHE/models/$MODEL_NAME/$f" ] && cp "$CACHE/models/$MODEL_NAME/$f" "$G/tokenizer/"
 done
+[ -f "$G/tokenizer/tokenizer.json" ] || die "no tokenizer.json in $CACHE/models/$MODEL_NAME"
 say "tokenizer: .gpu/tokenizer ($(du -sh "$G/tokenizer" | cut -f1))"
 
 # --- sizes: what each of the two `run` calls carries --------------------------------------------
