@@ -469,13 +469,20 @@ TEST_CASE("FullCache grows by doubling and keeps every key in order") {
   CHECK(cache.length() == cache.keys(0).size(1));
 }
 
-TEST_CASE("tiny Llama3 / Qwen2 / Mistral models match transformers, whole and chunked") {
+// The tiny reference models (made once by tools/model/reference_logits.py), or "" with a
+// message when they cannot be made here.
+static std::string TinyReferenceRoot() {
   const std::string root = CacheDir() + "/reference/tiny";
-  if (!EnsureReference(root + "/tiny-mistral/reference.json", "tiny --out '" + root + "'")) {
-    MESSAGE("skipped: no tiny reference models in " << root
-                                                    << " and python3 with transformers is absent");
-    return;
-  }
+  if (EnsureReference(root + "/tiny-mistral/reference.json", "tiny --out '" + root + "'"))
+    return root;
+  MESSAGE("skipped: no tiny reference models in " << root
+                                                  << " and python3 with transformers is absent");
+  return "";
+}
+
+TEST_CASE("tiny Llama3 / Qwen2 / Mistral models match transformers, whole and chunked") {
+  const std::string root = TinyReferenceRoot();
+  if (root.empty()) return;
   for (const std::string name : {"tiny-llama3", "tiny-qwen2", "tiny-mistral"}) {
     CAPTURE(name);
     const std::string dir = root + "/" + name;
@@ -494,12 +501,8 @@ TEST_CASE("tiny Llama3 / Qwen2 / Mistral models match transformers, whole and ch
 }
 
 TEST_CASE("decode steps replaying CUDA graphs give the eager path's logits bit for bit") {
-  const std::string root = CacheDir() + "/reference/tiny";
-  if (!EnsureReference(root + "/tiny-mistral/reference.json", "tiny --out '" + root + "'")) {
-    MESSAGE("skipped: no tiny reference models in " << root
-                                                    << " and python3 with transformers is absent");
-    return;
-  }
+  const std::string root = TinyReferenceRoot();
+  if (root.empty()) return;
   {
     auto cpu = kiv::LlamaModel::Load(root + "/tiny-llama3", torch::kCPU, torch::kFloat);
     REQUIRE_MESSAGE(cpu.ok(), cpu.status().ToString());
