@@ -53,29 +53,41 @@ Grid MakeGrid(const float* x, uint32_t bits) {
   return g;
 }
 
+// x rounded to the nearest integer, ties to even: std::nearbyint in the default rounding mode,
+// without its library call (it saves and restores the floating-point environment). Adding
+// 1.5 · 2^23 leaves a float whose unit in the last place is 1, so the add rounds; below 2^22 in
+// magnitude that is exact, beyond it x is an integer already.
+float RoundHalfEven(float x) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 · 2^23
+  return std::fabs(x) < 4194304.0f ? (x + kMagic) - kMagic : x;
+}
+
 // Little-endian bit stream: element i occupies bits [i · bits, (i + 1) · bits) of `out`.
 void Pack(const float* x, const Grid& g, uint32_t bits, uint8_t* out) {
   const uint32_t top = (1u << bits) - 1;
-  std::memset(out, 0, kRecordDim * bits / 8);
+  uint64_t acc = 0;  // bits not yet written, lowest first
+  uint32_t held = 0;
   for (uint32_t i = 0; i < kRecordDim; ++i) {
     uint32_t q = 0;
     if (g.scale > 0.0f) {
-      const float t = std::nearbyint((x[i] - g.min) / g.scale);  // ties to even (default mode)
+      const float t = RoundHalfEven((x[i] - g.min) / g.scale);
       q = static_cast<uint32_t>(std::clamp(t, 0.0f, static_cast<float>(top)));
     }
-    const uint32_t bit = i * bits;
-    for (uint32_t b = 0; b < bits; ++b)
-      if (q & (1u << b)) out[(bit + b) / 8] |= uint8_t(1u << ((bit + b) % 8));
+    acc |= uint64_t{q} << held;
+    for (held += bits; held >= 8; held -= 8, acc >>= 8) *out++ = uint8_t(acc);
   }
 }
 
 void Unpack(const uint8_t* in, uint16_t scale_h, uint16_t min_h, uint32_t bits, float* x) {
   const float scale = HalfToFloat(scale_h), min = HalfToFloat(min_h);
+  const uint32_t mask = (1u << bits) - 1;
+  uint64_t acc = 0;  // bits read, not yet used, lowest first
+  uint32_t held = 0;
   for (uint32_t i = 0; i < kRecordDim; ++i) {
-    const uint32_t bit = i * bits;
-    uint32_t q = 0;
-    for (uint32_t b = 0; b < bits; ++b) q |= uint32_t((in[(bit + b) / 8] >> ((bit + b) % 8)) & 1) << b;
-    x[i] = min + static_cast<float>(q) * scale;
+    for (; held < bits; held += 8) acc |= uint64_t{*in++} << held;
+    x[i] = min + static_cast<float>(uint32_t(acc) & mask) * scale;
+    acc >>= bits;
+    held -= bits;
   }
 }
 

@@ -24,12 +24,15 @@ class SignatureProjection {
   // `centre` may be null (no centring). Queries are signed without a centre: q·(k − μ) ranks
   // keys exactly as q·k does, since q·μ is the same for every key.
   void Sign(const float* x, const float* centre, uint64_t* out) const;
+  // The same bits, one row at a time (the plain loop Sign is tested against).
+  void SignReference(const float* x, const float* centre, uint64_t* out) const;
 
  private:
   uint64_t seed_;
   uint32_t bits_;
   uint32_t dim_;
   std::vector<float> matrix_;
+  std::vector<float> columns_;  // the matrix column-major, [dim][bits]: Sign's layout
 };
 
 // SplitMix64 step: the generator behind the projection (and the tests' data).

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -117,4 +118,71 @@ TEST_CASE("a constant vector and huge values are stored without NaN") {
     }
     if (!c.rotate) for (int i = 0; i < 64; ++i) CHECK(kd[i] == 3.0f);
   }
+}
+
+namespace {
+// The plain per-bit forms of the codec's packing, as first written: element i's q in bits
+// [i · bits, (i + 1) · bits) of a little-endian stream, q = nearbyint((x − min) / scale) clamped.
+std::vector<uint8_t> PackReference(const float* x, uint16_t scale_h, uint16_t min_h, uint32_t bits) {
+  const float scale = HalfToFloat(scale_h), min = HalfToFloat(min_h);
+  const uint32_t top = (1u << bits) - 1;
+  std::vector<uint8_t> out(64 * bits / 8, 0);
+  for (uint32_t i = 0; i < 64; ++i) {
+    uint32_t q = 0;
+    if (scale > 0.0f)
+      q = static_cast<uint32_t>(std::clamp(std::nearbyint((x[i] - min) / scale), 0.0f, float(top)));
+    for (uint32_t b = 0; b < bits; ++b)
+      if (q & (1u << b)) out[(i * bits + b) / 8] |= uint8_t(1u << ((i * bits + b) % 8));
+  }
+  return out;
+}
+
+void UnpackReference(const uint8_t* in, uint16_t scale_h, uint16_t min_h, uint32_t bits, float* x) {
+  const float scale = HalfToFloat(scale_h), min = HalfToFloat(min_h);
+  for (uint32_t i = 0; i < 64; ++i) {
+    uint32_t q = 0;
+    for (uint32_t b = 0; b < bits; ++b)
+      q |= uint32_t((in[(i * bits + b) / 8] >> ((i * bits + b) % 8)) & 1) << b;
+    x[i] = min + static_cast<float>(q) * scale;
+  }
+}
+}  // namespace
+
+TEST_CASE("packing and unpacking equal the per-bit reference, for every codec") {
+  uint64_t state = 17;
+  int records = 0;
+  for (const RecordCodec& c : kCodecs) {
+    CAPTURE(c.key_bits);
+    CAPTURE(c.rotate);
+    const uint32_t kb = 64 * c.key_bits / 8, vb = 64 * c.value_bits / 8;
+    for (int trial = 0; trial < 500; ++trial) {
+      float k[64], v[64];
+      // Scales from tiny to large, and values on exact grid points (ties to even matter).
+      RandomVector(&state, k, trial % 3 == 0 ? 1e-3f : trial % 3 == 1 ? 8.0f : 3000.0f);
+      RandomVector(&state, v, trial % 2 ? 0.5f : 40.0f);
+      if (trial % 5 == 0)
+        for (int i = 0; i < 64; ++i) v[i] = float(i % 7) * 0.5f;
+      uint8_t rec[kRecordBytes];
+      c.Encode(k, v, rec);
+      float kr[64];
+      std::memcpy(kr, k, sizeof kr);
+      if (c.rotate) Hadamard64(kr);
+      auto load16 = [&](size_t at) { return uint16_t(rec[at] | rec[at + 1] << 8); };
+      const std::vector<uint8_t> want_k = PackReference(kr, load16(kb), load16(kb + 2), c.key_bits);
+      const std::vector<uint8_t> want_v =
+          PackReference(v, load16(kb + 4 + vb), load16(kb + 4 + vb + 2), c.value_bits);
+      CHECK(std::memcmp(rec, want_k.data(), kb) == 0);
+      CHECK(std::memcmp(rec + kb + 4, want_v.data(), vb) == 0);
+      float got_k[64], got_v[64], ref_k[64], ref_v[64];
+      c.DecodeStoredKey(rec, got_k);
+      c.DecodeValue(rec, got_v);
+      UnpackReference(rec, load16(kb), load16(kb + 2), c.key_bits, ref_k);
+      UnpackReference(rec + kb + 4, load16(kb + 4 + vb), load16(kb + 4 + vb + 2), c.value_bits,
+                      ref_v);
+      CHECK(std::memcmp(got_k, ref_k, sizeof got_k) == 0);
+      CHECK(std::memcmp(got_v, ref_v, sizeof got_v) == 0);
+      ++records;
+    }
+  }
+  CHECK(records == 2000);
 }
