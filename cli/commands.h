@@ -17,6 +17,7 @@ void SetupChat(CLI::App& app);
 // Under `kiv bench`.
 void SetupBenchAppend(CLI::App& bench);
 void SetupBenchRecall(CLI::App& bench);
+void SetupBenchCodec(CLI::App& bench);
 void SetupBenchFidelity(CLI::App& bench);  // needs the runtime
 void SetupBenchSpeed(CLI::App& bench);     // needs the runtime
 

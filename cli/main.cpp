@@ -47,6 +47,7 @@ void SetupApp(CLI::App& app) {
   bench->require_subcommand(1);
   kiv::cli::SetupBenchAppend(*bench);
   kiv::cli::SetupBenchRecall(*bench);
+  kiv::cli::SetupBenchCodec(*bench);
 #ifdef KIV_HAVE_RUNTIME
   kiv::cli::SetupBenchFidelity(*bench);
   kiv::cli::SetupBenchSpeed(*bench);

@@ -211,6 +211,20 @@ TEST_CASE("bench append runs and writes a result with its environment") {
   CHECK(archives == 0);  // the benchmark deletes its archive
 }
 
+TEST_CASE("bench codec times every codec and signature width and writes JSON") {
+  TempDir dir;
+  const fs::path result = dir / "codec.json";
+  const Outcome o =
+      RunKiv({"bench", "codec", "--tokens", "200", "--runs", "1", "--out", result.string()});
+  INFO(o.all());
+  CHECK(o.code == 0);
+  const std::string json = ReadFile(result);
+  for (const char* key : {"\"encode_us\"", "\"decode_us\"", "\"sign_reference_us\"", "\"environment\""})
+    CHECK(json.find(key) != std::string::npos);
+  CHECK(o.all().find("K6V6, rotated keys") != std::string::npos);
+  CHECK(RunKiv({"bench", "codec", "--tokens", "0"}).code != 0);  // refused by name
+}
+
 TEST_CASE("JSON strings are escaped and always valid UTF-8") {
   using kiv::cli::JsonQuote;
   CHECK(JsonQuote("plain") == "\"plain\"");
