@@ -37,39 +37,76 @@ SignatureProjection::SignatureProjection(uint64_t seed, uint32_t bits, uint32_t 
       columns_[std::size_t{j} * bits + i] = matrix_[std::size_t{i} * dim + j];
 }
 
-void SignatureProjection::Sign(const float* x, const float* centre, uint64_t* out) const {
-  float centred[1024];
-  assert(dim_ <= 1024);
-  for (uint32_t j = 0; j < dim_; ++j) centred[j] = centre ? x[j] - centre[j] : x[j];
-  for (uint32_t w = 0; w < words(); ++w) out[w] = 0;
-  // Each row's dot product in index order, as SignReference computes it, but 16 rows at once
-  // from the column-major copy, in four 4-float vectors (GCC/Clang vector extensions: a
-  // separate multiply and add per lane, the reference's operations): one row's serial sum
-  // waits on each add, 8K dependent adds per 128-bit signature.
-  typedef float Floats4 __attribute__((vector_size(16)));
-  constexpr uint32_t kLanes = 16;
-  for (uint32_t i0 = 0; i0 < bits_; i0 += kLanes) {
-    Floats4 dot[4] = {};
-    for (uint32_t j = 0; j < dim_; ++j) {
-      const float* col = columns_.data() + std::size_t{j} * bits_ + i0;
-      const float xj = centred[j];
-      const Floats4 xs = {xj, xj, xj, xj};
-      for (uint32_t v = 0; v < 4; ++v) {
-        Floats4 c;
-        std::memcpy(&c, col + 4 * v, sizeof c);
-        dot[v] += c * xs;
+namespace {
+
+// Each row's dot product in index order, as SignReference computes it, but kLanes rows at once
+// from the column-major copy, in vectors of W floats (GCC/Clang vector extensions: a separate
+// multiply and add per lane, the reference's operations, never fused): one row's serial sum
+// waits on each add, 8K dependent adds per 128-bit signature.
+typedef float Floats4 __attribute__((vector_size(16)));
+typedef float Floats8 __attribute__((vector_size(32)));
+
+template <typename Floats>
+__attribute__((always_inline)) inline void SignColumns(const float* columns, uint32_t bits,
+                                                       uint32_t dim, const float* x,
+                                                       uint64_t* out) {
+  constexpr uint32_t W = sizeof(Floats) / sizeof(float), kLanes = 16, kVectors = kLanes / W;
+  for (uint32_t i0 = 0; i0 < bits; i0 += kLanes) {
+    Floats dot[kVectors] = {};
+    for (uint32_t j = 0; j < dim; ++j) {
+      const float* col = columns + std::size_t{j} * bits + i0;
+      const float xj = x[j];
+      for (uint32_t v = 0; v < kVectors; ++v) {
+        Floats c;
+        std::memcpy(&c, col + W * v, sizeof c);
+        dot[v] += c * xj;
       }
     }
     for (uint32_t l = 0; l < kLanes; ++l)
-      if (dot[l / 4][l % 4] > 0.0f) out[(i0 + l) / 64] |= uint64_t{1} << ((i0 + l) % 64);
+      if (dot[l / W][l % W] > 0.0f) out[(i0 + l) / 64] |= uint64_t{1} << ((i0 + l) % 64);
   }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// 8-float vectors where the CPU has AVX (not FMA: products and sums stay separate roundings).
+__attribute__((target("avx"))) void SignColumnsAvx(const float* columns, uint32_t bits,
+                                                   uint32_t dim, const float* x, uint64_t* out) {
+  SignColumns<Floats8>(columns, bits, dim, x, out);
+}
+bool HaveAvx() {
+  static const bool have = __builtin_cpu_supports("avx");
+  return have;
+}
+#endif
+
+}  // namespace
+
+// x − centre (or x) into centred[dim], and out[words] cleared.
+void SignatureProjection::Start(const float* x, const float* centre, float* centred,
+                                uint64_t* out) const {
+  assert(dim_ <= 1024);
+  for (uint32_t j = 0; j < dim_; ++j) centred[j] = centre ? x[j] - centre[j] : x[j];
+  for (uint32_t w = 0; w < words(); ++w) out[w] = 0;
+}
+
+void SignatureProjection::Sign(const float* x, const float* centre, uint64_t* out) const {
+  float centred[1024];
+  Start(x, centre, centred, out);
+#if defined(__x86_64__) || defined(__i386__)
+  if (HaveAvx()) return SignColumnsAvx(columns_.data(), bits_, dim_, centred, out);
+#endif
+  SignColumns<Floats4>(columns_.data(), bits_, dim_, centred, out);
+}
+
+void SignatureProjection::SignPortable(const float* x, const float* centre, uint64_t* out) const {
+  float centred[1024];
+  Start(x, centre, centred, out);
+  SignColumns<Floats4>(columns_.data(), bits_, dim_, centred, out);
 }
 
 void SignatureProjection::SignReference(const float* x, const float* centre, uint64_t* out) const {
   float centred[1024];
-  assert(dim_ <= 1024);
-  for (uint32_t j = 0; j < dim_; ++j) centred[j] = centre ? x[j] - centre[j] : x[j];
-  for (uint32_t w = 0; w < words(); ++w) out[w] = 0;
+  Start(x, centre, centred, out);
   for (uint32_t i = 0; i < bits_; ++i) {
     const float* row = matrix_.data() + std::size_t{i} * dim_;
     float dot = 0.0f;

@@ -24,10 +24,14 @@ class SignatureProjection {
   // `centre` may be null (no centring). Queries are signed without a centre: q·(k − μ) ranks
   // keys exactly as q·k does, since q·μ is the same for every key.
   void Sign(const float* x, const float* centre, uint64_t* out) const;
-  // The same bits, one row at a time (the plain loop Sign is tested against).
+  // The same bits, one row at a time (the plain loop Sign is tested against), and with 4-float
+  // vectors whatever the CPU (what Sign runs where it has no AVX).
   void SignReference(const float* x, const float* centre, uint64_t* out) const;
+  void SignPortable(const float* x, const float* centre, uint64_t* out) const;
 
  private:
+  void Start(const float* x, const float* centre, float* centred, uint64_t* out) const;
+
   uint64_t seed_;
   uint32_t bits_;
   uint32_t dim_;
