@@ -90,12 +90,14 @@ void SignatureProjection::Start(const float* x, const float* centre, float* cent
 }
 
 void SignatureProjection::Sign(const float* x, const float* centre, uint64_t* out) const {
-  float centred[1024];
-  Start(x, centre, centred, out);
 #if defined(__x86_64__) || defined(__i386__)
-  if (HaveAvx()) return SignColumnsAvx(columns_.data(), bits_, dim_, centred, out);
+  if (HaveAvx()) {
+    float centred[1024];
+    Start(x, centre, centred, out);
+    return SignColumnsAvx(columns_.data(), bits_, dim_, centred, out);
+  }
 #endif
-  SignColumns<Floats4>(columns_.data(), bits_, dim_, centred, out);
+  SignPortable(x, centre, out);
 }
 
 void SignatureProjection::SignPortable(const float* x, const float* centre, uint64_t* out) const {
