@@ -174,14 +174,11 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, c10
   return m;
 }
 
-// cos and sin [n, d] in the run dtype for positions [first_position, first_position + n), as
+// cos and sin [n, d] in the run dtype for `positions` [n] (int64 on device_), as
 // LlamaRotaryEmbedding.forward: angles inv_freq x position in float32 (an outer product equals
 // its one-term matmul exactly), cat(freqs, freqs), cos/sin in float32, then the cast.
-at::Tensor LlamaModel::RopeCosSin(int64_t first_position, int64_t n, at::Tensor* sin) const {
-  at::Tensor positions =
-      at::arange(first_position, first_position + n, at::TensorOptions(device_).dtype(at::kLong))
-          .to(at::kFloat);
-  at::Tensor freqs = at::outer(positions, inv_freq_);
+at::Tensor LlamaModel::RopeCosSin(const at::Tensor& positions, at::Tensor* sin) const {
+  at::Tensor freqs = at::outer(positions.to(at::kFloat), inv_freq_);
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   *sin = emb.sin().to(dtype_);
   return emb.cos().to(dtype_);
@@ -228,7 +225,9 @@ at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cach
   at::Tensor ids = at::tensor(tokens, at::kLong).to(device_);
   at::Tensor h = at::embedding(embed_, ids);  // [n, hidden]
   at::Tensor sin;
-  at::Tensor cos = RopeCosSin(first_position, n, &sin);
+  at::Tensor cos = RopeCosSin(
+      at::arange(first_position, first_position + n, at::TensorOptions(device_).dtype(at::kLong)),
+      &sin);
   for (int64_t i = 0; i < config_.num_layers; ++i) {
     at::Tensor q, k, v;
     QkvBlock(i, h, cos, sin, &q, &k, &v);
@@ -255,10 +254,9 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
   auto segment = [this, L](DecodeGraphs& g, int64_t s) {
     if (s == 0) {
       g.h.copy_(at::embedding(embed_, g.ids));
-      at::Tensor freqs = at::outer(g.pos.to(at::kFloat), inv_freq_);
-      at::Tensor emb = at::cat({freqs, freqs}, -1);
-      g.sin.copy_(emb.sin().to(dtype_));
-      g.cos.copy_(emb.cos().to(dtype_));
+      at::Tensor sin;
+      g.cos.copy_(RopeCosSin(g.pos, &sin));
+      g.sin.copy_(sin);
     } else {
       g.h.copy_(AfterAttention(s - 1, g.h, g.attn[size_t(s - 1)]));
     }

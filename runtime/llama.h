@@ -73,7 +73,7 @@ class LlamaModel {
  private:
   struct Layer;
   LlamaModel(ModelConfig config, c10::Device device, at::ScalarType dtype);
-  at::Tensor RopeCosSin(int64_t first_position, int64_t n, at::Tensor* sin) const;
+  at::Tensor RopeCosSin(const at::Tensor& positions, at::Tensor* sin) const;
   // The pieces of a layer around the cache's Attend, shared by the eager and the graphed paths.
   // h: [n, hidden]; q [H_q, n, d], k and v [H_kv, n, d] after RoPE.
   void QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
