@@ -236,6 +236,14 @@ void TieredCache::ColdKeysValues(int64_t layer, uint32_t head, const std::vector
   }
 }
 
+// The seeded offset in [0, 1) of a systematic tail sample, fixed by (layer, kv-head, position)
+// so that a resumed session draws the same sample.
+double TieredCache::SampleOffset(int64_t layer, uint32_t head, int64_t position) const {
+  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
+                   uint64_t(position);
+  return double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+}
+
 // The attention of the group's queries qb [g, m, d] over a sample of the cold tokens that
 // `picked` does not hold, each standing for rest / tail_samples of them: a systematic sample (one
 // random offset, then evenly spaced in token order, so every stretch of the context is
@@ -253,9 +261,7 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
             torch::full({g, m}, -INFINITY, torch::kFloat32)};
   if (rest > samples && tail_log_mass_.size() == n)
     return ImportanceTail(layer, head, qb, picked, position);
-  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
-                   uint64_t(position);
-  const double u = double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+  const double u = SampleOffset(layer, head, position);
   // Strata of unpicked ranks: [0, older) and, with tail_recent, the most recent [older, rest),
   // which gets half the samples (all its tokens when they fit); each a systematic sample.
   const uint64_t recent = std::min<uint64_t>(options_.tail_recent, rest), older = rest - recent;
@@ -320,9 +326,7 @@ PartialAttention TieredCache::ImportanceTail(int64_t layer, uint32_t head, const
   double total = 0;
   for (size_t i = 0; i < unpicked.size(); ++i)
     cumulative[i] = total += std::exp(tail_log_mass_[unpicked[i]] - top);
-  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
-                   uint64_t(position);
-  const double u = double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+  const double u = SampleOffset(layer, head, position);
   std::vector<uint32_t> tokens;
   std::vector<float> bias;
   size_t i = 0;

@@ -86,6 +86,7 @@ class TieredCache : public KvCache {
   void Summarize(uint32_t layer, uint32_t head, uint64_t token, const uint8_t* record);
   void ColdKeysValues(int64_t layer, uint32_t head, const std::vector<uint32_t>& tokens,
                       torch::Tensor* ks, torch::Tensor* vs) const;
+  double SampleOffset(int64_t layer, uint32_t head, int64_t position) const;
   PartialAttention TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                  std::vector<uint32_t> picked, int64_t position);
   PartialAttention BiasedAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
