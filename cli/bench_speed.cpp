@@ -89,6 +89,7 @@ struct Point {
   uint64_t host_rss = 0;
   uint64_t archive_bytes = 0;
   uint64_t cold_tokens = 0;
+  uint64_t whole_step_captures = 0;  // so far in the arm: 0 when no step ran as one graph
 };
 
 // Grows one session through the contexts; false after saying why.
@@ -149,10 +150,13 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.host_rss = HostRss();
     p.archive_bytes = st.archive_bytes;
     p.cold_tokens = st.cold_tokens;
+    p.whole_step_captures = st.whole_step_captures;
     std::cerr << label << ": " << context << " tokens: prefill " << prefill_s << " s, decode "
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
               << " tokens/s)";
     if (p.gpu_used_bytes > 0) std::cerr << ", GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use";
+    if (p.whole_step_captures > 0)
+      std::cerr << ", whole-step graphs captured " << p.whole_step_captures;
     std::cerr << '\n';
     points->push_back(p);
   }
@@ -174,7 +178,7 @@ void WritePoints(JsonWriter& w, const std::vector<Point>& points) {
     w.Field("decode_tok_s", 1e3 / p.decode_ms_median).Field("decode_steps", p.steps);
     w.Field("gpu_used_bytes", p.gpu_used_bytes).Field("cache_device_bytes", p.cache_device_bytes);
     w.Field("host_rss_bytes", p.host_rss).Field("archive_bytes", p.archive_bytes);
-    w.Field("cold_tokens", p.cold_tokens);
+    w.Field("cold_tokens", p.cold_tokens).Field("whole_step_captures", p.whole_step_captures);
     if (p.cold_tokens > 0)
       w.Field("archive_bytes_per_cold_token", double(p.archive_bytes) / double(p.cold_tokens));
     w.EndObject();

@@ -80,6 +80,14 @@ struct ProblemChunk {
   uint32_t first;  // global index of problems[0]
 };
 
+// The tokens of every problem: `stride` (the capacity the launch is sized for, and the scores'
+// row stride), or *device when set (read as the kernel runs: a captured launch follows the count).
+struct TokenCount {
+  uint32_t stride;
+  const uint32_t* device;
+  __device__ __forceinline__ uint32_t Get() const { return device ? min(*device, stride) : stride; }
+};
+
 uint32_t TilesPerProblem(uint32_t n) { return (n + kTileTokens - 1) / kTileTokens; }
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -214,8 +222,9 @@ __device__ __forceinline__ void ScoreBatch(const float* table, const SignatureBa
 // mode. Dynamic shared memory: the table [kWords * 8][256] float, then kBins0 uint32 bins.
 template <uint32_t kWords>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
-    AsymScanKernel(const __grid_constant__ ProblemChunk chunk, uint32_t n, uint32_t c,
+    AsymScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
                    float* scores, Workspace ws) {
+  const uint32_t n = tokens.Get();
   constexpr uint32_t kEntries = kWords * 8 * 256;
   extern __shared__ float smem[];
   float* table = smem;
@@ -223,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   const ScanProblem pr = chunk.problems[blockIdx.y];
   const uint32_t p = chunk.first + blockIdx.y;
   const bool has_norms = pr.norms != nullptr;
-  float* out = scores + size_t{p} * n;
+  float* out = scores + size_t{p} * tokens.stride;
   const uint32_t step = gridDim.x * kThreads * kScanUnroll<kWords>;
   uint32_t base = blockIdx.x * kThreads * kScanUnroll<kWords> + threadIdx.x;
   SignatureBatch<kWords> batch;
@@ -259,7 +268,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 // Large mode: histogram of the next key bits among the scores whose higher bits equal the chosen
 // prefix; the last block chooses the bin.
 template <uint32_t kLevel>
-__device__ void HistPass(uint32_t p, uint32_t n, const float* scores, const Workspace& ws) {
+__device__ void HistPass(uint32_t p, uint32_t n, uint32_t stride, const float* scores,
+                         const Workspace& ws) {
   constexpr uint32_t kBins = kLevel == 1 ? kBins1 : kBins2;
   constexpr uint32_t kShift = kLevel == 1 ? 10 : 0;   // of this level's bits
   constexpr uint32_t kFixed = kLevel == 1 ? 21 : 10;  // key >> kFixed must match
@@ -268,7 +278,7 @@ __device__ void HistPass(uint32_t p, uint32_t n, const float* scores, const Work
   const uint32_t want = state->prefix >> kFixed;
   for (uint32_t i = threadIdx.x; i < kBins; i += kThreads) hist[i] = 0;
   __syncthreads();
-  const float* in = scores + size_t{p} * n;
+  const float* in = scores + size_t{p} * stride;
   const uint32_t step = gridDim.x * kThreads * kUnroll;
   for (uint32_t base = blockIdx.x * kThreads * kUnroll + threadIdx.x; base < n; base += step) {
     float s[kUnroll];
@@ -356,6 +366,9 @@ __device__ uint32_t CompactTile(uint32_t n, const float* scores, uint32_t key_k,
   if (threadIdx.x == 0) tile_shared = atomicAdd(tile_next, 1u);
   __syncthreads();
   const uint32_t tile = tile_shared, base = tile * kTileTokens;
+  // Tiles past the tokens held (a launch sized for capacity): none of the tiles before it waits
+  // on it, so it has nothing to publish.
+  if (base >= n) return tile;
   float s[kTileItems];
   Load(storage.load).Load(scores + base, s, int(min(kTileTokens, n - base)), 0.0f);
   uint32_t above = 0, equal = 0;  // this thread's items are base + threadIdx.x * kTileItems + j
@@ -451,25 +464,27 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
 
 // Grid (tiles_per_problem, problems).
 __global__ void __launch_bounds__(kThreads)
-    Pass1Kernel(uint32_t first, uint32_t n, const float* scores, Workspace ws) {
-  const uint32_t p = first + blockIdx.y;
+    Pass1Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores, Workspace ws) {
+  const uint32_t p = first + blockIdx.y, n = tokens.Get();
+  if (c >= n) return;  // AsymScan chose "take all": the compaction alone
   PassState* state = &ws.states[p];
   if (state->mode == kModeLarge) {
-    HistPass<1>(p, n, scores, ws);
+    HistPass<1>(p, n, tokens.stride, scores, ws);
     return;
   }
   // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it.
-  CompactTile(n, scores + size_t{p} * n, state->prefix, ~0u,
+  CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
               ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
               ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
 }
 
 __global__ void __launch_bounds__(kThreads)
-    Pass2Kernel(uint32_t first, uint32_t n, uint32_t c, const float* scores, uint32_t* selected,
-                uint32_t* counts, Workspace ws) {
-  const uint32_t p = first + blockIdx.y;
+    Pass2Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
+                uint32_t* selected, uint32_t* counts, Workspace ws) {
+  const uint32_t p = first + blockIdx.y, n = tokens.Get();
+  if (c >= n) return;
   if (ws.states[p].mode == kModeLarge) {
-    HistPass<2>(p, n, scores, ws);
+    HistPass<2>(p, n, tokens.stride, scores, ws);
   } else if (blockIdx.x == 0) {
     FinishFromCandidates(p, n, c, ws, selected, counts);
   }
@@ -478,13 +493,13 @@ __global__ void __launch_bounds__(kThreads)
 // Large mode (and c >= n): selected[p][*] = the indices with key > K and the first state.k with
 // key == K, in index order. Grid (tiles_per_problem, problems).
 __global__ void __launch_bounds__(kThreads)
-    CompactKernel(uint32_t first, uint32_t n, uint32_t c, const float* scores, uint32_t* selected,
-                  uint32_t* counts, Workspace ws) {
-  const uint32_t p = first + blockIdx.y;
+    CompactKernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
+                  uint32_t* selected, uint32_t* counts, Workspace ws) {
+  const uint32_t p = first + blockIdx.y, n = tokens.Get();
   PassState* state = &ws.states[p];
   if (state->mode != kModeLarge) return;
   const uint32_t tile =
-      CompactTile(n, scores + size_t{p} * n, state->prefix, state->k, selected + size_t{p} * c,
+      CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, state->k, selected + size_t{p} * c,
                   nullptr, ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
   if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
@@ -531,7 +546,8 @@ int LaunchScan(const ProblemChunk& chunk, uint32_t count, uint32_t blocks, const
                const Workspace& ws, cudaStream_t stream) {
   const size_t smem = (kWords * 8 * 256) * sizeof(float) + kBins0 * sizeof(uint32_t);
   AsymScanKernel<kWords>
-      <<<dim3(blocks, count), kThreads, smem, stream>>>(chunk, a.n, a.c, a.scores, ws);
+      <<<dim3(blocks, count), kThreads, smem, stream>>>(chunk, TokenCount{a.n, a.n_device}, a.c,
+                                                        a.scores, ws);
   return int(cudaGetLastError());
 }
 
@@ -591,6 +607,7 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
   const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
+  const TokenCount tokens{a.n, a.n_device};
   for (uint32_t first = 0; first < a.num_problems; first += kMaxChunk) {
     const uint32_t count = std::min(kMaxChunk, a.num_problems - first);
     ProblemChunk chunk{};
@@ -605,16 +622,18 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                    : a.words == 2 ? LaunchScan<2>(chunk, count, scan_blocks, a, ws, stream)
                                   : LaunchScan<4>(chunk, count, scan_blocks, a, ws, stream);
     if (rc != 0) return rc;
-    if (a.c < a.n) {  // else AsymScan's last blocks have set "take all" for the compaction
-      Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, a.n, a.scores,
-                                                                              ws);
+    // With c >= n AsymScan's last blocks set "take all" and the passes return at once; they are
+    // skipped when the host knows it (no n_device).
+    if (a.n_device || a.c < a.n) {
+      Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, tokens, a.c,
+                                                                              a.scores, ws);
       KIV_CUDA_CALL(cudaGetLastError());
-      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, a.n, a.c, a.scores,
+      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c, a.scores,
                                                                      a.selected, a.counts, ws);
       KIV_CUDA_CALL(cudaGetLastError());
     }
     CompactKernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(
-        first, a.n, a.c, a.scores, a.selected, a.counts, ws);
+        first, tokens, a.c, a.scores, a.selected, a.counts, ws);
     KIV_CUDA_CALL(cudaGetLastError());
   }
   return 0;

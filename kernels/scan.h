@@ -56,10 +56,16 @@ struct ScanProblem {
 struct ScanSelectArgs {
   const ScanProblem* problems = nullptr;  // HOST array [num_problems]; read before the call returns
   uint32_t num_problems = 0;              // P, any number (launched in chunks of kMaxChunk)
-  uint32_t n = 0;                         // tokens per problem, < 2^31
+  uint32_t n = 0;                         // tokens per problem, < 2^31; with n_device, the
+                                          // capacity: the most tokens and the scores' row stride
+  // Optional [1] uint32 in device memory: the tokens each problem holds now (≤ n), read by the
+  // kernels when they run, so a launch captured in a CUDA graph stays valid as the cold tier
+  // grows. Null: n tokens.
+  const uint32_t* n_device = nullptr;
   uint32_t words = 2;                     // 64-bit words per signature: 1, 2 or 4
   uint32_t c = 0;                         // how many to keep per problem
-  float* scores = nullptr;                // [P][n] float, device, written (the scan's scores)
+  float* scores = nullptr;                // [P][n] float, device, written (the scan's scores; row
+                                          // stride n, the first *n_device of a row with it)
   uint32_t* selected = nullptr;           // [P][c] uint32, device: min(c, n) ascending indices
   uint32_t* counts = nullptr;             // [P] uint32, device: min(c, n); may be null
   void* workspace = nullptr;              // ScanSelectWorkspaceBytes(P, n) bytes, device
@@ -71,7 +77,8 @@ struct ScanSelectArgs {
 size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n);
 
 // Scan + select for every problem: 4 kernels and one memset on `stream`, no host sync.
-// Entries of `selected` past min(c, n) are left as they were.
+// Entries of `selected` past min(c, n) are left as they were (n: *n_device when given). With
+// n_device the launch shapes depend only on the capacity n, so the call may be captured.
 int ScanSelect(const ScanSelectArgs& args, CUstream_st* stream, std::string* error = nullptr);
 
 }  // namespace kiv::kernels

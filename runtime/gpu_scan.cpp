@@ -18,6 +18,9 @@
 #include "kernels/device.h"
 #include "kernels/scan.h"
 #endif
+#if KIV_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace kiv {
 #ifdef KIV_HAVE_KERNELS
@@ -31,6 +34,16 @@ T* Ptr(const torch::Tensor& t) {
 
 void Check(int err, const std::string& error, const char* what) {
   TORCH_CHECK(err == 0, what, " failed: CUDA error ", err, " ", error);
+}
+
+// LibTorch's current stream, where the tensors around the kernels are read and written (and
+// the one a CUDA graph captures); the legacy default stream without a CUDA LibTorch.
+CUstream_st* CurrentStream() {
+#if KIV_TORCH_CUDA
+  return at::cuda::getCurrentCUDAStream().stream();
+#else
+  return nullptr;
+#endif
 }
 
 }  // namespace
@@ -120,7 +133,7 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
       torch::empty({int64_t(tables), int64_t(bits_ / 8) * 256}, opts.dtype(torch::kFloat32));
   std::string error;
   Check(kernels::BuildScanTables(Ptr<const float>(projection_), bits_, dim_, Ptr<const float>(q), g,
-                                 tables, Ptr<float>(table), nullptr, &error),
+                                 tables, Ptr<float>(table), CurrentStream(), &error),
         error, "BuildScanTables");
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t)
@@ -141,7 +154,7 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
   args.selected = Ptr<uint32_t>(selected);
   args.workspace = workspace.data_ptr();
   args.workspace_bytes = size_t(workspace.numel());
-  Check(kernels::ScanSelect(args, nullptr, &error), error, "ScanSelect");
+  Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   const torch::Tensor host = selected.to(torch::kCPU).contiguous();  // waits for the kernels
   for (uint32_t t = 0; t < tables; ++t) {
     const auto* p = reinterpret_cast<const uint32_t*>(host.data_ptr<int32_t>()) + size_t{t} * c;
@@ -328,14 +341,30 @@ torch::Tensor GpuColdTier::AttendDecode(int64_t layer, const torch::Tensor& q,
       .out.view({Hkv * g, 1, d});
 }
 
+torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Tensor& q,
+                                                  const torch::Tensor& hot_k,
+                                                  const torch::Tensor& hot_v,
+                                                  const DeviceCounts& counts) {
+  const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
+  TORCH_CHECK(q.size(1) == 1, "AttendDecodeCapturable takes one position, not ", q.size(1));
+  TORCH_CHECK(counts.hot && counts.cold, "AttendDecodeCapturable needs both device counts");
+  TORCH_CHECK(index_->size() >= options_.candidates, "a capturable decode step needs at least ",
+              options_.candidates, " cold tokens (C), the index holds ", index_->size());
+  const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts)
+      .out.view({Hkv * g, 1, d});
+}
+
 // queries: [reps][H_kv][G][d] float, contiguous. Problem p = (rep, kv-head) re-ranks with its G
 // queries; per_query: each of them first scans on its own (G = g), else their sum scans once.
 PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
                                        uint32_t G, bool per_query, const torch::Tensor* hot_k,
-                                       const torch::Tensor* hot_v) {
+                                       const torch::Tensor* hot_v, const DeviceCounts* dc) {
 #ifdef KIV_HAVE_KERNELS
   const uint32_t Hkv = shape_.num_kv_heads, d = shape_.head_dim, bits = options_.signature_bits;
   const uint32_t P = reps * Hkv, n = uint32_t(index_->size());
+  // With device counts the scan is sized for the index's capacity and reads the count there.
+  const uint32_t scan_n = dc ? uint32_t(index_->capacity()) : n;
   const uint32_t tables = per_query ? P * G : P;
   const uint32_t c = std::min<uint32_t>(
       n, per_query ? (options_.candidates + G - 1) / G : options_.candidates);
@@ -345,7 +374,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   torch::Tensor table = torch::empty({int64_t(tables), int64_t(bits / 8) * 256}, f32);
   Check(kernels::BuildScanTables(Ptr<const float>(index_->projection()), bits, d,
                                  Ptr<const float>(queries), per_query ? 1 : G, tables,
-                                 Ptr<float>(table), nullptr, &error),
+                                 Ptr<float>(table), CurrentStream(), &error),
         error, "BuildScanTables");
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t) {
@@ -353,15 +382,16 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     problems[t] = {index_->signatures(slot), options_.scan_norms ? index_->norms(slot) : nullptr,
                    Ptr<const float>(table) + size_t{t} * (bits / 8) * 256};
   }
-  torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, f32);
+  torch::Tensor scores = torch::empty({int64_t(tables), int64_t(scan_n)}, f32);
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, i32);
   torch::Tensor counts = torch::empty({int64_t(tables)}, i32);
   torch::Tensor workspace = torch::empty(
-      {int64_t(kernels::ScanSelectWorkspaceBytes(tables, n))}, opts.dtype(torch::kUInt8));
+      {int64_t(kernels::ScanSelectWorkspaceBytes(tables, scan_n))}, opts.dtype(torch::kUInt8));
   kernels::ScanSelectArgs args;
   args.problems = problems.data();
   args.num_problems = tables;
-  args.n = n;
+  args.n = scan_n;
+  args.n_device = dc ? dc->cold : nullptr;
   args.words = bits / 64;
   args.c = c;
   args.scores = Ptr<float>(scores);
@@ -369,7 +399,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   args.counts = Ptr<uint32_t>(counts);
   args.workspace = workspace.data_ptr();
   args.workspace_bytes = size_t(workspace.numel());
-  Check(kernels::ScanSelect(args, nullptr, &error), error, "ScanSelect");
+  Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   torch::Tensor candidates = selected, candidate_counts = counts;
   uint32_t row = c;
   if (per_query && G > 1) {  // the group's lists, united
@@ -380,7 +410,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     m.num_problems = P, m.lists = G, m.length = c;
     m.in = Ptr<const uint32_t>(selected), m.in_counts = Ptr<const uint32_t>(counts);
     m.out = Ptr<uint32_t>(candidates), m.out_counts = Ptr<uint32_t>(candidate_counts);
-    Check(kernels::MergeCandidates(m, nullptr, &error), error, "MergeCandidates");
+    Check(kernels::MergeCandidates(m, CurrentStream(), &error), error, "MergeCandidates");
   }
   const uint32_t k = std::min<uint32_t>(options_.top_k, row);
   torch::Tensor ids = torch::empty({int64_t(P), int64_t(k)}, i32);
@@ -409,7 +439,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
       {int64_t(kernels::RerankGatherWorkspaceBytes(rg))}, opts.dtype(torch::kUInt8));
   rg.workspace = rg_workspace.data_ptr();
   rg.workspace_bytes = size_t(rg_workspace.numel());
-  Check(kernels::LaunchRerankGather(rg, nullptr, &error), error, "LaunchRerankGather");
+  Check(kernels::LaunchRerankGather(rg, CurrentStream(), &error), error, "LaunchRerankGather");
   torch::Tensor out = torch::empty({int64_t(P) * G, int64_t(d)}, f32);
   torch::Tensor lse = torch::empty({int64_t(P) * G}, f32);
   kernels::SparseAttentionParams at;
@@ -440,6 +470,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
                 "hot tier dtype ", hot_k->scalar_type(), " is not bf16 or float32");
     hot.max_rows = uint32_t(hot_k->size(1));
     hot.head_stride = uint64_t(hot_k->stride(0));
+    if (dc) hot.counts = dc->hot;
   }
   at.out = Ptr<float>(out);
   at.lse = Ptr<float>(lse);
@@ -447,11 +478,12 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
       {int64_t(kernels::SparseAttentionWorkspaceBytes(at))}, opts.dtype(torch::kUInt8));
   at.workspace = at_workspace.data_ptr();
   at.workspace_bytes = size_t(at_workspace.numel());
-  Check(kernels::LaunchSparseDecodeAttention(at, nullptr, &error), error,
+  Check(kernels::LaunchSparseDecodeAttention(at, CurrentStream(), &error), error,
         "LaunchSparseDecodeAttention");
   return {out, lse};
 #else
-  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)hot_k, (void)hot_v;
+  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)hot_k, (void)hot_v,
+      (void)dc;
   TORCH_CHECK(false, "not implemented: the GPU cold tier in a build without the CUDA kernels");
   return {};
 #endif

@@ -40,6 +40,7 @@ class GpuSignatureIndex {
   // Room for `tokens` in every slot without another copy (reopening knows the count).
   void Reserve(size_t tokens);
   size_t size() const { return size_; }
+  size_t capacity() const { return size_t(signatures_.size(1)); }  // tokens per slot allocated
   // Device pointers to a slot's signatures [capacity][words] and norms [capacity], valid until
   // the next Append.
   const uint64_t* signatures(uint32_t slot) const;
@@ -126,10 +127,24 @@ class GpuColdTier {
   at::Tensor AttendDecode(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
                           const at::Tensor& hot_v);
 
+  // Counts in device memory, read by the kernels as they run: a decode step built from them may
+  // be captured in a CUDA graph and replayed while the cold tier and the hot window change.
+  struct DeviceCounts {
+    const uint32_t* hot = nullptr;   // [H_kv] rows of the hot tier each kv-head attends to
+    const uint32_t* cold = nullptr;  // [1] cold tokens in the index
+  };
+  // AttendDecode with the counts in device memory: every launch is sized for the hot tensors'
+  // rows and the index's capacity, so the call may be captured. Needs the index to hold at
+  // least options.candidates tokens now, and the same whenever a capture of it replays (the
+  // candidates per query, fixed at capture, are then C / g).
+  at::Tensor AttendDecodeCapturable(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
+                                    const at::Tensor& hot_v, const DeviceCounts& counts);
+
  private:
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
                             uint32_t per_problem, bool per_query,
-                            const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr);
+                            const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr,
+                            const DeviceCounts* counts = nullptr);
 
   CacheShape shape_;
   TieredCacheOptions options_;

@@ -27,6 +27,16 @@ class KvCache {
 
   // Tokens stored so far (the next chunk's first position).
   virtual int64_t length() const = 0;
+
+  // Whether the next decode step (one token) may be captured whole in a CUDA graph: its Attend
+  // calls then read every count and position from device memory, which this call sets for the
+  // step, and launch only work whose shapes and pointers depend on `*key` alone. A graph captured
+  // under one key may be replayed for any later step that returns true with the same key (the
+  // caller still calls EndChunk after each). false: run this step eagerly (the default).
+  virtual bool PrepareCapturedDecode(uint64_t* key) {
+    (void)key;
+    return false;
+  }
 };
 
 }  // namespace kiv

@@ -5,9 +5,11 @@
 
 #include <cassert>
 #include <cmath>
+#include <optional>
 
 #if KIV_TORCH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
+#include <functional>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
@@ -26,18 +28,28 @@ struct LlamaModel::Layer {
   at::Tensor gate_b, up_b, down_b;  // undefined unless mlp_bias
 };
 
-// The static buffers the graphs read and write, and the graphs. Graph s (0 ≤ s ≤ L) runs:
+// The static buffers the graphs read and write, and the graphs. Segment graph s (0 ≤ s ≤ L) runs:
 //   s = 0:      h = embedding(ids); cos, sin from pos; q/k/v of layer 0
 //   0 < s < L:  h = AfterAttention(s − 1, h, attn[s − 1]); q/k/v of layer s
 //   s = L:      h = AfterAttention(L − 1, ...); logits = Head(h)
 // q/k/v[l] are outputs of graph l (tensors of its memory pool, fixed addresses); attn[l] is
-// filled from the cache's eager Attend before graph l + 1 replays.
+// filled from the cache's eager Attend before graph l + 1 replays. When the cache can capture its
+// decode step (KvCache::PrepareCapturedDecode), one graph runs all of it, the cache's Attend
+// included, with outputs of its own (a separate pool: the segments' stay valid beside it).
 struct LlamaModel::DecodeGraphs {
 #if KIV_TORCH_CUDA
+  struct Outputs {
+    std::vector<at::Tensor> q, k, v;
+    at::Tensor logits;
+  };
   at::Tensor ids, pos;  // [1] int64
-  at::Tensor h, cos, sin, logits;
-  std::vector<at::Tensor> q, k, v, attn;
-  std::vector<std::unique_ptr<at::cuda::CUDAGraph>> graphs;
+  at::Tensor h, cos, sin;
+  std::vector<at::Tensor> attn;
+  Outputs segment_out, whole_out;
+  std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;  // captured when first needed
+  std::unique_ptr<at::cuda::CUDAGraph> whole;
+  uint64_t whole_key = 0;
+  std::optional<c10::cuda::CUDAStream> side;  // captures run here (cuBLAS is set up on it)
 #endif
 };
 
@@ -251,7 +263,8 @@ Status LlamaModel::EnableDecodeGraphs(bool on) {
 
 at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
   const int64_t L = config_.num_layers, first_position = cache.length();
-  auto segment = [this, L](DecodeGraphs& g, int64_t s) {
+  using Outputs = DecodeGraphs::Outputs;
+  auto segment = [this, L](DecodeGraphs& g, Outputs& o, int64_t s) {
     if (s == 0) {
       g.h.copy_(at::embedding(embed_, g.ids));
       at::Tensor sin;
@@ -261,10 +274,35 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
       g.h.copy_(AfterAttention(s - 1, g.h, g.attn[size_t(s - 1)]));
     }
     if (s < L) {
-      QkvBlock(s, g.h, g.cos, g.sin, &g.q[size_t(s)], &g.k[size_t(s)], &g.v[size_t(s)]);
+      QkvBlock(s, g.h, g.cos, g.sin, &o.q[size_t(s)], &o.k[size_t(s)], &o.v[size_t(s)]);
     } else {
-      g.logits = Head(g.h);
+      o.logits = Head(g.h);
     }
+  };
+  // The whole step, the cache's Attend included (a cache that PrepareCapturedDecode'd).
+  auto whole = [&](DecodeGraphs& g) {
+    segment(g, g.whole_out, 0);
+    for (int64_t l = 0; l < L; ++l) {
+      const size_t i = size_t(l);
+      g.attn[i].copy_(cache.Attend(l, g.whole_out.q[i], g.whole_out.k[i], g.whole_out.v[i],
+                                   first_position));
+      segment(g, g.whole_out, l + 1);
+    }
+  };
+  // Runs `body` once on the side stream (a warm-up: cuBLAS sets up its workspace for a stream
+  // on first use, which must not happen inside a capture), then captures it into `graph`.
+  auto capture = [](DecodeGraphs& g, const std::function<void()>& body, at::cuda::CUDAGraph* graph,
+                    decltype(at::cuda::graph_pool_handle()) pool) {
+    c10::cuda::device_synchronize();
+    {
+      c10::cuda::CUDAStreamGuard on_side(*g.side);
+      body();
+      g.side->synchronize();
+      graph->capture_begin(pool);
+      body();
+      graph->capture_end();
+    }
+    c10::cuda::device_synchronize();
   };
   if (!graphs_) {
     auto g = std::make_unique<DecodeGraphs>();
@@ -274,38 +312,45 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
     g->h = at::zeros({1, config_.hidden_size}, opts.dtype(dtype_));
     g->cos = at::zeros({1, config_.head_dim}, opts.dtype(dtype_));
     g->sin = at::zeros_like(g->cos);
-    g->q.resize(size_t(L)), g->k.resize(size_t(L)), g->v.resize(size_t(L));
+    for (Outputs* o : {&g->segment_out, &g->whole_out})
+      o->q.resize(size_t(L)), o->k.resize(size_t(L)), o->v.resize(size_t(L));
     for (int64_t l = 0; l < L; ++l)
       g->attn.push_back(at::zeros({config_.num_q_heads, 1, config_.head_dim}, opts.dtype(dtype_)));
-    // Warm up on the capture stream (cuBLAS sets up its workspace for a stream on first use,
-    // which must not happen inside a capture), then capture every segment into one pool.
-    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
-    c10::cuda::device_synchronize();
-    {
-      c10::cuda::CUDAStreamGuard on_side(side);
-      for (int64_t s = 0; s <= L; ++s) segment(*g, s);
-      side.synchronize();
-      const auto pool = at::cuda::graph_pool_handle();
-      for (int64_t s = 0; s <= L; ++s) {
-        g->graphs.push_back(std::make_unique<at::cuda::CUDAGraph>());
-        g->graphs.back()->capture_begin(pool);
-        segment(*g, s);
-        g->graphs.back()->capture_end();
-      }
-    }
-    c10::cuda::device_synchronize();
+    g->side = c10::cuda::getStreamFromPool();
     graphs_ = std::move(g);
   }
   DecodeGraphs& g = *graphs_;
   g.ids.fill_(token);
   g.pos.fill_(first_position);
-  g.graphs[0]->replay();
+  uint64_t key = 0;
+  if (cache.PrepareCapturedDecode(&key)) {
+    if (!g.whole || g.whole_key != key) {
+      g.whole.reset();  // its pool goes back before the next one is taken
+      g.whole = std::make_unique<at::cuda::CUDAGraph>();
+      capture(g, [&] { whole(g); }, g.whole.get(), at::cuda::graph_pool_handle());
+      g.whole_key = key;
+      ++whole_captures_;
+    }
+    g.whole->replay();
+    at::Tensor logits = g.whole_out.logits.clone();  // the next replay overwrites it
+    cache.EndChunk({token});
+    return logits;
+  }
+  if (g.segments.empty()) {
+    const auto pool = at::cuda::graph_pool_handle();
+    for (int64_t s = 0; s <= L; ++s) {
+      g.segments.push_back(std::make_unique<at::cuda::CUDAGraph>());
+      capture(g, [&] { segment(g, g.segment_out, s); }, g.segments.back().get(), pool);
+    }
+  }
+  g.segments[0]->replay();
   for (int64_t l = 0; l < L; ++l) {
     const size_t i = size_t(l);
-    g.attn[i].copy_(cache.Attend(l, g.q[i], g.k[i], g.v[i], first_position));
-    g.graphs[i + 1]->replay();
+    g.attn[i].copy_(cache.Attend(l, g.segment_out.q[i], g.segment_out.k[i], g.segment_out.v[i],
+                                 first_position));
+    g.segments[i + 1]->replay();
   }
-  at::Tensor logits = g.logits.clone();  // the next replay overwrites g.logits
+  at::Tensor logits = g.segment_out.logits.clone();  // the next replay overwrites it
   cache.EndChunk({token});
   return logits;
 }

@@ -63,6 +63,11 @@ class LlamaModel {
   // LibTorch has no CUDA.
   Status EnableDecodeGraphs(bool on);
   bool decode_graphs() const { return use_graphs_; }
+  // How many times a whole decode step (the cache's attention included) was captured: when the
+  // cache can capture its step (KvCache::PrepareCapturedDecode; the tiered cache on the GPU cold
+  // tier once C tokens are cold), one graph replays all of it, captured again only when the cache
+  // says its buffers moved.
+  uint64_t whole_step_captures() const { return whole_captures_; }
 
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
@@ -97,6 +102,7 @@ class LlamaModel {
   at::Tensor inv_freq_;  // [head_dim / 2] float32 on device_
   bool use_graphs_ = false;
   std::unique_ptr<DecodeGraphs> graphs_;  // captured on the first graphed decode step
+  uint64_t whole_captures_ = 0;
 };
 
 }  // namespace kiv

@@ -232,6 +232,7 @@ SessionStats Session::stats() const {
   s.context_tokens = uint64_t(impl_->cache->length());
   s.turns = turns_;
   s.resumed = resumed_;
+  s.whole_step_captures = impl_->model->whole_step_captures();
   if (impl_->tiered) {
     s.hot_tokens = impl_->tiered->hot_tokens();
     s.cold_tokens = impl_->tiered->cold_tokens();

@@ -47,6 +47,7 @@ struct SessionStats {
                                     // on CUDA the signatures and norms)
   uint32_t turns = 0;
   bool resumed = false;
+  uint64_t whole_step_captures = 0;  // CUDA graphs of a whole decode step captured so far
 };
 
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

@@ -102,6 +102,8 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),
                                               gpu_records_.get(), device);
   }
+  static std::atomic<uint64_t> instances{0};
+  instance_ = ++instances;
   summary_k_.resize(signatures_.size());
   summary_v_.resize(signatures_.size());
   page_sums_.assign(signatures_.size(), std::vector<float>(2 * size_t{shape.head_dim}, 0.0f));
@@ -117,10 +119,56 @@ TieredCache::~TieredCache() {
                  profile_[2], profile_[3]);
 }
 
+bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
+  captured_step_ = false;
+  const uint64_t keep = uint64_t{options_.sinks} + options_.window;
+  const uint64_t hot = hot_ids_.size();
+  if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot > keep ||
+      cold_tokens_ < options_.candidates || cold_tokens_ < options_.top_k ||
+      cold_tokens_ > UINT32_MAX)
+    return false;
+  const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;  // the int64 at an even offset
+  ReserveHot(int64_t(keep) + 1);
+  if (!step_.defined())
+    step_ = torch::zeros({row_at + 2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
+  std::vector<int32_t> host(size_t(row_at + 2), int32_t(hot + 1));  // the new row attends too
+  host[size_t(H)] = int32_t(cold_tokens_);
+  const int64_t row = int64_t(hot);
+  std::memcpy(&host[size_t(row_at)], &row, sizeof(row));
+  step_.copy_(torch::from_blob(host.data(), {row_at + 2}, torch::kInt32));  // read before it returns
+  // What a captured step bakes in: the cache, its buffers' addresses and sizes, the index's.
+  uint64_t h = 1469598103934665603ull;
+  for (uint64_t x : {instance_, uint64_t(reinterpret_cast<uintptr_t>(hot_k_buf_.data_ptr())),
+                     uint64_t(reinterpret_cast<uintptr_t>(hot_v_buf_.data_ptr())),
+                     uint64_t(hot_k_buf_.size(2)),
+                     uint64_t(reinterpret_cast<uintptr_t>(gpu_index_->signatures(0))),
+                     uint64_t(reinterpret_cast<uintptr_t>(gpu_index_->norms(0))),
+                     uint64_t(gpu_index_->capacity()), keep})
+    h = (h ^ x) * 1099511628211ull;
+  *key = h;
+  captured_step_ = true;
+  return true;
+}
+
 torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, int64_t first_position) {
   TORCH_CHECK(first_position == length_, "chunk starts at ", first_position, ", cache holds ",
               length_);
+  if (captured_step_) {  // PrepareCapturedDecode: every count from step_, nothing on the host
+    TORCH_CHECK(q.size(1) == 1, "a captured decode step takes one token, not ", q.size(1));
+    const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;
+    const int64_t rows = int64_t{options_.sinks} + options_.window + 1;
+    const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
+    hot_k_buf_[layer].index_copy_(1, row, k);
+    hot_v_buf_[layer].index_copy_(1, row, v);
+    GpuColdTier::DeviceCounts counts;
+    counts.hot = reinterpret_cast<const uint32_t*>(step_.data_ptr<int32_t>());
+    counts.cold = counts.hot + H;
+    return gpu_cold_
+        ->AttendDecodeCapturable(layer, q, hot_k_buf_[layer].narrow(1, 0, rows),
+                                 hot_v_buf_[layer].narrow(1, 0, rows), counts)
+        .to(q.dtype());
+  }
   const bool cuda = device_.is_cuda();
   ++profile_calls_;
   const int64_t previous = hot_k_[layer].size(1);
@@ -536,6 +584,19 @@ const uint8_t* TieredCache::Record(uint64_t token, uint32_t layer, uint32_t head
 }
 
 void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
+  if (captured_step_) {  // Attend wrote row hot_ids_.size() of every layer on the device
+    captured_step_ = false;
+    TORCH_CHECK(token_ids.size() == 1, "a captured decode step ends with one token");
+    const int64_t rows = int64_t(hot_ids_.size()) + 1;
+    for (uint32_t l = 0; l < shape_.num_layers; ++l) {
+      hot_k_[l] = hot_k_buf_[l].narrow(1, 0, rows);
+      hot_v_[l] = hot_v_buf_[l].narrow(1, 0, rows);
+    }
+    stats_.scans += uint64_t{shape_.num_layers} * shape_.num_kv_heads;
+    stats_.tokens_scanned += uint64_t{shape_.num_layers} * shape_.num_q_heads * cold_tokens_;
+    stats_.tokens_retrieved +=
+        uint64_t{shape_.num_layers} * shape_.num_kv_heads * std::min<uint64_t>(options_.top_k, cold_tokens_);
+  }
   for (int64_t id : token_ids) {
     hot_ids_.push_back(id);
     hot_positions_.push_back(length_++);

@@ -51,6 +51,10 @@ class TieredCache : public KvCache {
                        const torch::Tensor& v, int64_t first_position) override;
   void EndChunk(const std::vector<int64_t>& token_ids) override;
   int64_t length() const override { return length_; }
+  // On the GPU cold tier, once the cold tier holds at least C tokens and the hot window is full:
+  // the step's hot row, hot count and cold count go to device memory (one small copy) and Attend
+  // writes the new key and value at that row and attends with the counts read there.
+  bool PrepareCapturedDecode(uint64_t* key) override;
 
   // Makes everything so far durable: the archive commits, carrying the hot tier and `extra`
   // (the runtime's own state) as its checkpoint.
@@ -129,6 +133,13 @@ class TieredCache : public KvCache {
   std::unique_ptr<GpuRecordArena> gpu_records_;   // the records, pinned for the GPU (cold_on_gpu)
   std::unique_ptr<GpuColdTier> gpu_cold_;
   bool chunk_ends_prompt_ = true;
+  // A captured-decode step is under way (PrepareCapturedDecode until EndChunk): Attend takes the
+  // device counts in step_, and EndChunk widens the hot views by the row Attend wrote.
+  bool captured_step_ = false;
+  // int32 [H_kv + pad + 2] on the device: the hot rows each kv-head attends to, the cold count,
+  // then (as one int64 at an even offset) the row the step's key and value go to.
+  torch::Tensor step_;
+  uint64_t instance_ = 0;  // told apart from other caches in PrepareCapturedDecode's key
   std::vector<torch::Tensor> exact_k_, exact_v_;
   // Page summaries (options.summary_page): per (layer, kv-head) the mean decoded key and value of
   // each full page [pages][d], and the running sums of the page being filled [2][d].

@@ -115,20 +115,24 @@ size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
 }
 
 // Runs ScanSelect on `pr` with `c` and checks scores, selections and counts against the CPU.
-void CheckScanSelect(const Problems& pr, uint32_t c) {
+// held > 0: a launch sized for pr.n tokens (its capacity) that reads the count, `held`, from
+// device memory, as a captured decode step does; the tokens past it must not count.
+void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0) {
   CAPTURE(pr.bits);
   CAPTURE(pr.n);
   CAPTURE(pr.count);
   CAPTURE(c);
-  const size_t n = pr.n, count = pr.count, bytes = pr.bits / 8;
+  CAPTURE(held);
+  const size_t cap = pr.n, n = held > 0 ? held : pr.n, count = pr.count, bytes = pr.bits / 8;
   DeviceArray<uint64_t> sigs(pr.sigs);
-  DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(count * n);
+  DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(count * cap);
+  DeviceArray<uint32_t> held_device(std::vector<uint32_t>{held});
   constexpr uint32_t kUntouched = 0xFEEDF00Du;
   DeviceArray<uint32_t> selected(std::vector<uint32_t>(count * c, kUntouched));
   DeviceArray<uint32_t> counts(std::vector<uint32_t>(count, kUntouched));
   std::vector<kernels::ScanProblem> problems(count);
   for (size_t p = 0; p < count; ++p)
-    problems[p] = {sigs.get() + p * n * pr.words, p == 1 ? nullptr : norms.get() + p * n,
+    problems[p] = {sigs.get() + p * cap * pr.words, p == 1 ? nullptr : norms.get() + p * cap,
                    tables.get() + p * bytes * 256};
   const size_t workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
   DeviceArray<unsigned char> workspace(workspace_bytes);
@@ -136,6 +140,7 @@ void CheckScanSelect(const Problems& pr, uint32_t c) {
   args.problems = problems.data();
   args.num_problems = pr.count;
   args.n = pr.n;
+  if (held > 0) args.n_device = held_device.get();
   args.words = pr.words;
   args.c = c;
   args.scores = scores.get();
@@ -152,12 +157,12 @@ void CheckScanSelect(const Problems& pr, uint32_t c) {
   std::vector<uint32_t> want(std::min<size_t>(c, n));
   for (size_t p = 0; p < count; ++p) {
     CAPTURE(p);
-    index::AsymmetricScan(&pr.sigs[p * n * pr.words], p == 1 ? nullptr : &pr.norms[p * n], n,
-                          pr.words, &pr.tables[p * bytes * 256], want_scores.data());
+    index::AsymmetricScan(&pr.sigs[p * cap * pr.words], p == 1 ? nullptr : &pr.norms[p * cap],
+                          n, pr.words, &pr.tables[p * bytes * 256], want_scores.data());
     size_t first = 0;
-    const size_t bad = BitMismatches(&got_scores[p * n], want_scores.data(), n, &first);
+    const size_t bad = BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
     CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
-                                << got_scores[p * n + first] << " vs " << want_scores[first]);
+                                << got_scores[p * cap + first] << " vs " << want_scores[first]);
     const size_t m = index::SelectLargest(want_scores.data(), n, c, want.data());
     REQUIRE(got_counts[p] == m);
     const uint32_t* got = &got_selected[p * c];
@@ -263,6 +268,18 @@ TEST_CASE("scan + select: ties from duplicate signatures, equal norms and ±0") 
     }
   }
   CheckScanSelect(MakeProblems(64, 1u << 20, 2, Data::kFew, 5), 1024);
+}
+
+TEST_CASE("scan + select sized for a capacity, the count read from device memory") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  // The tokens past the count are random signatures that would win if they were scanned.
+  for (uint32_t held : {1u, 341u, 342u, 343u, 4096u, 40000u, 99999u})
+    CheckScanSelect(MakeProblems(128, 100000, 9, Data::kRandom, held), 342, held);
+  CheckScanSelect(MakeProblems(128, 1u << 20, 3, Data::kRandom, 3), 1024, 700000);
+  CheckScanSelect(MakeProblems(128, 30000, 3, Data::kFew, 4), 1024, 20000);  // ties: large mode
 }
 
 TEST_CASE("scan + select: more problems than one launch holds") {

@@ -11,6 +11,13 @@
 
 #include "runtime/full_cache.h"
 
+#if KIV_TORCH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 using namespace kiv;
 
 namespace {
@@ -389,4 +396,80 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
   CHECK(blocks.stats().scans == blocks_gpu.stats().scans);
   CHECK(blocks_gpu.stats().scans < gpu.stats().scans);
   CHECK(RelError(b_gpu, b_cpu) < 1e-3);
+}
+
+TEST_CASE("on CUDA, decode steps captured in one CUDA graph equal the eager steps bit for bit") {
+#if !KIV_TORCH_CUDA
+  MESSAGE("skipped: this build's LibTorch has no CUDA");
+#else
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  const auto steps = CudaSteps(9);
+  const TieredCacheOptions o = SmallGpuOptions();
+  TieredCache eager(kShape, o, torch::kCUDA, torch::kFloat32);
+  TieredCache graphed(kShape, o, torch::kCUDA, torch::kFloat32);
+  if (!graphed.cold_on_gpu()) {
+    MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+    return;
+  }
+  size_t first_decode = 0;
+  while (steps[first_decode].ids.size() > 1) ++first_decode;
+  const auto want = Run(eager, steps);
+  uint64_t key = 0;
+  CHECK_FALSE(graphed.PrepareCapturedDecode(&key));  // empty: nothing cold yet
+  Run(graphed, steps, 0, first_decode);
+  // The step's inputs live at fixed addresses, as a model's graph outputs do.
+  std::vector<torch::Tensor> q, k, v, out(kShape.num_layers);
+  for (uint32_t l = 0; l < kShape.num_layers; ++l) {
+    q.push_back(steps[first_decode].q[l].clone());
+    k.push_back(steps[first_decode].k[l].clone());
+    v.push_back(steps[first_decode].v[l].clone());
+  }
+  auto step = [&] {
+    for (uint32_t l = 0; l < kShape.num_layers; ++l)
+      out[l] = graphed.Attend(l, q[l], k[l], v[l], graphed.length());
+  };
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  uint64_t graph_key = 0, captures = 0;
+  std::vector<std::vector<torch::Tensor>> got(kShape.num_layers);
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  for (size_t i = first_decode; i < steps.size(); ++i) {
+    for (uint32_t l = 0; l < kShape.num_layers; ++l) {
+      q[l].copy_(steps[i].q[l]);
+      k[l].copy_(steps[i].k[l]);
+      v[l].copy_(steps[i].v[l]);
+    }
+    REQUIRE(graphed.PrepareCapturedDecode(&key));
+    if (!graph || key != graph_key) {
+      c10::cuda::device_synchronize();
+      {
+        c10::cuda::CUDAStreamGuard on_side(side);
+        step();  // a warm-up: the same writes the capture will repeat
+        side.synchronize();
+        graph = std::make_unique<at::cuda::CUDAGraph>();
+        graph->capture_begin();
+        step();
+        graph->capture_end();
+      }
+      c10::cuda::device_synchronize();
+      graph_key = key;
+      ++captures;
+    }
+    graph->replay();
+    for (uint32_t l = 0; l < kShape.num_layers; ++l) got[l].push_back(out[l].clone());
+    graphed.EndChunk(steps[i].ids);
+  }
+  const int64_t decoded = int64_t(steps.size() - first_decode);
+  const int64_t at = want[0].size(1) - decoded;
+  for (uint32_t l = 0; l < kShape.num_layers; ++l)
+    CHECK(torch::equal(torch::cat(got[l], 1).cpu(), want[l].slice(1, at).cpu()));
+  CHECK(captures == 1);  // one graph served every step: the cold tier grew under it
+  CHECK(graphed.stats().scans == eager.stats().scans);
+  CHECK(graphed.stats().tokens_scanned == eager.stats().tokens_scanned);
+  CHECK(graphed.cold_tokens() == eager.cold_tokens());
+  MESSAGE(decoded << " decode steps replayed from " << captures << " capture, "
+                  << graphed.cold_tokens() << " cold tokens at the end");
+#endif
 }
