@@ -255,6 +255,7 @@ int Run(const Options& o) {
   w.Key("knobs").BeginObject().Field("device", kiv_options.device);
   w.Field("cuda_graphs", kiv_options.cuda_graphs);
   w.Field("sinks", c.sinks).Field("window", c.window).Field("k", c.top_k);
+  w.Field("evict_batch", c.evict_batch);
   w.Field("scan_norms", c.scan_norms).Field("reserve_cold_tokens", c.reserve_cold_tokens);
   w.Field("candidates", c.candidates).Field("signature_bits", c.signature_bits);
   w.Field("codec", c.codec_id).Field("chunk", kiv_options.chunk_tokens);
@@ -311,6 +312,10 @@ void SetupBenchSpeed(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--candidates", s.cache.candidates, "Scan candidates re-ranked")
       ->capture_default_str();
+  sub->add_option("--evict-batch", s.cache.evict_batch,
+                  "Decode: move hot tokens to the archive every N steps, N at a time")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 4096u));
   sub->add_option("--max-cold", s.cache.max_cold_tokens,
                   "Cold tokens the GPU record arena reserves address space for")
       ->capture_default_str();

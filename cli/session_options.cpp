@@ -40,6 +40,11 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
       ->capture_default_str();
   sub.add_option("--k", s.cache.top_k, "Cold tokens retrieved per layer and kv-head")
       ->capture_default_str();
+  sub.add_option("--evict-batch", s.cache.evict_batch,
+                 "Decode: move hot tokens to the archive every N steps, N at a time (up to N - 1 "
+                 "more exact tokens in attention; 1: the window exactly)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 4096u));
   sub.add_option("--candidates", s.cache.candidates, "Candidates the scan passes to re-ranking")
       ->capture_default_str();
   sub.add_option("--prefill-block", s.cache.prefill_block,

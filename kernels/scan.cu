@@ -78,6 +78,7 @@ struct Workspace {
 struct ProblemChunk {
   ScanProblem problems[kMaxChunk];
   uint32_t first;  // global index of problems[0]
+  uint32_t share;  // problems per group that read the same signatures (ScanSelectArgs::share)
 };
 
 // The tokens of every problem: `stride` (the capacity the launch is sized for, and the scores'
@@ -219,49 +220,59 @@ __device__ __forceinline__ void ScoreBatch(const float* table, const SignatureBa
 }
 
 // scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
-// mode. Dynamic shared memory: the table [kWords * 8][256] float, then kBins0 uint32 bins.
+// mode. A block serves `share` problems (blockIdx.y · share + j) that read the same signatures
+// and norms: each token is loaded once and scored with each problem's table. Dynamic shared
+// memory: share tables [kWords * 8][256] float, then share × kBins0 uint32 bins.
 template <uint32_t kWords>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     AsymScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
                    float* scores, Workspace ws) {
-  const uint32_t n = tokens.Get();
+  const uint32_t n = tokens.Get(), share = chunk.share;
   constexpr uint32_t kEntries = kWords * 8 * 256;
   extern __shared__ float smem[];
-  float* table = smem;
-  uint32_t* hist = reinterpret_cast<uint32_t*>(smem + kEntries);
-  const ScanProblem pr = chunk.problems[blockIdx.y];
-  const uint32_t p = chunk.first + blockIdx.y;
+  float* tables = smem;
+  uint32_t* hists = reinterpret_cast<uint32_t*>(smem + share * kEntries);
+  const uint32_t local = blockIdx.y * share;  // the group's first problem in the chunk
+  const ScanProblem pr = chunk.problems[local];
   const bool has_norms = pr.norms != nullptr;
-  float* out = scores + size_t{p} * tokens.stride;
   const uint32_t step = gridDim.x * kThreads * kScanUnroll<kWords>;
   uint32_t base = blockIdx.x * kThreads * kScanUnroll<kWords> + threadIdx.x;
   SignatureBatch<kWords> batch;
-  if (base < n) LoadBatch<kWords>(pr, base, n, batch);  // in flight while the table loads
-  for (uint32_t i = threadIdx.x; i < kEntries; i += kThreads) table[i] = __ldg(pr.table + i);
-  for (uint32_t i = threadIdx.x; i < kBins0; i += kThreads) hist[i] = 0;
+  if (base < n) LoadBatch<kWords>(pr, base, n, batch);  // in flight while the tables load
+  for (uint32_t j = 0; j < share; ++j) {
+    const float* table = chunk.problems[local + j].table;
+    for (uint32_t i = threadIdx.x; i < kEntries; i += kThreads)
+      tables[j * kEntries + i] = __ldg(table + i);
+  }
+  for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
   __syncthreads();
   for (; base < n; base += step) {
     SignatureBatch<kWords> next;  // the next batch's loads overlap this batch's lookups
     if (base + step < n) LoadBatch<kWords>(pr, base + step, n, next);
-    ScoreBatch<kWords>(table, batch, has_norms, base, n, out, hist);
+    for (uint32_t j = 0; j < share; ++j)
+      ScoreBatch<kWords>(tables + j * kEntries, batch, has_norms, base, n,
+                         scores + size_t{chunk.first + local + j} * tokens.stride,
+                         hists + j * kBins0);
     batch = next;
   }
-  uint32_t* global_hist = ws.hists + size_t{p} * kHistWords;
-  FlushHistogram<kBins0>(hist, global_hist);
-  if (!LastBlockOfProblem(&ws.states[p].done[0])) return;
-  PassState* state = &ws.states[p];
-  if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
-    if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n};
-    return;
-  }
-  if (threadIdx.x == 0) state->k = c;
-  __syncthreads();
-  ChooseBin<kBins0, 21, true>(global_hist, state);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const uint32_t candidates = (c - state->k) + state->count;  // above b0, and in b0
-    state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
-    state->count = candidates;
+  for (uint32_t j = 0; j < share; ++j) {
+    const uint32_t p = chunk.first + local + j;
+    FlushHistogram<kBins0>(hists + j * kBins0, ws.hists + size_t{p} * kHistWords);
+    if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
+    PassState* state = &ws.states[p];
+    if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
+      if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n};
+      continue;
+    }
+    if (threadIdx.x == 0) state->k = c;
+    __syncthreads();
+    ChooseBin<kBins0, 21, true>(ws.hists + size_t{p} * kHistWords, state);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const uint32_t candidates = (c - state->k) + state->count;  // above b0, and in b0
+      state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
+      state->count = candidates;
+    }
   }
 }
 
@@ -541,13 +552,21 @@ int Refuse(std::string* error, const std::string& why) {
 
 bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// Dynamic shared memory of AsymScanKernel: `share` tables and histograms.
+size_t ScanSharedBytes(uint32_t words, uint32_t share) {
+  return share * ((words * 8 * 256) * sizeof(float) + kBins0 * sizeof(uint32_t));
+}
+constexpr size_t kMaxScanSharedBytes = 227 * 1024;  // per block on sm_90 (opt-in above 48 KB)
+
 template <uint32_t kWords>
-int LaunchScan(const ProblemChunk& chunk, uint32_t count, uint32_t blocks, const ScanSelectArgs& a,
-               const Workspace& ws, cudaStream_t stream) {
-  const size_t smem = (kWords * 8 * 256) * sizeof(float) + kBins0 * sizeof(uint32_t);
-  AsymScanKernel<kWords>
-      <<<dim3(blocks, count), kThreads, smem, stream>>>(chunk, TokenCount{a.n, a.n_device}, a.c,
-                                                        a.scores, ws);
+int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+               const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
+  const size_t smem = ScanSharedBytes(kWords, chunk.share);
+  if (smem > 48 * 1024)
+    KIV_CUDA_CALL(cudaFuncSetAttribute(AsymScanKernel<kWords>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  AsymScanKernel<kWords><<<dim3(blocks, groups), kThreads, smem, stream>>>(
+      chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws);
   return int(cudaGetLastError());
 }
 
@@ -592,6 +611,19 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                              ", needs " + std::to_string(need));
   if (!a.problems || !a.scores || !a.selected || !a.workspace)
     return Refuse(error, "ScanSelect: a null problems, scores, selected or workspace pointer");
+  if (a.share == 0 || a.share > kMaxChunk || a.num_problems % a.share != 0 ||
+      ScanSharedBytes(a.words, a.share) > kMaxScanSharedBytes)
+    return Refuse(error, "ScanSelect: share = " + std::to_string(a.share) + " with " +
+                             std::to_string(a.num_problems) + " problems of " +
+                             std::to_string(a.words) +
+                             " words (must divide them, and their tables fit in shared memory)");
+  for (uint32_t i = 0; i < a.num_problems; ++i) {
+    const ScanProblem& lead = a.problems[i / a.share * a.share];
+    if (a.problems[i].signatures != lead.signatures || a.problems[i].norms != lead.norms)
+      return Refuse(error, "ScanSelect: problem " + std::to_string(i) +
+                               " does not read its group's signatures and norms (share = " +
+                               std::to_string(a.share) + ")");
+  }
   for (uint32_t i = 0; i < a.num_problems; ++i) {
     const ScanProblem& pr = a.problems[i];
     if (!pr.signatures || !pr.table)
@@ -608,19 +640,26 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
   const TokenCount tokens{a.n, a.n_device};
-  for (uint32_t first = 0; first < a.num_problems; first += kMaxChunk) {
-    const uint32_t count = std::min(kMaxChunk, a.num_problems - first);
+  const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk
+  // Scan blocks resident per SM: 4, fewer when the groups' tables crowd shared memory.
+  const uint32_t scan_per_sm = uint32_t(std::clamp<size_t>(
+      (kMaxScanSharedBytes + 1024) / (ScanSharedBytes(a.words, a.share) + 1024), 1,
+      kScanBlocksPerSm));
+  for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
+    const uint32_t count = std::min(per_launch, a.num_problems - first);
+    const uint32_t groups = count / a.share;
     ProblemChunk chunk{};
     std::copy(a.problems + first, a.problems + first + count, chunk.problems);
     chunk.first = first;
-    // Scan: 4 blocks of 256 per SM over the whole batch (each block loads its 8-32 KB table
-    // once; 8 per SM measured slower); the histogram pass: a full GPU, 8 per SM.
+    chunk.share = a.share;
+    // Scan: a full GPU of blocks of 256 over the whole batch (each block loads its tables once;
+    // 8 per SM measured slower than 4); the histogram pass: a full GPU, 8 per SM.
     const uint32_t scan_blocks =
-        std::clamp((uint32_t(sms) * kScanBlocksPerSm + count - 1) / count, 1u, rounds);
+        std::clamp((uint32_t(sms) * scan_per_sm + groups - 1) / groups, 1u, rounds);
     const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u, rounds);
-    const int rc = a.words == 1   ? LaunchScan<1>(chunk, count, scan_blocks, a, ws, stream)
-                   : a.words == 2 ? LaunchScan<2>(chunk, count, scan_blocks, a, ws, stream)
-                                  : LaunchScan<4>(chunk, count, scan_blocks, a, ws, stream);
+    const int rc = a.words == 1   ? LaunchScan<1>(chunk, groups, scan_blocks, a, ws, stream)
+                   : a.words == 2 ? LaunchScan<2>(chunk, groups, scan_blocks, a, ws, stream)
+                                  : LaunchScan<4>(chunk, groups, scan_blocks, a, ws, stream);
     if (rc != 0) return rc;
     // With c >= n AsymScan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).

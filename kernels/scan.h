@@ -64,6 +64,10 @@ struct ScanSelectArgs {
   const uint32_t* n_device = nullptr;
   uint32_t words = 2;                     // 64-bit words per signature: 1, 2 or 4
   uint32_t c = 0;                         // how many to keep per problem
+  // Problems [s · share, (s + 1) · share) read the same signatures and norms (a GQA group's
+  // per-query scans of one kv-head): each token is loaded once for all of them. Must divide
+  // num_problems; their tables must fit in shared memory (share · 24 KB at 128 bits).
+  uint32_t share = 1;
   float* scores = nullptr;                // [P][n] float, device, written (the scan's scores; row
                                           // stride n, the first *n_device of a row with it)
   uint32_t* selected = nullptr;           // [P][c] uint32, device: min(c, n) ascending indices

@@ -17,6 +17,12 @@ struct TieredCacheOptions {
   uint32_t signature_bits = index::kDefaultSignatureBits;
   uint32_t codec_id = index::kDefaultCodec;
   uint64_t projection_seed = 0x6b6976;  // "kiv"
+  // A decode step moves tokens out of the hot window only once window + evict_batch recent tokens
+  // are hot, and then all but the window at once: one encode, one archive segment and one upload
+  // of signatures per batch instead of per token, at the price of up to evict_batch − 1 more exact
+  // tokens in attention. 1: every step keeps exactly the window (the rule of the CPU path's
+  // fidelity numbers). A prefill chunk always evicts down to the window.
+  uint32_t evict_batch = 1;
   // Prefill queries share one retrieval per block of this many (per kv-head): retrieving for
   // each of 1,024 queries of a chunk would cost more than the attention it feeds.
   uint32_t prefill_block = 64;

@@ -84,8 +84,9 @@ class GpuRecordArena {
   void Append(const uint8_t* records, uint64_t count, uint32_t threads = 1);
   // Appends `count` tokens of one slot (slot-major restores call this per slot, then Commit).
   void AppendSlot(uint32_t slot, const uint8_t* records, uint64_t at, uint64_t count);
-  // Pins what AppendSlot wrote up to `size` tokens in every slot.
-  void Grow(uint64_t size);
+  // Pins what AppendSlot wrote up to `size` tokens in every slot, on up to `threads` threads
+  // (reopening pins a whole archive's records).
+  void Grow(uint64_t size, uint32_t threads = 1);
   const uint8_t* base(uint32_t slot) const { return base_ + slot * slot_bytes_; }
   uint64_t size() const { return size_; }
   uint64_t capacity() const { return capacity_; }

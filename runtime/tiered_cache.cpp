@@ -17,6 +17,7 @@
 #include "index/rerank.h"
 #include "runtime/full_cache.h"
 #include "runtime/gpu_scan.h"
+#include "runtime/parallel.h"
 
 namespace kiv {
 namespace {
@@ -122,13 +123,14 @@ TieredCache::~TieredCache() {
 bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
   captured_step_ = false;
   const uint64_t keep = uint64_t{options_.sinks} + options_.window;
+  const uint64_t rows = keep + std::max<uint32_t>(1, options_.evict_batch);  // after the append
   const uint64_t hot = hot_ids_.size();
-  if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot > keep ||
+  if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot + 1 > rows ||
       cold_tokens_ < options_.candidates || cold_tokens_ < options_.top_k ||
       cold_tokens_ > UINT32_MAX)
     return false;
   const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;  // the int64 at an even offset
-  ReserveHot(int64_t(keep) + 1);
+  ReserveHot(int64_t(rows));
   if (!step_.defined())
     step_ = torch::zeros({row_at + 2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
   std::vector<int32_t> host(size_t(row_at + 2), int32_t(hot + 1));  // the new row attends too
@@ -143,7 +145,7 @@ bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
                      uint64_t(hot_k_buf_.size(2)),
                      uint64_t(reinterpret_cast<uintptr_t>(gpu_index_->signatures(0))),
                      uint64_t(reinterpret_cast<uintptr_t>(gpu_index_->norms(0))),
-                     uint64_t(gpu_index_->capacity()), keep})
+                     uint64_t(gpu_index_->capacity()), rows})
     h = (h ^ x) * 1099511628211ull;
   *key = h;
   captured_step_ = true;
@@ -157,7 +159,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
   if (captured_step_) {  // PrepareCapturedDecode: every count from step_, nothing on the host
     TORCH_CHECK(q.size(1) == 1, "a captured decode step takes one token, not ", q.size(1));
     const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;
-    const int64_t rows = int64_t{options_.sinks} + options_.window + 1;
+    const int64_t rows =
+        int64_t{options_.sinks} + options_.window + std::max<uint32_t>(1, options_.evict_batch);
     const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
     hot_k_buf_[layer].index_copy_(1, row, k);
     hot_v_buf_[layer].index_copy_(1, row, v);
@@ -602,8 +605,11 @@ void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
     hot_positions_.push_back(length_++);
   }
   const uint64_t keep = uint64_t{options_.sinks} + options_.window;
+  // A decode step lets the window fill up to evict_batch extra tokens; a prefill chunk does not.
+  const uint64_t limit =
+      token_ids.size() == 1 ? keep + std::max<uint32_t>(1, options_.evict_batch) - 1 : keep;
   PhaseTimer t(&profile_[3], device_.is_cuda());
-  if (status_.ok() && hot_ids_.size() > keep) status_ = Evict(uint32_t(hot_ids_.size() - keep));
+  if (status_.ok() && hot_ids_.size() > limit) status_ = Evict(uint32_t(hot_ids_.size() - keep));
 }
 
 // Moves hot tokens [sinks, sinks + count) to the cold tier: records and signatures for every
@@ -628,36 +634,28 @@ Status TieredCache::Evict(uint32_t count) {
   const torch::Tensor vv = torch::stack(vs).to(torch::kFloat32).to(torch::kCPU).contiguous();
   // Records, signatures, norms (and page summaries): one (layer, kv-head) slot per task, each
   // slot's state its own; on every core when a whole chunk is evicted.
-  std::atomic<uint32_t> next{0};
-  auto encode_slots = [&] {
-    for (uint32_t slot; (slot = next.fetch_add(1)) < L * H;) {
-      const uint32_t l = slot / H, h = slot % H;
-      std::vector<uint64_t>& head_sigs = signatures_[slot];
-      for (uint32_t t = 0; t < count; ++t) {
-        const size_t at = size_t{slot} * count + t;
-        const float* key = kk.data_ptr<float>() + at * d;
-        const float* value = vv.data_ptr<float>() + at * d;
-        uint8_t* record = run->records.data() + at * rb;
-        for (uint32_t s = 0; s < d / 64; ++s)
-          codec_.Encode(key + s * 64, value + s * 64, record + s * index::kRecordBytes);
-        projection_.Sign(key, nullptr, sigs.data() + at * words);
-        // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
-        if (options_.summary_page > 0) Summarize(l, h, cold_tokens_ + t, record);
-        // With the index on the GPU the host keeps no signatures or norms (they would be 1.8 GB
-        // at 1M tokens of SmolLM2): norms[] only stages this eviction's upload.
-        if (options_.scan_norms) norms[at] = StoredKeyNorm(record);
-        if (gpu_index_) continue;
-        if (options_.scan_norms) key_norms_[slot].push_back(norms[at]);
-        head_sigs.insert(head_sigs.end(), sigs.data() + at * words, sigs.data() + (at + 1) * words);
-      }
+  auto encode_slot = [&](uint32_t slot) {
+    const uint32_t l = slot / H, h = slot % H;
+    std::vector<uint64_t>& head_sigs = signatures_[slot];
+    for (uint32_t t = 0; t < count; ++t) {
+      const size_t at = size_t{slot} * count + t;
+      const float* key = kk.data_ptr<float>() + at * d;
+      const float* value = vv.data_ptr<float>() + at * d;
+      uint8_t* record = run->records.data() + at * rb;
+      for (uint32_t s = 0; s < d / 64; ++s)
+        codec_.Encode(key + s * 64, value + s * 64, record + s * index::kRecordBytes);
+      projection_.Sign(key, nullptr, sigs.data() + at * words);
+      // Summarize counts tokens per (layer, head) in step: the same token index everywhere.
+      if (options_.summary_page > 0) Summarize(l, h, cold_tokens_ + t, record);
+      // With the index on the GPU the host keeps no signatures or norms (they would be 1.8 GB
+      // at 1M tokens of SmolLM2): norms[] only stages this eviction's upload.
+      if (options_.scan_norms) norms[at] = StoredKeyNorm(record);
+      if (gpu_index_) continue;
+      if (options_.scan_norms) key_norms_[slot].push_back(norms[at]);
+      head_sigs.insert(head_sigs.end(), sigs.data() + at * words, sigs.data() + (at + 1) * words);
     }
   };
-  const uint32_t threads =
-      count < 64 ? 1 : std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, L * H);
-  std::vector<std::thread> pool;
-  for (uint32_t i = 1; i < threads; ++i) pool.emplace_back(encode_slots);
-  encode_slots();
-  for (std::thread& t : pool) t.join();
+  ParallelFor(L * H, count < 64 ? 1 : std::thread::hardware_concurrency(), encode_slot);
   for (uint32_t l = 0; l < L; ++l) {
     if (options_.exact_cold || options_.measure_recall || options_.oracle)
       exact_k_[l] = torch::cat({exact_k_[l], kk[l]}, 1);
@@ -786,58 +784,58 @@ Status TieredCache::Restore(const HotCheckpoint& cp) {
   // from every record, the bulk of reopening a long archive: one (layer, kv-head) slot per task,
   // on every core (each slot's vectors are its own; the mapping is read-only).
   const uint32_t words = options_.signature_bits / 64;
+  const uint32_t threads = std::thread::hardware_concurrency();
+  const size_t segments = reader_->segment_count();
   using Clock = std::chrono::steady_clock;
   const auto t_hot = Clock::now();
-  std::atomic<uint32_t> next{0};
-  auto restore_slots = [&] {
-    for (uint32_t slot; (slot = next.fetch_add(1)) < L * H;) {
-      const uint32_t l = slot / H, h = slot % H;
-      for (size_t s = 0; s < reader_->segment_count(); ++s) {
-        const SignatureRun run = reader_->Signatures(s, l, h);
+  ParallelFor(L * H, threads, [&](uint32_t slot) {
+    const uint32_t l = slot / H, h = slot % H;
+    for (size_t s = 0; s < segments; ++s) {
+      const SignatureRun run = reader_->Signatures(s, l, h);
+      if (!gpu_index_) {  // a GPU index is staged straight from the mapping below
         const auto* w = reinterpret_cast<const uint64_t*>(run.data);  // 8-aligned in the file
         signatures_[slot].insert(signatures_[slot].end(), w, w + size_t{run.token_count} * words);
-        if (gpu_records_ && run.token_count > 0)
-          gpu_records_->AppendSlot(slot, reader_->Record(run.first_token, l, h), run.first_token,
-                                   run.token_count);
-        if (!options_.scan_norms && options_.summary_page == 0) continue;
-        for (uint32_t t = 0; t < run.token_count; ++t) {
-          const uint8_t* record = reader_->Record(run.first_token + t, l, h);
-          if (options_.scan_norms) key_norms_[slot].push_back(StoredKeyNorm(record));
-          if (options_.summary_page > 0) Summarize(l, h, run.first_token + t, record);
-        }
+      }
+      if (gpu_records_ && run.token_count > 0)
+        gpu_records_->AppendSlot(slot, reader_->Record(run.first_token, l, h), run.first_token,
+                                 run.token_count);
+      if (!options_.scan_norms && options_.summary_page == 0) continue;
+      for (uint32_t t = 0; t < run.token_count; ++t) {
+        const uint8_t* record = reader_->Record(run.first_token + t, l, h);
+        if (options_.scan_norms) key_norms_[slot].push_back(StoredKeyNorm(record));
+        if (options_.summary_page > 0) Summarize(l, h, run.first_token + t, record);
       }
     }
-  };
-  const uint32_t threads = std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, L * H);
-  std::vector<std::thread> pool;
-  for (uint32_t i = 1; i < threads; ++i) pool.emplace_back(restore_slots);
-  restore_slots();
-  for (std::thread& t : pool) t.join();
+  });
   if (options_.exact_cold || options_.measure_recall || options_.oracle)
     return Status::NotImplemented(
         "resuming a session whose cold tier is kept exact (a test and benchmark mode)");
   const auto t_slots = Clock::now();
-  if (gpu_records_) gpu_records_->Grow(cold_tokens_);
+  if (gpu_records_) gpu_records_->Grow(cold_tokens_, threads);
   const auto t_pinned = Clock::now();
-  if (gpu_index_) {  // in pieces, so the staging copy stays small
+  if (gpu_index_) {  // whole segments of at least kPiece tokens at a time: the staging stays small
     gpu_index_->Reserve(std::max<uint64_t>(cold_tokens_, options_.reserve_cold_tokens));
     constexpr uint64_t kPiece = 65536;
     std::vector<uint64_t> sigs;
     std::vector<float> norms;
-    for (uint64_t t0 = 0; t0 < cold_tokens_; t0 += kPiece) {
-      const uint64_t m = std::min(kPiece, cold_tokens_ - t0);
+    for (size_t s0 = 0, s1; s0 < segments; s0 = s1) {
+      const uint64_t t0 = reader_->Signatures(s0, 0, 0).first_token;
+      uint64_t m = 0;
+      for (s1 = s0; s1 < segments && m < kPiece; ++s1) m += reader_->Signatures(s1, 0, 0).token_count;
       sigs.resize(size_t{L} * H * m * words);
       norms.resize(options_.scan_norms ? size_t{L} * H * m : 0);
-      for (uint32_t slot = 0; slot < L * H; ++slot) {
-        std::copy_n(signatures_[slot].begin() + t0 * words, m * words,
-                    sigs.begin() + slot * m * words);
+      ParallelFor(L * H, threads, [&](uint32_t slot) {
+        for (size_t s = s0; s < s1; ++s) {
+          const SignatureRun run = reader_->Signatures(s, slot / H, slot % H);
+          std::memcpy(sigs.data() + (slot * m + run.first_token - t0) * words, run.data,
+                      size_t{run.token_count} * words * sizeof(uint64_t));
+        }
         if (options_.scan_norms)
           std::copy_n(key_norms_[slot].begin() + t0, m, norms.begin() + slot * m);
-      }
+      });
       gpu_index_->Append(sigs.data(), norms.data(), m);
     }
-    // The host copies only staged the upload (Evict keeps none with the index on the GPU).
-    for (auto& v : signatures_) std::vector<uint64_t>().swap(v);
+    // The host norms only staged the upload (Evict keeps none with the index on the GPU).
     for (auto& v : key_norms_) std::vector<float>().swap(v);
   }
   if (PhaseTimer::Enabled()) {

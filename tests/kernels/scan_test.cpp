@@ -117,12 +117,18 @@ size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
 // Runs ScanSelect on `pr` with `c` and checks scores, selections and counts against the CPU.
 // held > 0: a launch sized for pr.n tokens (its capacity) that reads the count, `held`, from
 // device memory, as a captured decode step does; the tokens past it must not count.
-void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0) {
+// share > 1: groups of `share` problems scan the first one's signatures and norms (group 1
+// without norms), as a GQA group's per-query scans do.
+void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t share = 1) {
   CAPTURE(pr.bits);
   CAPTURE(pr.n);
   CAPTURE(pr.count);
   CAPTURE(c);
   CAPTURE(held);
+  CAPTURE(share);
+  // The problem whose signatures and norms problem p reads, and whether it reads norms.
+  auto source = [share](size_t p) { return p / share * share; };
+  auto no_norms = [share](size_t p) { return p / share == 1; };
   const size_t cap = pr.n, n = held > 0 ? held : pr.n, count = pr.count, bytes = pr.bits / 8;
   DeviceArray<uint64_t> sigs(pr.sigs);
   DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(count * cap);
@@ -132,7 +138,8 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0) {
   DeviceArray<uint32_t> counts(std::vector<uint32_t>(count, kUntouched));
   std::vector<kernels::ScanProblem> problems(count);
   for (size_t p = 0; p < count; ++p)
-    problems[p] = {sigs.get() + p * cap * pr.words, p == 1 ? nullptr : norms.get() + p * cap,
+    problems[p] = {sigs.get() + source(p) * cap * pr.words,
+                   no_norms(p) ? nullptr : norms.get() + source(p) * cap,
                    tables.get() + p * bytes * 256};
   const size_t workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
   DeviceArray<unsigned char> workspace(workspace_bytes);
@@ -141,6 +148,7 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0) {
   args.num_problems = pr.count;
   args.n = pr.n;
   if (held > 0) args.n_device = held_device.get();
+  args.share = share;
   args.words = pr.words;
   args.c = c;
   args.scores = scores.get();
@@ -157,8 +165,9 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0) {
   std::vector<uint32_t> want(std::min<size_t>(c, n));
   for (size_t p = 0; p < count; ++p) {
     CAPTURE(p);
-    index::AsymmetricScan(&pr.sigs[p * cap * pr.words], p == 1 ? nullptr : &pr.norms[p * cap],
-                          n, pr.words, &pr.tables[p * bytes * 256], want_scores.data());
+    index::AsymmetricScan(&pr.sigs[source(p) * cap * pr.words],
+                          no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
+                          &pr.tables[p * bytes * 256], want_scores.data());
     size_t first = 0;
     const size_t bad = BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
     CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
@@ -282,6 +291,45 @@ TEST_CASE("scan + select sized for a capacity, the count read from device memory
   CheckScanSelect(MakeProblems(128, 30000, 3, Data::kFew, 4), 1024, 20000);  // ties: large mode
 }
 
+TEST_CASE("scan + select: a group of problems over one kv-head's signatures reads them once") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (uint32_t bits : {64u, 128u, 256u})
+    for (uint32_t share : {2u, 3u, 4u})
+      CheckScanSelect(MakeProblems(bits, 5000, 3 * share, Data::kRandom, bits + share), 342, 0,
+                      share);
+  CheckScanSelect(MakeProblems(128, 1u << 20, 9, Data::kRandom, 11), 342, 0, 3);
+  CheckScanSelect(MakeProblems(128, 100000, 9, Data::kRandom, 12), 342, 70000, 3);
+  CheckScanSelect(MakeProblems(128, 3000, 96, Data::kRandom, 13), 100, 0, 3);  // > 1 launch
+  CheckScanSelect(MakeProblems(128, 5000, 6, Data::kFew, 14), 1024, 0, 3);     // ties
+  std::string error;
+  Problems pr = MakeProblems(128, 100, 4, Data::kRandom, 15);
+  kernels::ScanSelectArgs args;
+  std::vector<kernels::ScanProblem> problems(4, kernels::ScanProblem{nullptr, nullptr, nullptr});
+  DeviceArray<uint64_t> sigs(pr.sigs);
+  DeviceArray<float> tables(pr.tables), scores(400);
+  DeviceArray<uint32_t> selected(40);
+  DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(4, 100));
+  for (size_t p = 0; p < 4; ++p)
+    problems[p] = {sigs.get() + p * 100 * 2, nullptr, tables.get() + p * 16 * 256};
+  args.problems = problems.data();
+  args.num_problems = 4;
+  args.n = 100;
+  args.c = 10;
+  args.scores = scores.get();
+  args.selected = selected.get();
+  args.workspace = workspace.get();
+  args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(4, 100);
+  args.share = 3;  // does not divide 4
+  CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+  CHECK(error.find("share = 3") != std::string::npos);
+  args.share = 2;  // problems 0 and 1 read different signatures
+  CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+  CHECK(error.find("does not read its group's signatures") != std::string::npos);
+}
+
 TEST_CASE("scan + select: more problems than one launch holds") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
@@ -320,20 +368,24 @@ TEST_CASE("refused shapes name the value") {
   CHECK(error.find("bits = 96") != std::string::npos);
 }
 
-TEST_CASE("timing: 1M tokens, 128 bits, c = 1024") {
+TEST_CASE("timing: 1M tokens, 128 bits") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  for (uint32_t count : {3u, 9u}) {
-    const uint32_t n = 1u << 20, c = 1024, iterations = 50;
+  // (problems, share, c): 3 kv-heads with one summed table each; a decode step's 9 query heads
+  // each with its own table (C / g = 342), without and with a group's scans sharing one read.
+  const uint32_t configs[][3] = {{3, 1, 1024}, {9, 1, 1024}, {9, 1, 342}, {9, 3, 342}};
+  for (const auto& [count, share, c] : configs) {
+    const uint32_t n = 1u << 20, iterations = 50;
     Problems pr = MakeProblems(128, n, count, Data::kRandom, count);
     DeviceArray<uint64_t> sigs(pr.sigs);
     DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(size_t{count} * n);
     DeviceArray<uint32_t> selected(size_t{count} * c), counts(count);
     std::vector<kernels::ScanProblem> problems(count);
     for (size_t p = 0; p < count; ++p)
-      problems[p] = {sigs.get() + p * n * 2, norms.get() + p * n, tables.get() + p * 16 * 256};
+      problems[p] = {sigs.get() + p / share * share * n * 2, norms.get() + p / share * share * n,
+                     tables.get() + p * 16 * 256};
     DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(count, n));
     kernels::ScanSelectArgs args;
     args.problems = problems.data();
@@ -341,6 +393,7 @@ TEST_CASE("timing: 1M tokens, 128 bits, c = 1024") {
     args.n = n;
     args.words = 2;
     args.c = c;
+    args.share = share;
     args.scores = scores.get();
     args.selected = selected.get();
     args.counts = counts.get();
@@ -359,8 +412,9 @@ TEST_CASE("timing: 1M tokens, 128 bits, c = 1024") {
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
     const double us = double(ms) * 1000.0 / iterations;
-    const double read_bytes = double(count) * n * (16 + 4);  // signatures + norms, once
-    MESSAGE("ScanSelect n = 1M, P = " << count << ", 128 bits, c = 1024: " << us << " us per call, "
+    const double read_bytes = double(count / share) * n * (16 + 4);  // signatures + norms, once
+    MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
+                                      << ": " << us << " us per call, "
                                       << read_bytes / (us * 1e3) << " GB/s of signatures + norms");
   }
 }

@@ -144,6 +144,42 @@ TEST_CASE("equivalence gate: exact cold tokens, k >= cold tokens: full attention
   CHECK(diff < 1e-4);
 }
 
+TEST_CASE("evict_batch: decode steps move tokens out N at a time; attention stays whole") {
+  const auto steps = MakeSteps(300, 40, 3);
+  TieredCacheOptions o;
+  o.window = 64;
+  o.exact_cold = true;  // with k = every cold token: full attention whatever the schedule
+  o.top_k = 100000;
+  o.candidates = 100000;
+  o.evict_batch = 8;
+  TieredCache cache(kShape, o);
+  const uint64_t keep = o.sinks + o.window;
+  std::vector<std::vector<torch::Tensor>> outs(kShape.num_layers);
+  uint64_t evictions = 0, cold = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto got = Run(cache, steps, i, i + 1);
+    for (uint32_t l = 0; l < kShape.num_layers; ++l) outs[l].push_back(got[l]);
+    if (steps[i].ids.size() > 1) {
+      CHECK(cache.hot_tokens() == keep);  // a prefill chunk evicts down to the window
+    } else {
+      CHECK(cache.hot_tokens() >= keep);
+      CHECK(cache.hot_tokens() < keep + o.evict_batch);
+      if (cache.cold_tokens() != cold) {
+        CHECK(cache.cold_tokens() - cold == o.evict_batch);
+        ++evictions;
+      }
+    }
+    cold = cache.cold_tokens();
+  }
+  CHECK(evictions == 40 / o.evict_batch);
+  std::vector<torch::Tensor> got;
+  for (auto& o_l : outs) got.push_back(torch::cat(o_l, 1));
+  const double diff = MaxDiff(got, Reference(steps));
+  MESSAGE("evict_batch 8: max |tiered - full| = " << diff << ", " << evictions
+                                                  << " decode evictions of 8");
+  CHECK(diff < 1e-4);
+}
+
 TEST_CASE("the codec alone (k = all cold tokens) stays close; the ablation does not") {
   const auto steps = MakeSteps(700, 20, 2);
   const auto ref = Reference(steps);
@@ -266,65 +302,86 @@ TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with
   CHECK(worst <= r.Mean());
 }
 
+// Commits after all but the last 15 steps, closes, reopens the archive and runs those: the
+// outputs must be those of one uninterrupted cache, bit for bit.
+static void CheckResume(const std::vector<Step>& steps, const TieredCacheOptions& o,
+                 torch::Device device) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kiv-tiered-" + std::to_string(getpid()) + ".kiv"))
+                               .string();
+  std::filesystem::remove(path);
+  ArchiveSpec spec;
+  spec.model = {"test",
+                kShape.num_layers,
+                kShape.num_q_heads,
+                kShape.num_kv_heads,
+                kShape.head_dim,
+                1000,
+                1,
+                2};
+  spec.codec.signature_bits = o.signature_bits;
+  spec.codec.projection_seed = o.projection_seed;
+  spec.codec.sinks = o.sinks;
+  spec.codec.hot_window = o.window;
+
+  // Uninterrupted, in memory.
+  TieredCache whole(kShape, o, device, torch::kFloat32);
+  const auto want = Run(whole, steps);
+
+  // Interrupted: first part, commit, close; reopen, second part.
+  const size_t cut = steps.size() - 15;
+  std::vector<torch::Tensor> first, second;
+  {
+    auto w = ArchiveWriter::Create(path, spec);
+    REQUIRE(w.ok());
+    auto cache = TieredCache::Open(w->get(), kShape, o, device, torch::kFloat32, nullptr);
+    REQUIRE(cache.ok());
+    first = Run(**cache, steps, 0, cut);
+    REQUIRE((*cache)->Commit({7, 7}).ok());
+    REQUIRE((*w)->Close().ok());
+  }
+  {
+    auto w = ArchiveWriter::Open(path);
+    REQUIRE(w.ok());
+    std::vector<uint8_t> extra;
+    auto cache = TieredCache::Open(w->get(), kShape, o, device, torch::kFloat32, &extra);
+    REQUIRE(cache.ok());
+    CHECK((*cache)->cold_on_gpu() == whole.cold_on_gpu());
+    CHECK(extra == std::vector<uint8_t>{7, 7});
+    CHECK((*cache)->length() == whole.length() - int64_t(steps.size() - cut));
+    second = Run(**cache, steps, cut);
+  }
+  for (uint32_t l = 0; l < kShape.num_layers; ++l) {
+    const torch::Tensor resumed = torch::cat({first[l], second[l]}, 1);
+    CHECK(torch::equal(resumed.cpu(), want[l].cpu()));
+    CHECK(torch::equal(first[l].cpu(), want[l].slice(1, 0, first[l].size(1)).cpu()));
+  }
+  std::filesystem::remove(path);
+}
+
 TEST_CASE("resume: commit, reopen the archive, continue: bit-for-bit the same") {
   for (const uint32_t summary_page : {0u, 16u}) {  // summaries are rebuilt from the records
     CAPTURE(summary_page);
-    const auto steps = MakeSteps(900, 40, 4);
-    const std::string path = (std::filesystem::temp_directory_path() /
-                              ("kiv-tiered-" + std::to_string(getpid()) + ".kiv"))
-                                 .string();
-    std::filesystem::remove(path);
-    ArchiveSpec spec;
-    spec.model = {"test",
-                  kShape.num_layers,
-                  kShape.num_q_heads,
-                  kShape.num_kv_heads,
-                  kShape.head_dim,
-                  1000,
-                  1,
-                  2};
     TieredCacheOptions o;
     o.window = 64;
     o.top_k = 32;
     o.candidates = 128;
     o.summary_page = summary_page;
-    spec.codec.signature_bits = o.signature_bits;
-    spec.codec.projection_seed = o.projection_seed;
-    spec.codec.sinks = o.sinks;
-    spec.codec.hot_window = o.window;
+    CheckResume(MakeSteps(900, 40, 4), o, torch::kCPU);
+  }
+}
 
-    // Uninterrupted, in memory.
-    TieredCache whole(kShape, o);
-    const auto want = Run(whole, steps);
-
-    // Interrupted: first part, commit, close; reopen, second part.
-    const size_t cut = steps.size() - 15;
-    std::vector<torch::Tensor> first, second;
-    {
-      auto w = ArchiveWriter::Create(path, spec);
-      REQUIRE(w.ok());
-      auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, nullptr);
-      REQUIRE(cache.ok());
-      first = Run(**cache, steps, 0, cut);
-      REQUIRE((*cache)->Commit({7, 7}).ok());
-      REQUIRE((*w)->Close().ok());
-    }
-    {
-      auto w = ArchiveWriter::Open(path);
-      REQUIRE(w.ok());
-      std::vector<uint8_t> extra;
-      auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCPU, torch::kFloat32, &extra);
-      REQUIRE(cache.ok());
-      CHECK(extra == std::vector<uint8_t>{7, 7});
-      CHECK((*cache)->length() == whole.length() - int64_t(steps.size() - cut));
-      second = Run(**cache, steps, cut);
-    }
-    for (uint32_t l = 0; l < kShape.num_layers; ++l) {
-      const torch::Tensor resumed = torch::cat({first[l], second[l]}, 1);
-      CHECK(torch::equal(resumed, want[l]));
-      CHECK(torch::equal(first[l], want[l].slice(1, 0, first[l].size(1))));
-    }
-    std::filesystem::remove(path);
+TEST_CASE("on CUDA, resume on the GPU cold tier: the records, signatures and norms come back") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  for (const bool norms : {true, false}) {
+    CAPTURE(norms);
+    TieredCacheOptions o = SmallGpuOptions();
+    o.scan_norms = norms;
+    o.evict_batch = norms ? 1 : 4;  // segments of one token and of four
+    CheckResume(CudaSteps(10), o, torch::kCUDA);
   }
 }
 
@@ -407,69 +464,74 @@ TEST_CASE("on CUDA, decode steps captured in one CUDA graph equal the eager step
     return;
   }
   const auto steps = CudaSteps(9);
-  const TieredCacheOptions o = SmallGpuOptions();
-  TieredCache eager(kShape, o, torch::kCUDA, torch::kFloat32);
-  TieredCache graphed(kShape, o, torch::kCUDA, torch::kFloat32);
-  if (!graphed.cold_on_gpu()) {
-    MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
-    return;
-  }
-  size_t first_decode = 0;
-  while (steps[first_decode].ids.size() > 1) ++first_decode;
-  const auto want = Run(eager, steps);
-  uint64_t key = 0;
-  CHECK_FALSE(graphed.PrepareCapturedDecode(&key));  // empty: nothing cold yet
-  Run(graphed, steps, 0, first_decode);
-  // The step's inputs live at fixed addresses, as a model's graph outputs do.
-  std::vector<torch::Tensor> q, k, v, out(kShape.num_layers);
-  for (uint32_t l = 0; l < kShape.num_layers; ++l) {
-    q.push_back(steps[first_decode].q[l].clone());
-    k.push_back(steps[first_decode].k[l].clone());
-    v.push_back(steps[first_decode].v[l].clone());
-  }
-  auto step = [&] {
-    for (uint32_t l = 0; l < kShape.num_layers; ++l)
-      out[l] = graphed.Attend(l, q[l], k[l], v[l], graphed.length());
-  };
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
-  uint64_t graph_key = 0, captures = 0;
-  std::vector<std::vector<torch::Tensor>> got(kShape.num_layers);
-  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
-  for (size_t i = first_decode; i < steps.size(); ++i) {
+  for (const uint32_t batch : {1u, 8u}) {
+    CAPTURE(batch);
+    TieredCacheOptions o = SmallGpuOptions();
+    o.evict_batch = batch;  // 8: the hot count changes from step to step under one graph
+    TieredCache eager(kShape, o, torch::kCUDA, torch::kFloat32);
+    TieredCache graphed(kShape, o, torch::kCUDA, torch::kFloat32);
+    if (!graphed.cold_on_gpu()) {
+      MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+      return;
+    }
+    size_t first_decode = 0;
+    while (steps[first_decode].ids.size() > 1) ++first_decode;
+    const auto want = Run(eager, steps);
+    uint64_t key = 0;
+    CHECK_FALSE(graphed.PrepareCapturedDecode(&key));  // empty: nothing cold yet
+    Run(graphed, steps, 0, first_decode);
+    // The step's inputs live at fixed addresses, as a model's graph outputs do.
+    std::vector<torch::Tensor> q, k, v, out(kShape.num_layers);
     for (uint32_t l = 0; l < kShape.num_layers; ++l) {
-      q[l].copy_(steps[i].q[l]);
-      k[l].copy_(steps[i].k[l]);
-      v[l].copy_(steps[i].v[l]);
+      q.push_back(steps[first_decode].q[l].clone());
+      k.push_back(steps[first_decode].k[l].clone());
+      v.push_back(steps[first_decode].v[l].clone());
     }
-    REQUIRE(graphed.PrepareCapturedDecode(&key));
-    if (!graph || key != graph_key) {
-      c10::cuda::device_synchronize();
-      {
-        c10::cuda::CUDAStreamGuard on_side(side);
-        step();  // a warm-up: the same writes the capture will repeat
-        side.synchronize();
-        graph = std::make_unique<at::cuda::CUDAGraph>();
-        graph->capture_begin();
-        step();
-        graph->capture_end();
+    auto step = [&] {
+      for (uint32_t l = 0; l < kShape.num_layers; ++l)
+        out[l] = graphed.Attend(l, q[l], k[l], v[l], graphed.length());
+    };
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    uint64_t graph_key = 0, captures = 0;
+    std::vector<std::vector<torch::Tensor>> got(kShape.num_layers);
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+    for (size_t i = first_decode; i < steps.size(); ++i) {
+      for (uint32_t l = 0; l < kShape.num_layers; ++l) {
+        q[l].copy_(steps[i].q[l]);
+        k[l].copy_(steps[i].k[l]);
+        v[l].copy_(steps[i].v[l]);
       }
-      c10::cuda::device_synchronize();
-      graph_key = key;
-      ++captures;
+      REQUIRE(graphed.PrepareCapturedDecode(&key));
+      if (!graph || key != graph_key) {
+        c10::cuda::device_synchronize();
+        {
+          c10::cuda::CUDAStreamGuard on_side(side);
+          step();  // a warm-up: the same writes the capture will repeat
+          side.synchronize();
+          graph = std::make_unique<at::cuda::CUDAGraph>();
+          graph->capture_begin();
+          step();
+          graph->capture_end();
+        }
+        c10::cuda::device_synchronize();
+        graph_key = key;
+        ++captures;
+      }
+      graph->replay();
+      for (uint32_t l = 0; l < kShape.num_layers; ++l) got[l].push_back(out[l].clone());
+      graphed.EndChunk(steps[i].ids);
     }
-    graph->replay();
-    for (uint32_t l = 0; l < kShape.num_layers; ++l) got[l].push_back(out[l].clone());
-    graphed.EndChunk(steps[i].ids);
+    const int64_t decoded = int64_t(steps.size() - first_decode);
+    const int64_t at = want[0].size(1) - decoded;
+    for (uint32_t l = 0; l < kShape.num_layers; ++l)
+      CHECK(torch::equal(torch::cat(got[l], 1).cpu(), want[l].slice(1, at).cpu()));
+    CHECK(captures == 1);  // one graph served every step: the cold tier grew under it
+    CHECK(graphed.stats().scans == eager.stats().scans);
+    CHECK(graphed.stats().tokens_scanned == eager.stats().tokens_scanned);
+    CHECK(graphed.cold_tokens() == eager.cold_tokens());
+    MESSAGE("evict_batch " << batch << ": " << decoded << " decode steps replayed from "
+                           << captures << " capture, " << graphed.cold_tokens()
+                           << " cold tokens at the end");
   }
-  const int64_t decoded = int64_t(steps.size() - first_decode);
-  const int64_t at = want[0].size(1) - decoded;
-  for (uint32_t l = 0; l < kShape.num_layers; ++l)
-    CHECK(torch::equal(torch::cat(got[l], 1).cpu(), want[l].slice(1, at).cpu()));
-  CHECK(captures == 1);  // one graph served every step: the cold tier grew under it
-  CHECK(graphed.stats().scans == eager.stats().scans);
-  CHECK(graphed.stats().tokens_scanned == eager.stats().tokens_scanned);
-  CHECK(graphed.cold_tokens() == eager.cold_tokens());
-  MESSAGE(decoded << " decode steps replayed from " << captures << " capture, "
-                  << graphed.cold_tokens() << " cold tokens at the end");
 #endif
 }
