@@ -562,7 +562,9 @@ template <uint32_t kWords>
 int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
                const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
   const size_t smem = ScanSharedBytes(kWords, chunk.share);
-  if (smem > 48 * 1024)
+  // Above 40 KB of tables the kernel's own static shared memory (the select's scan storage) would
+  // pass the 48 KB a launch gets without asking.
+  if (smem > 40 * 1024)
     KIV_CUDA_CALL(cudaFuncSetAttribute(AsymScanKernel<kWords>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   AsymScanKernel<kWords><<<dim3(blocks, groups), kThreads, smem, stream>>>(

@@ -305,7 +305,7 @@ TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with
 // Commits after all but the last 15 steps, closes, reopens the archive and runs those: the
 // outputs must be those of one uninterrupted cache, bit for bit.
 static void CheckResume(const std::vector<Step>& steps, const TieredCacheOptions& o,
-                 torch::Device device) {
+                        torch::Device device) {
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("kiv-tiered-" + std::to_string(getpid()) + ".kiv"))
                                .string();
