@@ -17,6 +17,15 @@
 #include "runtime/kv_cache.h"
 #include "runtime/safetensors.h"
 
+#if defined(KIV_HAVE_KERNELS) && KIV_TORCH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdlib>
+
+#include "kernels/layer.h"
+#define KIV_FUSED_LAYER 1
+#endif
+
 namespace kiv {
 
 struct LlamaModel::Layer {
@@ -88,8 +97,37 @@ class WeightLoader {
   at::ScalarType dtype_;
 };
 
+#if KIV_FUSED_LAYER
+// Whether RMSNorm and RoPE on `x` run as one kernel each (kernels/layer.h): on CUDA in bf16 or
+// float32, unless KIV_UNFUSED_LAYER is set (the LibTorch operations, for comparison).
+bool Fused(const at::Tensor& x) {
+  static const bool off = std::getenv("KIV_UNFUSED_LAYER") != nullptr;
+  return !off && x.is_cuda() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat);
+}
+kiv::kernels::DType KernelDtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? kiv::kernels::DType::kBFloat16
+                                          : kiv::kernels::DType::kFloat32;
+}
+#endif
+
 // transformers' LlamaRMSNorm: the statistics in float32, the weight applied in the run dtype.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+#if KIV_FUSED_LAYER
+  if (Fused(x) && x.dim() == 2 && x.stride(1) == 1 && weight.is_contiguous() &&
+      weight.scalar_type() == x.scalar_type()) {
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    kiv::kernels::RmsNormParams p;
+    p.x = x.data_ptr(), p.weight = weight.data_ptr(), p.out = out.data_ptr();
+    p.dtype = KernelDtype(x);
+    p.rows = uint32_t(x.size(0)), p.dim = uint32_t(x.size(1));
+    p.x_stride = uint64_t(x.stride(0));
+    p.eps = float(eps);
+    std::string error;
+    TORCH_CHECK(kiv::kernels::LaunchRmsNorm(p, at::cuda::getCurrentCUDAStream().stream(), &error) == 0,
+                "RmsNorm kernel: ", error);
+    return out;
+  }
+#endif
   at::Tensor h = x.to(at::kFloat);
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps);
@@ -99,6 +137,28 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// x · cos + rotate_half(x) · sin for x [n, H, d] (rows of H · d contiguous values), cos and sin
+// [n, d]; returned as [H, n, d] (a transposed view of [n, H, d] data).
+at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+#if KIV_FUSED_LAYER
+  if (Fused(x) && x.stride(2) == 1 && x.stride(1) == x.size(2) && cos.is_contiguous() &&
+      sin.is_contiguous() && cos.scalar_type() == x.scalar_type()) {
+    at::Tensor out = at::empty(x.sizes(), x.options());
+    kiv::kernels::RopeParams p;
+    p.x = x.data_ptr(), p.out = out.data_ptr(), p.cos = cos.data_ptr(), p.sin = sin.data_ptr();
+    p.dtype = KernelDtype(x);
+    p.rows = uint32_t(x.size(0)), p.heads = uint32_t(x.size(1)), p.head_dim = uint32_t(x.size(2));
+    p.x_stride = uint64_t(x.stride(0));
+    std::string error;
+    TORCH_CHECK(kiv::kernels::LaunchRope(p, at::cuda::getCurrentCUDAStream().stream(), &error) == 0,
+                "RoPE kernel: ", error);
+    return out.transpose(0, 1);
+  }
+#endif
+  const at::Tensor t = x.transpose(0, 1);
+  return t * cos + RotateHalf(t) * sin;
 }
 
 }  // namespace
@@ -203,11 +263,9 @@ void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& 
   const int64_t n = h.size(0), d = config_.head_dim;
   at::Tensor x = RmsNorm(h, l.input_norm, config_.rms_norm_eps);
   // [n, H*d] → [H, n, d]
-  at::Tensor qq = at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}).transpose(0, 1);
-  at::Tensor kk = at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  *q = Rope(at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}), cos, sin);
+  *k = Rope(at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}), cos, sin);
   *v = at::linear(x, l.v_w, l.v_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
-  *q = qq * cos + RotateHalf(qq) * sin;
-  *k = kk * cos + RotateHalf(kk) * sin;
 }
 
 // o_proj, the residual, post_attention_layernorm and the SwiGLU MLP, the residual.

@@ -1,0 +1,104 @@
+// RMSNorm and RoPE fused for the GPU runner; see layer.h for the formulas and the exactness.
+//
+// RmsNormKernel: one block per row; each thread squares and sums a stride of the row, a block
+// reduction, then every thread writes its elements. RopeKernel: one thread per output element.
+// Float products and sums are spelled __fmul_rn / __fadd_rn so they never contract into FMA (the
+// separate LibTorch operations round each of them).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include "kernels/cuda_call.cuh"
+#include "kernels/layer.h"
+
+namespace kiv::kernels {
+namespace {
+
+constexpr uint32_t kNormThreads = 256;
+
+__device__ __forceinline__ float Read(const void* p, DType t, uint64_t i) {
+  return t == DType::kBFloat16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i])
+                               : static_cast<const float*>(p)[i];
+}
+// Rounds to the dtype (bf16: nearest even) and stores; returns the stored value as a float.
+__device__ __forceinline__ float Round(DType t, float v) {
+  return t == DType::kBFloat16 ? __bfloat162float(__float2bfloat16_rn(v)) : v;
+}
+__device__ __forceinline__ void Write(void* p, DType t, uint64_t i, float v) {
+  if (t == DType::kBFloat16)
+    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  else
+    static_cast<float*>(p)[i] = v;
+}
+
+__global__ void __launch_bounds__(kNormThreads) RmsNormKernel(RmsNormParams p) {
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  __shared__ float r_shared;
+  const uint64_t xs = p.x_stride ? p.x_stride : p.dim, os = p.out_stride ? p.out_stride : p.dim;
+  const uint64_t row = blockIdx.x;
+  float sum = 0.0f;
+  for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    const float h = Read(p.x, p.dtype, row * xs + i);
+    sum = __fadd_rn(sum, __fmul_rn(h, h));
+  }
+  sum = Reduce(storage).Sum(sum);
+  if (threadIdx.x == 0) r_shared = rsqrtf(__fadd_rn(__fdiv_rn(sum, float(p.dim)), p.eps));
+  __syncthreads();
+  const float r = r_shared;
+  for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    const float h = Round(p.dtype, __fmul_rn(Read(p.x, p.dtype, row * xs + i), r));
+    Write(p.out, p.dtype, row * os + i, __fmul_rn(Read(p.weight, p.dtype, i), h));
+  }
+}
+
+__global__ void RopeKernel(RopeParams p) {
+  const uint32_t d = p.head_dim, half = d / 2;
+  const uint64_t total = uint64_t{p.rows} * p.heads * d;
+  const uint64_t xs = p.x_stride ? p.x_stride : uint64_t{p.heads} * d;
+  const uint64_t os = p.out_stride ? p.out_stride : uint64_t{p.heads} * d;
+  for (uint64_t e = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; e < total;
+       e += uint64_t{gridDim.x} * blockDim.x) {
+    const uint32_t i = uint32_t(e % d);
+    const uint64_t th = e / d, t = th / p.heads, h = th % p.heads;
+    const uint64_t in = t * xs + h * d;
+    const float x = Read(p.x, p.dtype, in + i);
+    const float rot = i < half ? -Read(p.x, p.dtype, in + i + half) : Read(p.x, p.dtype, in + i - half);
+    const float a = Round(p.dtype, __fmul_rn(x, Read(p.cos, p.dtype, t * d + i)));
+    const float b = Round(p.dtype, __fmul_rn(rot, Read(p.sin, p.dtype, t * d + i)));
+    Write(p.out, p.dtype, t * os + h * d + i, __fadd_rn(a, b));
+  }
+}
+
+int Refuse(std::string* error, const std::string& why) {
+  if (error) *error = why;
+  return int(cudaErrorInvalidValue);
+}
+
+}  // namespace
+
+int LaunchRmsNorm(const RmsNormParams& p, CUstream_st* stream, std::string* error) {
+  if (!p.x || !p.weight || !p.out) return Refuse(error, "RmsNorm: a null x, weight or out");
+  if (p.dim == 0 || p.dim > 16384)
+    return Refuse(error, "RmsNorm: dim = " + std::to_string(p.dim) + ", not in 1..16384");
+  if (p.rows == 0) return 0;
+  if (p.rows > 0x7FFFFFFFu) return Refuse(error, "RmsNorm: rows = " + std::to_string(p.rows));
+  RmsNormKernel<<<p.rows, kNormThreads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+int LaunchRope(const RopeParams& p, CUstream_st* stream, std::string* error) {
+  if (!p.x || !p.out || !p.cos || !p.sin) return Refuse(error, "Rope: a null pointer");
+  if (p.head_dim == 0 || p.head_dim % 2 != 0 || p.head_dim > 1024)
+    return Refuse(error, "Rope: head_dim = " + std::to_string(p.head_dim) +
+                             ", not even and in 2..1024");
+  const uint64_t total = uint64_t{p.rows} * p.heads * p.head_dim;
+  if (total == 0) return 0;
+  const uint32_t threads = 256;
+  const uint64_t blocks = std::min<uint64_t>((total + threads - 1) / threads, 65535);
+  RopeKernel<<<uint32_t(blocks), threads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+}  // namespace kiv::kernels
