@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs THERE, after tools/gpu/device_setup.sh: the GPU tests of the kernels and the cache, one
+# tiered session's logits eager against graphed (byte for byte), and decode speed at 4K and 32K
+# with the fused layer kernels and without (KIV_UNFUSED_LAYER=1). Logs and JSON to $OUT.
+#
+#   bash tools/gpu/quick_check.sh [MODEL_DIR] [extra kiv bench speed arguments]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source tools/gpu/env.sh
+B=$KIV_BUILD_DIR
+OUTDIR=${OUT:-$KIV_GPU/quick}
+mkdir -p "$OUTDIR"
+MODEL=${1:-/tmp/kiv-random-smollm2}; shift || true
+[ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
+  --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1 || { echo "no model"; exit 1; }
+status=0
+for t in kernels/kernels_layer_test kernels/kernels_scan_test runtime/runtime_tiered_cache_test; do
+  log=$OUTDIR/$(basename "$t").log
+  if "$B/tests/$t" >"$log" 2>&1; then echo "$t: passed"; else echo "$t: FAILED"; status=1; grep -B2 -A8 ERROR "$log" | head -30; fi
+done
+grep -h "MESSAGE" "$OUTDIR"/kernels_layer_test.log "$OUTDIR"/kernels_scan_test.log | grep -E "share|exactly" | cut -c1-200
+"$B/tests/runtime/runtime_llama_test" -tc='*CUDA graphs*' >"$OUTDIR/llama-graphs.log" 2>&1 || { echo "llama graphs test FAILED"; status=1; }
+grep -E "test cases" "$OUTDIR/llama-graphs.log"
+work=$(mktemp -d)
+head -c 12000 "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
+for mode in eager graphs; do
+  flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
+  "$B/cli/kiv" run --model "$MODEL" --device cuda $flag --prompt-file "$work/prompt.txt" \
+    --max-new 48 --logits-out "$work/logits-$mode.bin" "Who is Emma?" >/dev/null 2>"$work/run-$mode.log" || status=1
+  tail -1 "$work/run-$mode.log"
+done
+if cmp -s "$work/logits-eager.bin" "$work/logits-graphs.bin" && [ -s "$work/logits-eager.bin" ]; then
+  echo "a tiered session's logits identical, eager and graphed"
+else
+  echo "a tiered session's logits DIFFER between eager and graphed"; status=1
+fi
+for mode in fused unfused; do
+  env_set=""; [ "$mode" = unfused ] && env_set="KIV_UNFUSED_LAYER=1"
+  env $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,32768 --full-max 4096 --no-reopen \
+    --dir "$work/speed" --out "$OUTDIR/speed-$mode.json" "$@" 2>&1 | grep -E "^(kiv|full)" | sed "s/^/$mode /"
+done
+rm -rf "$work"
+exit "$status"
