@@ -9,8 +9,8 @@
 //
 // with T the run dtype's rounding (none for float32). RoPE rounds exactly as the separate
 // operations do, so it is bit-exact with them; RMSNorm sums the squares in another order than
-// torch's reduction, so r may differ from it in the last bit (then an output rarely by one unit
-// of T). The CPU references below compute the same formulas in order.
+// torch's reduction, so r may differ from it by a few float ulps (then an output by a unit of T
+// or two, rarely). The CPU references below compute the same formulas, RMSNorm's sum in double.
 //
 // Plain C++: no CUDA headers. Launchers return a cudaError_t as int (0 = cudaSuccess) and put
 // the reason for a refused shape in `*error`.
@@ -62,9 +62,9 @@ inline void RmsNormReference(const float* x, const float* weight, float* out, ui
   auto T = [bf16](float v) { return bf16 ? RoundBf16(v) : v; };
   for (uint32_t t = 0; t < rows; ++t) {
     const float* row = x + uint64_t{t} * dim;
-    float sum = 0.0f;
-    for (uint32_t i = 0; i < dim; ++i) sum += row[i] * row[i];
-    const float r = 1.0f / std::sqrt(sum / float(dim) + eps);
+    double sum = 0.0;
+    for (uint32_t i = 0; i < dim; ++i) sum += double(row[i]) * row[i];
+    const float r = 1.0f / std::sqrt(float(sum / dim) + eps);
     for (uint32_t i = 0; i < dim; ++i) out[uint64_t{t} * dim + i] = T(weight[i] * T(row[i] * r));
   }
 }

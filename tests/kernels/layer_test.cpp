@@ -95,6 +95,8 @@ TEST_CASE("RoPE equals its reference bit for bit, and refuses odd head_dim") {
 }
 
 TEST_CASE("RMSNorm equals its reference up to the summation order") {
+  CHECK(RoundBf16(1.0f + 0x1p-8f) == 1.0f);  // a tie: to even
+  CHECK(RoundBf16(1.0f + 0x1.8p-8f) == 1.0f + 0x1p-7f);
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
     return;
@@ -117,11 +119,11 @@ TEST_CASE("RMSNorm equals its reference up to the summation order") {
       std::vector<float> want(size_t{rows} * dim);
       RmsNormReference(x.f.data(), w.f.data(), want.data(), rows, dim, p.eps, bf16);
       const std::vector<float> got = Download(dout, bf16);
-      // r differs by a few float ulps at most; after the dtype's rounding an output then differs
-      // by one of its units or not at all.
+      // r differs by a few float ulps (the GPU's tree sum in float against the reference's in
+      // double); after the dtype's roundings an output then differs by up to two of its units.
       size_t bad = 0, exact = 0;
       for (size_t i = 0; i < want.size(); ++i) {
-        const float unit = bf16 ? std::ldexp(std::fabs(want[i]), -7) : std::fabs(want[i]) * 1e-6f;
+        const float unit = bf16 ? std::ldexp(std::fabs(want[i]), -6) : std::fabs(want[i]) * 4e-6f;
         bad += std::fabs(got[i] - want[i]) > unit + 1e-30f;
         exact += got[i] == want[i];
       }
