@@ -575,6 +575,8 @@ void TieredCache::MeasureRecall(int64_t layer, uint32_t head, const torch::Tenso
 }
 
 const uint8_t* TieredCache::Record(uint64_t token, uint32_t layer, uint32_t head) const {
+  if (gpu_records_)  // every cold token, committed or not
+    return gpu_records_->base(layer * shape_.num_kv_heads + head) + token * record_bytes();
   if (token < committed_tokens_) return reader_->Record(token, layer, head);
   // Runs are consecutive from committed_tokens_; find the one holding the token.
   auto it = std::upper_bound(
@@ -684,8 +686,12 @@ Status TieredCache::Evict(uint32_t count) {
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
   if (gpu_index_) gpu_index_->Append(sigs.data(), norms.data(), count);  // [slot][count] both
-  if (gpu_records_) gpu_records_->Append(run->records.data(), count);
-  runs_.push_back(std::move(run));
+  // With a GPU record arena its copy serves every read (Record); keeping the run's own copy until
+  // the next commit would double the records' host memory (11.3 GB at 1M tokens of SmolLM2).
+  if (gpu_records_)
+    gpu_records_->Append(run->records.data(), count);
+  else
+    runs_.push_back(std::move(run));
   cold_tokens_ += count;
   return Status::Ok();
 }

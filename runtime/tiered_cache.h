@@ -118,7 +118,8 @@ class TieredCache : public KvCache {
   index::SignatureProjection projection_;
   ArchiveWriter* writer_ = nullptr;             // not owned; null for an in-memory cache
   std::unique_ptr<ArchiveReader> reader_;       // the committed records, mapped
-  std::vector<std::unique_ptr<ColdRun>> runs_;  // records after the reader's committed prefix
+  // Records after the reader's committed prefix; none with a GPU record arena, which holds them.
+  std::vector<std::unique_ptr<ColdRun>> runs_;
   uint64_t committed_tokens_ = 0;               // records the reader serves
 
   // Hot tier: per layer [H_kv, n_hot, d] keys (post-RoPE) and values; the same tokens in all.
