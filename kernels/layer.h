@@ -1,7 +1,8 @@
 // Two of a Llama layer's small steps fused into one kernel each, for the GPU runner: RMSNorm
 // (eight LibTorch operations in transformers' spelling) and rotary embedding (five per tensor).
-// At a decode step every layer runs them three times; as separate launches they were a third of
-// the step's ~60 kernels a layer. The device twins of runtime/llama.cpp's LibTorch spelling:
+// A layer runs RMSNorm twice and RoPE twice (q and k): 26 LibTorch operations, here 4 kernels (a
+// decode step is bound by how many kernels it runs; docs/performance.md has what this saved).
+// The device twins of runtime/llama.cpp's LibTorch spelling:
 //
 //   RMSNorm:  h = float(x);  r = rsqrt(Σ h² / dim + eps);  out = T(float(w) · float(T(h · r)))
 //   RoPE:     out[i] = T(float(T(x[i] · cos[i])) + float(T(rot[i] · sin[i]))),
