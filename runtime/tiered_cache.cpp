@@ -120,16 +120,26 @@ TieredCache::~TieredCache() {
                  profile_[2], profile_[3]);
 }
 
+uint64_t TieredCache::DecodeHotRows() const {
+  return uint64_t{options_.sinks} + options_.window + std::max<uint32_t>(1, options_.evict_batch);
+}
+
+void TieredCache::CountDecodeRetrievals(uint64_t layers) {
+  stats_.scans += layers * shape_.num_kv_heads;
+  stats_.tokens_scanned += layers * shape_.num_q_heads * cold_tokens_;
+  stats_.tokens_retrieved +=
+      layers * shape_.num_kv_heads * std::min<uint64_t>(options_.top_k, cold_tokens_);
+}
+
 bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
   captured_step_ = false;
-  const uint64_t keep = uint64_t{options_.sinks} + options_.window;
-  const uint64_t rows = keep + std::max<uint32_t>(1, options_.evict_batch);  // after the append
+  const uint64_t rows = DecodeHotRows();  // at most, after the step's append
   const uint64_t hot = hot_ids_.size();
   if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot + 1 > rows ||
       cold_tokens_ < options_.candidates || cold_tokens_ < options_.top_k ||
       cold_tokens_ > UINT32_MAX)
     return false;
-  const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;  // the int64 at an even offset
+  const int64_t H = shape_.num_kv_heads, row_at = StepRowOffset();
   ReserveHot(int64_t(rows));
   if (!step_.defined())
     step_ = torch::zeros({row_at + 2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
@@ -158,9 +168,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
               length_);
   if (captured_step_) {  // PrepareCapturedDecode: every count from step_, nothing on the host
     TORCH_CHECK(q.size(1) == 1, "a captured decode step takes one token, not ", q.size(1));
-    const int64_t H = shape_.num_kv_heads, row_at = (H + 2) / 2 * 2;
-    const int64_t rows =
-        int64_t{options_.sinks} + options_.window + std::max<uint32_t>(1, options_.evict_batch);
+    const int64_t H = shape_.num_kv_heads, row_at = StepRowOffset(), rows = DecodeHotRows();
     const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
     hot_k_buf_[layer].index_copy_(1, row, k);
     hot_v_buf_[layer].index_copy_(1, row, v);
@@ -186,10 +194,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     hot_v_[layer] = hot_v_buf_[layer].narrow(1, 0, previous + n);
     // A decode step on the GPU: retrieved and hot tokens in one attention kernel.
     if (gpu_cold_ && q.size(1) == 1 && options_.retrieval && cold_tokens_ > 0) {
-      stats_.scans += shape_.num_kv_heads;
-      stats_.tokens_scanned += uint64_t{shape_.num_q_heads} * cold_tokens_;
-      stats_.tokens_retrieved +=
-          uint64_t{shape_.num_kv_heads} * std::min<uint64_t>(options_.top_k, cold_tokens_);
+      CountDecodeRetrievals(1);
       return gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer]).to(q.dtype());
     }
     hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
@@ -597,10 +602,7 @@ void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
       hot_k_[l] = hot_k_buf_[l].narrow(1, 0, rows);
       hot_v_[l] = hot_v_buf_[l].narrow(1, 0, rows);
     }
-    stats_.scans += uint64_t{shape_.num_layers} * shape_.num_kv_heads;
-    stats_.tokens_scanned += uint64_t{shape_.num_layers} * shape_.num_q_heads * cold_tokens_;
-    stats_.tokens_retrieved +=
-        uint64_t{shape_.num_layers} * shape_.num_kv_heads * std::min<uint64_t>(options_.top_k, cold_tokens_);
+    CountDecodeRetrievals(shape_.num_layers);
   }
   for (int64_t id : token_ids) {
     hot_ids_.push_back(id);
@@ -608,8 +610,7 @@ void TieredCache::EndChunk(const std::vector<int64_t>& token_ids) {
   }
   const uint64_t keep = uint64_t{options_.sinks} + options_.window;
   // A decode step lets the window fill up to evict_batch extra tokens; a prefill chunk does not.
-  const uint64_t limit =
-      token_ids.size() == 1 ? keep + std::max<uint32_t>(1, options_.evict_batch) - 1 : keep;
+  const uint64_t limit = token_ids.size() == 1 ? DecodeHotRows() - 1 : keep;
   PhaseTimer t(&profile_[3], device_.is_cuda());
   if (status_.ok() && hot_ids_.size() > limit) status_ = Evict(uint32_t(hot_ids_.size() - keep));
 }

@@ -107,6 +107,14 @@ class TieredCache : public KvCache {
   float StoredKeyNorm(const uint8_t* record) const;
   uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
   Status Evict(uint32_t count);
+  // The most hot rows a decode step attends to: sinks + window + evict_batch (the hot tier after
+  // the step's append, before its eviction).
+  uint64_t DecodeHotRows() const;
+  // step_'s int32 offset of the step's hot row (an int64): after the H_kv hot counts and the cold
+  // count, rounded up to an even offset.
+  int64_t StepRowOffset() const { return (int64_t{shape_.num_kv_heads} + 2) / 2 * 2; }
+  // The stats of GPU decode retrievals over `layers` layers (one per kv-head and layer).
+  void CountDecodeRetrievals(uint64_t layers);
   void ReserveHot(int64_t rows);
   Status Restore(const HotCheckpoint& cp);
 
