@@ -6,8 +6,8 @@
 #   bash tools/gpu/graph_check.sh MODEL_DIR     # SmolLM2, or random weights of a shape
 #
 #   1. the runner alone: tests/runtime's graph test (tiny models, full cache, bf16 and fp32);
-#   2. a whole session on the tiered cache (GPU cold tier): ~3,000 tokens of Emma, 48 greedy
-#      tokens, every step's float32 logits compared byte for byte (`kiv run --logits-out`);
+#   2. a whole session on the tiered cache (GPU cold tier): logits_check.sh, ~3,000 tokens of
+#      Emma, 48 greedy tokens, every step's float32 logits compared byte for byte;
 #   3. `kiv bench speed` at 4K and 32K, eager and graphed, JSON to $OUT.
 # Exit 0 only when 1 and 2 hold.
 set -uo pipefail
@@ -27,21 +27,7 @@ else
 fi
 grep -E "MESSAGE|ERROR|CHECK|test cases" "$work/test.log" | tail -12
 
-head -c 12000 "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
-for mode in eager graphs; do
-  flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
-  # shellcheck disable=SC2086
-  "$B/cli/kiv" run --model "$MODEL" --device cuda $flag --prompt-file "$work/prompt.txt" \
-    --max-new 48 --logits-out "$work/logits-$mode.bin" "Who is Emma?" \
-    >"$work/answer-$mode.txt" 2>"$work/run-$mode.log" || { echo "graphs: kiv run ($mode) failed"; tail -5 "$work/run-$mode.log"; status=1; }
-  tail -1 "$work/run-$mode.log"
-done
-if cmp -s "$work/logits-eager.bin" "$work/logits-graphs.bin" && [ -s "$work/logits-eager.bin" ]; then
-  echo "graphs: a tiered session's $(($(stat -c %s "$work/logits-eager.bin") / 4)) logits identical, eager and graphed"
-else
-  echo "graphs: a tiered session's logits DIFFER between eager and graphed"; status=1
-fi
-cmp -s "$work/answer-eager.txt" "$work/answer-graphs.txt" || { echo "graphs: answers differ"; status=1; }
+bash tools/gpu/logits_check.sh "$MODEL" || status=1
 
 for mode in eager graphs; do
   flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""

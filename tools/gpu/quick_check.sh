@@ -21,19 +21,8 @@ done
 grep -h "MESSAGE" "$OUTDIR"/kernels_layer_test.log "$OUTDIR"/kernels_scan_test.log | grep -E "share|exactly" | cut -c1-200
 "$B/tests/runtime/runtime_llama_test" -tc='*CUDA graphs*' >"$OUTDIR/llama-graphs.log" 2>&1 || { echo "llama graphs test FAILED"; status=1; }
 grep -E "test cases" "$OUTDIR/llama-graphs.log"
+bash tools/gpu/logits_check.sh "$MODEL" || status=1
 work=$(mktemp -d)
-head -c 12000 "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
-for mode in eager graphs; do
-  flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
-  "$B/cli/kiv" run --model "$MODEL" --device cuda $flag --prompt-file "$work/prompt.txt" \
-    --max-new 48 --logits-out "$work/logits-$mode.bin" "Who is Emma?" >/dev/null 2>"$work/run-$mode.log" || status=1
-  tail -1 "$work/run-$mode.log"
-done
-if cmp -s "$work/logits-eager.bin" "$work/logits-graphs.bin" && [ -s "$work/logits-eager.bin" ]; then
-  echo "a tiered session's logits identical, eager and graphed"
-else
-  echo "a tiered session's logits DIFFER between eager and graphed"; status=1
-fi
 for mode in fused unfused; do
   env_set=""; [ "$mode" = unfused ] && env_set="KIV_UNFUSED_LAYER=1"
   env $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,32768 --full-max 4096 --no-reopen \
