@@ -24,7 +24,7 @@
 // random 4-byte shared-memory reads per token, about 3.5-way bank conflicts; ncu shows MIO-throttle
 // and short-scoreboard stalls) as by memory. Problems that share a kv-head's signatures (a GQA
 // group's per-query scans, ScanSelectArgs::share) now share one read of them: P = 9, c = 342,
-// 155 → 136 us with share 3 (bfa4646). What is left is the lookups, not the reads; the finish
+// 155 → 136 us with share 3 (ae64437). What is left is the lookups, not the reads; the finish
 // could use more blocks.
 //
 // Exactness: every float operation is an explicit __fadd_rn / __fmul_rn, in the order of
