@@ -204,7 +204,8 @@ void Recall(const Options& o, const HeadData& h, Tally* t) {
   double group_top_mass = 0;      // what the group's true top-k of it holds
   std::vector<float> rq(size_t{g} * d), scratch;
   std::vector<uint16_t> dist;
-  std::vector<float> scores, table;
+  std::vector<float> scores;
+  index::ScanTable table;
   std::vector<uint32_t> cand, picked;
   std::vector<const uint8_t*> ptrs;
   // Two recalls of one retrieved set: against the kv-head group's true top-k (the best one
@@ -253,17 +254,16 @@ void Recall(const Options& o, const HeadData& h, Tally* t) {
       std::vector<float> qs(size_t{g} * d);
       for (uint32_t j = 0; j < g; ++j)
         std::copy_n(h.q + (size_t{j} * T + step) * d, d, qs.begin() + size_t{j} * d);
-      table.resize(size_t{b / 8} * 256);
-      index::BuildGroupTable(*proj[b], qs.data(), g, table.data());
+      index::BuildGroupTable(*proj[b], qs.data(), g, &table);
       for (bool centred : {false, true}) {
         const uint64_t* key_sigs = sigs[{b, centred}].data() + size_t{lo} * words;
         dist.resize(n);
         index::GroupHamming(key_sigs, n, words, qsig.data(), g, dist.data());
         scores.resize(n);
-        index::AsymmetricScan(key_sigs, norms[centred].data() + lo, n, words, table.data(),
+        index::AsymmetricScan(key_sigs, norms[centred].data() + lo, n, words, table,
                               scores.data());
         std::vector<float> scores_nonorm(n);
-        index::AsymmetricScan(key_sigs, nullptr, n, words, table.data(), scores_nonorm.data());
+        index::AsymmetricScan(key_sigs, nullptr, n, words, table, scores_nonorm.data());
         // The c best of the cold tokens by one scan, as token indices.
         auto select = [&](const std::string& scan, size_t c) {
           cand.resize(n);
@@ -306,8 +306,11 @@ void ScanSpeed(JsonWriter& w, std::ostream& text) {
     std::vector<uint16_t> dist(kTokens);
     std::vector<uint32_t> out(kC);
     double scan = 1e30, total = 1e30, scalar = 1e30, asym = 1e30;
-    std::vector<float> table(size_t{bits / 8} * 256), scores(kTokens), norms(kTokens, 1.0f);
-    for (auto& x : table) x = float(index::SplitMix64(&state) % 1000) / 100.0f;
+    std::vector<float> scores(kTokens), norms(kTokens, 1.0f);
+    index::ScanTable table;
+    table.scale = 0.01f;
+    table.entries.resize(size_t{bits / 8} * 256);
+    for (auto& x : table.entries) x = int32_t(index::SplitMix64(&state) % 1000);
     using Clock = std::chrono::steady_clock;
     for (uint32_t r = 0; r < kRepeats; ++r) {
       const auto t0 = Clock::now();
@@ -320,7 +323,7 @@ void ScanSpeed(JsonWriter& w, std::ostream& text) {
       scan = std::min(scan, std::chrono::duration<double>(t1 - t0).count());
       total = std::min(total, std::chrono::duration<double>(t2 - t0).count());
       scalar = std::min(scalar, std::chrono::duration<double>(t3 - t2).count());
-      index::AsymmetricScan(keys.data(), norms.data(), kTokens, words, table.data(), scores.data());
+      index::AsymmetricScan(keys.data(), norms.data(), kTokens, words, table, scores.data());
       asym = std::min(asym, std::chrono::duration<double>(Clock::now() - t3).count());
     }
     w.BeginObject().Field("bits", bits).Field("scan_ms", scan * 1e3);

@@ -33,11 +33,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cub/block/block_load.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda/atomic>
 
 #include "kernels/scan.h"
+
+#include "index/asym_scan.h"
 
 #include "kernels/cuda_call.cuh"
 
@@ -47,7 +50,7 @@ namespace {
 constexpr uint32_t kThreads = 256;
 constexpr uint32_t kMaxChunk = 64;  // problems per launch: kernel parameters stay < 4 KB
 constexpr uint32_t kUnroll = 4;     // tokens in flight per thread in the streaming passes
-constexpr uint32_t kScanBlocksPerSm = 4;
+constexpr uint32_t kScanBlocksPerSm = 2;  // MmaScanKernel's launch bound (registers)
 constexpr uint32_t kTileItems = 16;  // compaction: tokens per thread
 constexpr uint32_t kTileTokens = kThreads * kTileItems;
 constexpr uint32_t kBins0 = 2048, kBins1 = 2048, kBins2 = 1024;  // key bits 31..21, 20..10, 9..0
@@ -63,7 +66,7 @@ struct PassState {
   uint32_t k;          // how many are still wanted among the keys that share those bits
   uint32_t done[3];    // blocks finished, per histogram level
   uint32_t tile_next;  // compaction: the next tile id to hand out
-  uint32_t mode;       // kModeSmall or kModeLarge, set by AsymScan's last block
+  uint32_t mode;       // kModeSmall or kModeLarge, set by the scan's last block
   uint32_t count;      // bucket size after ChooseBin; the candidates' count in the small mode
 };
 static_assert(sizeof(PassState) == 32);
@@ -170,92 +173,126 @@ __device__ void FlushHistogram(const uint32_t* shared_hist, uint32_t* global_his
     if (shared_hist[i] != 0) atomicAdd(global_hist + i, shared_hist[i]);
 }
 
-// Tokens per thread and batch in the scan: two batches (one loading, one scored) of 256-bit
-// signatures at 4 tokens would spill under the 64 registers that 4 blocks per SM allow.
-template <uint32_t kWords>
-constexpr uint32_t kScanUnroll = kWords == 4 ? 2 : 4;
-
-template <uint32_t kWords>
-struct SignatureBatch {  // kScanUnroll tokens of one thread: base + u * kThreads
-  uint64_t words[kScanUnroll<kWords>][kWords];
-  float norm[kScanUnroll<kWords>];
-};
-
-template <uint32_t kWords>
-__device__ __forceinline__ void LoadBatch(const ScanProblem& pr, uint32_t base, uint32_t n,
-                                          SignatureBatch<kWords>& b) {
-#pragma unroll
-  for (uint32_t u = 0; u < kScanUnroll<kWords>; ++u) {
-    const uint32_t t = base + u * kThreads;
-    if (t >= n) break;
-    if constexpr (kWords == 1) {
-      b.words[u][0] = __ldcs(reinterpret_cast<const unsigned long long*>(pr.signatures) + t);
-    } else {
-      const ulonglong2* v = reinterpret_cast<const ulonglong2*>(pr.signatures + size_t{t} * kWords);
-#pragma unroll
-      for (uint32_t i = 0; i < kWords / 2; ++i) {
-        const ulonglong2 x = __ldcs(v + i);
-        b.words[u][2 * i] = x.x;
-        b.words[u][2 * i + 1] = x.y;
-      }
-    }
-    b.norm[u] = pr.norms ? __ldcs(pr.norms + t) : 1.0f;
-  }
+// One int8 tensor-core product (mma.sync m16n8k32, s8 × s8 → s32): d += a · b for a warp's
+// 16 × 32 tile of a and 32 × 8 tile of b. Fragments (PTX ISA, "Matrix fragments for mma.m16n8k32"),
+// g = lane / 4, t = lane % 4: a0 row g, a1 row g + 8, a2 row g, a3 row g + 8, each 4 columns
+// (4t .. 4t + 3; a2, a3: + 16); b0 rows 4t .. 4t + 3, b1 + 16, column g; d0, d1 row g, d2, d3
+// row g + 8, columns 2t, 2t + 1.
+__device__ __forceinline__ void MmaS8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                      uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Tokens a warp scores per round: kM tiles of 16 (their signatures all in flight at once).
 template <uint32_t kWords>
-__device__ __forceinline__ void ScoreBatch(const float* table, const SignatureBatch<kWords>& b,
-                                           bool has_norms, uint32_t base, uint32_t n, float* out,
-                                           uint32_t* hist) {
-#pragma unroll
-  for (uint32_t u = 0; u < kScanUnroll<kWords>; ++u) {
-    const uint32_t t = base + u * kThreads;
-    if (t >= n) break;
-    float sum = 0.0f;  // bytes in order B = 0, 1, ...: the CPU's summation order
-#pragma unroll
-    for (uint32_t B = 0; B < kWords * 8; ++B)
-      sum = __fadd_rn(sum, table[B * 256 + (uint32_t(b.words[u][B / 8] >> (8 * (B % 8))) & 0xFFu)]);
-    const float score = has_norms ? __fmul_rn(b.norm[u], sum) : sum;
-    out[t] = score;
-    atomicAdd(hist + (DeviceKey(score) >> 21), 1u);
-  }
-}
+constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
 
 // scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
 // mode. A block serves `share` problems (blockIdx.y · share + j) that read the same signatures
-// and norms: each token is loaded once and scored with each problem's table. Dynamic shared
-// memory: share tables [kWords * 8][256] float, then share × kBins0 uint32 bins.
-template <uint32_t kWords>
+// and norms: each token is loaded once and scored for all of them by int8 tensor-core products.
+//
+// The product: rows are tokens, k runs over a 32-bit piece of the signature, columns are the
+// problems' query halves (column 2j: problem j's hi, 2j + 1: its lo; kNT tiles of 8 columns).
+// The k order is permuted (the query blobs are stored in that order, ScanQueryBytes): fragment
+// column 4t + i is bit t + 8i of the piece, 16 + 4t + i is bit t + 4 + 8i, so a thread's a
+// register is (piece >> t) & 0x01010101 — each byte one bit, 0 or 1 — with no lookups at all.
+// Then S = 2 · (256 · Σ hi·b + Σ lo·b) − Σ qq = Σ qq · (±1), exactly the CPU's integer.
+template <uint32_t kWords, uint32_t kNT>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
-    AsymScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
-                   float* scores, Workspace ws) {
+    MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
+                  float* scores, Workspace ws) {
+  constexpr uint32_t kBits = kWords * 64, kPieces = kWords * 2, kM = kScanTiles<kWords>;
   const uint32_t n = tokens.Get(), share = chunk.share;
-  constexpr uint32_t kEntries = kWords * 8 * 256;
-  extern __shared__ float smem[];
-  float* tables = smem;
-  uint32_t* hists = reinterpret_cast<uint32_t*>(smem + share * kEntries);
+  extern __shared__ uint32_t hists[];  // share × kBins0
   const uint32_t local = blockIdx.y * share;  // the group's first problem in the chunk
   const ScanProblem pr = chunk.problems[local];
   const bool has_norms = pr.norms != nullptr;
-  const uint32_t step = gridDim.x * kThreads * kScanUnroll<kWords>;
-  uint32_t base = blockIdx.x * kThreads * kScanUnroll<kWords> + threadIdx.x;
-  SignatureBatch<kWords> batch;
-  if (base < n) LoadBatch<kWords>(pr, base, n, batch);  // in flight while the tables load
-  for (uint32_t j = 0; j < share; ++j) {
-    const float* table = chunk.problems[local + j].table;
-    for (uint32_t i = threadIdx.x; i < kEntries; i += kThreads)
-      tables[j * kEntries + i] = __ldg(table + i);
+  const uint32_t lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // b fragments: column g of tile z is problem 4z + g / 2's hi (g even) or lo half.
+  uint32_t b[kNT][kPieces][2];
+  // The epilogue's problem: 4z + t (columns 2t, 2t + 1 of tile z).
+  int32_t sum[kNT];
+  float scale[kNT];
+#pragma unroll
+  for (uint32_t z = 0; z < kNT; ++z) {
+    const uint32_t j = 4 * z + g / 2;
+    const uint8_t* q = j < share ? chunk.problems[local + j].query + (g % 2) * kBits : nullptr;
+#pragma unroll
+    for (uint32_t kc = 0; kc < kPieces; ++kc) {
+      b[z][kc][0] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 4 * t)) : 0u;
+      b[z][kc][1] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 16 + 4 * t)) : 0u;
+    }
+    const uint32_t mine = 4 * z + t;
+    const uint8_t* blob = mine < share ? chunk.problems[local + mine].query : nullptr;
+    sum[z] = blob ? __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits)) : 0;
+    scale[z] = blob ? __ldg(reinterpret_cast<const float*>(blob + 2 * kBits + 4)) : 0.0f;
   }
   for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
   __syncthreads();
-  for (; base < n; base += step) {
-    SignatureBatch<kWords> next;  // the next batch's loads overlap this batch's lookups
-    if (base + step < n) LoadBatch<kWords>(pr, base + step, n, next);
-    for (uint32_t j = 0; j < share; ++j)
-      ScoreBatch<kWords>(tables + j * kEntries, batch, has_norms, base, n,
-                         scores + size_t{chunk.first + local + j} * tokens.stride,
-                         hists + j * kBins0);
-    batch = next;
+  constexpr uint32_t kWarps = kThreads / 32, kRound = 16 * kM;
+  const uint32_t step = gridDim.x * kWarps * kRound;
+  for (uint32_t base = (blockIdx.x * kWarps + threadIdx.x / 32) * kRound; base < n; base += step) {
+    uint64_t w[kM][2][kWords];  // tile m, row g (h = 0) and g + 8 (h = 1)
+    float norm[kM][2];
+#pragma unroll
+    for (uint32_t m = 0; m < kM; ++m) {
+#pragma unroll
+      for (uint32_t h = 0; h < 2; ++h) {
+        const uint32_t tok = base + 16 * m + 8 * h + g;
+        if (tok < n) {
+          if constexpr (kWords == 1) {
+            w[m][h][0] = __ldcs(reinterpret_cast<const unsigned long long*>(pr.signatures) + tok);
+          } else {
+            const ulonglong2* v =
+                reinterpret_cast<const ulonglong2*>(pr.signatures + size_t{tok} * kWords);
+#pragma unroll
+            for (uint32_t i = 0; i < kWords / 2; ++i) {
+              const ulonglong2 x = __ldcs(v + i);
+              w[m][h][2 * i] = x.x;
+              w[m][h][2 * i + 1] = x.y;
+            }
+          }
+          norm[m][h] = has_norms ? __ldcs(pr.norms + tok) : 1.0f;
+        } else {
+#pragma unroll
+          for (uint32_t i = 0; i < kWords; ++i) w[m][h][i] = 0;
+          norm[m][h] = 1.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (uint32_t m = 0; m < kM; ++m) {
+      int32_t acc[kNT][4] = {};
+#pragma unroll
+      for (uint32_t kc = 0; kc < kPieces; ++kc) {
+        const uint32_t p0 = uint32_t(w[m][0][kc / 2] >> (32 * (kc % 2)));
+        const uint32_t p1 = uint32_t(w[m][1][kc / 2] >> (32 * (kc % 2)));
+        const uint32_t a0 = (p0 >> t) & 0x01010101u, a1 = (p1 >> t) & 0x01010101u;
+        const uint32_t a2 = (p0 >> (t + 4)) & 0x01010101u, a3 = (p1 >> (t + 4)) & 0x01010101u;
+#pragma unroll
+        for (uint32_t z = 0; z < kNT; ++z) MmaS8(acc[z], a0, a1, a2, a3, b[z][kc][0], b[z][kc][1]);
+      }
+#pragma unroll
+      for (uint32_t z = 0; z < kNT; ++z) {
+        const uint32_t j = 4 * z + t;
+        if (j >= share) continue;
+        float* out = scores + size_t{chunk.first + local + j} * tokens.stride;
+#pragma unroll
+        for (uint32_t h = 0; h < 2; ++h) {
+          const uint32_t tok = base + 16 * m + 8 * h + g;
+          if (tok >= n) continue;
+          const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
+          const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
+          const float score = has_norms ? __fmul_rn(norm[m][h], plain) : plain;
+          out[tok] = score;
+          atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
+        }
+      }
+    }
   }
   for (uint32_t j = 0; j < share; ++j) {
     const uint32_t p = chunk.first + local + j;
@@ -479,7 +516,7 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
 __global__ void __launch_bounds__(kThreads)
     Pass1Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores, Workspace ws) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
-  if (c >= n) return;  // AsymScan chose "take all": the compaction alone
+  if (c >= n) return;  // the scan chose "take all": the compaction alone
   PassState* state = &ws.states[p];
   if (state->mode == kModeLarge) {
     HistPass<1>(p, n, tokens.stride, scores, ws);
@@ -517,12 +554,23 @@ __global__ void __launch_bounds__(kThreads)
   if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
 
-// proj[i] then the byte table, in index::BuildGroupTable's order. Block per table.
+// Position of bit i of a signature in a query blob's half (the k order of MmaScanKernel): within
+// each 32-bit piece, bit t + 8i goes to 4t + i and bit t + 4 + 8i to 16 + 4t + i (t, i < 4).
+__host__ __device__ __forceinline__ uint32_t FragmentPosition(uint32_t bit) {
+  const uint32_t piece = bit / 32, b = bit % 32, t = b % 4, high = (b / 4) % 2, i = b / 8;
+  return piece * 32 + high * 16 + 4 * t + i;
+}
+
+// proj[i] in index::QuantizeProjectedQuery's order, then qq, then the blob. Block per query.
 __global__ void __launch_bounds__(kThreads)
-    BuildTablesKernel(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
-                      uint32_t g, float* tables) {
+    BuildQueriesKernel(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                       uint32_t g, uint8_t* blobs) {
   __shared__ float proj[256];
+  __shared__ float top[kThreads / 32];
+  __shared__ int32_t sums[kThreads / 32];
   const float* q = queries + size_t{blockIdx.x} * g * dim;
+  float m = 0.0f;
+  bool finite = true;
   for (uint32_t i = threadIdx.x; i < bits; i += kThreads) {
     const float* row = projection + size_t{i} * dim;
     float acc = 0.0f;
@@ -533,17 +581,36 @@ __global__ void __launch_bounds__(kThreads)
       acc = __fadd_rn(acc, dot);
     }
     proj[i] = acc;
+    m = fmaxf(m, fabsf(acc));
+    finite = finite && isfinite(acc);
   }
+  finite = __syncthreads_and(finite);
+  for (uint32_t o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+  if (threadIdx.x % 32 == 0) top[threadIdx.x / 32] = m;
   __syncthreads();
-  float* table = tables + size_t{blockIdx.x} * bits * 32;  // bits / 8 bytes × 256 entries
-  for (uint32_t idx = threadIdx.x; idx < bits * 32; idx += kThreads) {
-    const uint32_t byte = idx / 256, v = idx % 256;
-    float s = 0.0f;
-    for (uint32_t b = 0; b < 8; ++b) {
-      const float x = proj[byte * 8 + b];
-      s = __fadd_rn(s, (v >> b & 1) ? x : -x);
-    }
-    table[idx] = s;
+  m = 0.0f;
+  for (uint32_t w = 0; w < kThreads / 32; ++w) m = fmaxf(m, top[w]);  // max: order-free, exact
+  const bool zero = !finite || m == 0.0f;
+  const float r = zero ? 0.0f : __fdiv_rn(float(index::kScanQueryMax), m);
+  uint8_t* blob = blobs + size_t{blockIdx.x} * (2 * size_t{bits} + 16);  // ScanQueryBytes
+  int32_t part = 0;
+  for (uint32_t i = threadIdx.x; i < bits; i += kThreads) {
+    const int32_t qq = zero ? 0 : __float2int_rn(__fmul_rn(proj[i], r));
+    const int32_t hi = (qq + 128) >> 8, lo = qq - 256 * hi;  // both in [−127, 127]
+    blob[FragmentPosition(i)] = uint8_t(int8_t(hi));
+    blob[bits + FragmentPosition(i)] = uint8_t(int8_t(lo));
+    part += qq;
+  }
+  for (uint32_t o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xFFFFFFFFu, part, o);
+  if (threadIdx.x % 32 == 0) sums[threadIdx.x / 32] = part;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t total = 0;
+    for (uint32_t w = 0; w < kThreads / 32; ++w) total += sums[w];
+    *reinterpret_cast<int32_t*>(blob + 2 * bits) = total;
+    *reinterpret_cast<float*>(blob + 2 * bits + 4) =
+        zero ? 0.0f : __fdiv_rn(m, float(index::kScanQueryMax));
+    *reinterpret_cast<uint64_t*>(blob + 2 * bits + 8) = 0;
   }
 }
 
@@ -554,42 +621,63 @@ int Refuse(std::string* error, const std::string& why) {
 
 bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Dynamic shared memory of AsymScanKernel: `share` tables and histograms.
-size_t ScanSharedBytes(uint32_t words, uint32_t share) {
-  return share * ((words * 8 * 256) * sizeof(float) + kBins0 * sizeof(uint32_t));
-}
-constexpr size_t kMaxScanSharedBytes = 227 * 1024;  // per block on sm_90 (opt-in above 48 KB)
+// Dynamic shared memory of MmaScanKernel: `share` histograms.
+size_t ScanSharedBytes(uint32_t share) { return share * kBins0 * sizeof(uint32_t); }
+constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems' hi and lo each
 
-template <uint32_t kWords>
+template <uint32_t kWords, uint32_t kNT>
 int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
                const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  const size_t smem = ScanSharedBytes(kWords, chunk.share);
-  // Above 40 KB of tables the kernel's own static shared memory (the select's scan storage) would
-  // pass the 48 KB a launch gets without asking.
+  const size_t smem = ScanSharedBytes(chunk.share);
+  // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
+  // would pass the 48 KB a launch gets without asking.
   if (smem > 40 * 1024)
-    KIV_CUDA_CALL(cudaFuncSetAttribute(AsymScanKernel<kWords>,
+    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  AsymScanKernel<kWords><<<dim3(blocks, groups), kThreads, smem, stream>>>(
+  MmaScanKernel<kWords, kNT><<<dim3(blocks, groups), kThreads, smem, stream>>>(
       chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws);
   return int(cudaGetLastError());
 }
 
+template <uint32_t kWords>
+int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+                    const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
+  return chunk.share <= 4 ? LaunchScan<kWords, 1>(chunk, groups, blocks, a, ws, stream)
+                          : LaunchScan<kWords, 2>(chunk, groups, blocks, a, ws, stream);
+}
+
 }  // namespace
 
-int BuildScanTables(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
-                    uint32_t g, uint32_t num_tables, float* tables, CUstream_st* stream,
-                    std::string* error) {
+size_t ScanQueryBytes(uint32_t bits) { return 2 * size_t{bits} + 16; }
+
+void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob) {
+  std::fill(blob, blob + ScanQueryBytes(bits), uint8_t{0});
+  int32_t total = 0;
+  for (uint32_t i = 0; i < bits; ++i) {
+    const int32_t hi = (qq[i] + 128) >> 8, lo = qq[i] - 256 * hi;
+    blob[FragmentPosition(i)] = uint8_t(int8_t(hi));
+    blob[bits + FragmentPosition(i)] = uint8_t(int8_t(lo));
+    total += qq[i];
+  }
+  std::memcpy(blob + 2 * bits, &total, 4);
+  std::memcpy(blob + 2 * bits + 4, &scale, 4);
+}
+
+int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                     uint32_t g, uint32_t num_queries, uint8_t* blobs, CUstream_st* stream,
+                     std::string* error) {
   if (bits != 64 && bits != 128 && bits != 256)
     return Refuse(error,
-                  "BuildScanTables: bits = " + std::to_string(bits) + ", not 64, 128 or 256");
+                  "BuildScanQueries: bits = " + std::to_string(bits) + ", not 64, 128 or 256");
   if (dim == 0 || g == 0)
     return Refuse(error,
-                  "BuildScanTables: dim = " + std::to_string(dim) + ", g = " + std::to_string(g));
-  if (num_tables == 0) return 0;
-  if (num_tables >= (1u << 31))
+                  "BuildScanQueries: dim = " + std::to_string(dim) + ", g = " + std::to_string(g));
+  if (num_queries == 0) return 0;
+  if (num_queries >= (1u << 31))
     return Refuse(error,
-                  "BuildScanTables: num_tables = " + std::to_string(num_tables) + " >= 2^31");
-  BuildTablesKernel<<<num_tables, kThreads, 0, stream>>>(projection, bits, dim, queries, g, tables);
+                  "BuildScanQueries: num_queries = " + std::to_string(num_queries) + " >= 2^31");
+  BuildQueriesKernel<<<num_queries, kThreads, 0, stream>>>(projection, bits, dim, queries, g,
+                                                           blobs);
   return int(cudaGetLastError());
 }
 
@@ -615,12 +703,10 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                              ", needs " + std::to_string(need));
   if (!a.problems || !a.scores || !a.selected || !a.workspace)
     return Refuse(error, "ScanSelect: a null problems, scores, selected or workspace pointer");
-  if (a.share == 0 || a.share > kMaxChunk || a.num_problems % a.share != 0 ||
-      ScanSharedBytes(a.words, a.share) > kMaxScanSharedBytes)
+  if (a.share == 0 || a.share > kMaxShare || a.num_problems % a.share != 0)
     return Refuse(error, "ScanSelect: share = " + std::to_string(a.share) + " with " +
-                             std::to_string(a.num_problems) + " problems of " +
-                             std::to_string(a.words) +
-                             " words (must divide them, and their tables fit in shared memory)");
+                             std::to_string(a.num_problems) + " problems (must divide them, at most " +
+                             std::to_string(kMaxShare) + ")");
   for (uint32_t i = 0; i < a.num_problems; ++i) {
     const ScanProblem& lead = a.problems[i / a.share * a.share];
     if (a.problems[i].signatures != lead.signatures || a.problems[i].norms != lead.norms)
@@ -630,12 +716,12 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   }
   for (uint32_t i = 0; i < a.num_problems; ++i) {
     const ScanProblem& pr = a.problems[i];
-    if (!pr.signatures || !pr.table)
+    if (!pr.signatures || !pr.query)
       return Refuse(error,
-                    "ScanSelect: problem " + std::to_string(i) + " has no signatures or table");
-    if (!Aligned(pr.signatures, a.words == 1 ? 8 : 16))
+                    "ScanSelect: problem " + std::to_string(i) + " has no signatures or query");
+    if (!Aligned(pr.signatures, a.words == 1 ? 8 : 16) || !Aligned(pr.query, 16))
       return Refuse(error, "ScanSelect: problem " + std::to_string(i) +
-                               "'s signatures are not aligned for 16-byte loads");
+                               "'s signatures or query are not aligned for 16-byte loads");
   }
   int device = 0, sms = 0;
   KIV_CUDA_CALL(cudaGetDevice(&device));
@@ -643,12 +729,10 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
   const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
+  // A scan block scores kThreads / 32 warps × kScanTiles × 16 tokens a round (≥ 256).
+  const uint32_t scan_rounds = (a.n + 255) / 256;
   const TokenCount tokens{a.n, a.n_device};
   const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk
-  // Scan blocks resident per SM: 4, fewer when the groups' tables crowd shared memory.
-  const uint32_t scan_per_sm = uint32_t(std::clamp<size_t>(
-      (kMaxScanSharedBytes + 1024) / (ScanSharedBytes(a.words, a.share) + 1024), 1,
-      kScanBlocksPerSm));
   for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
     const uint32_t count = std::min(per_launch, a.num_problems - first);
     const uint32_t groups = count / a.share;
@@ -656,16 +740,17 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     std::copy(a.problems + first, a.problems + first + count, chunk.problems);
     chunk.first = first;
     chunk.share = a.share;
-    // Scan: a full GPU of blocks of 256 over the whole batch (each block loads its tables once;
-    // 8 per SM measured slower than 4); the histogram pass: a full GPU, 8 per SM.
+    // Scan: a full GPU of blocks of 256 over the whole batch; the histogram pass: a full GPU,
+    // 8 per SM.
     const uint32_t scan_blocks =
-        std::clamp((uint32_t(sms) * scan_per_sm + groups - 1) / groups, 1u, rounds);
+        std::clamp((uint32_t(sms) * kScanBlocksPerSm + groups - 1) / groups, 1u, scan_rounds);
     const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u, rounds);
-    const int rc = a.words == 1   ? LaunchScan<1>(chunk, groups, scan_blocks, a, ws, stream)
-                   : a.words == 2 ? LaunchScan<2>(chunk, groups, scan_blocks, a, ws, stream)
-                                  : LaunchScan<4>(chunk, groups, scan_blocks, a, ws, stream);
+    const int rc = a.words == 1 ? LaunchScanWords<1>(chunk, groups, scan_blocks, a, ws, stream)
+                   : a.words == 2
+                       ? LaunchScanWords<2>(chunk, groups, scan_blocks, a, ws, stream)
+                       : LaunchScanWords<4>(chunk, groups, scan_blocks, a, ws, stream);
     if (rc != 0) return rc;
-    // With c >= n AsymScan's last blocks set "take all" and the passes return at once; they are
+    // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).
     if (a.n_device || a.c < a.n) {
       Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, tokens, a.c,

@@ -1,9 +1,12 @@
-// The asymmetric scan and its top-C select on the GPU: the device twin of index::BuildGroupTable,
-// index::AsymmetricScan and index::SelectLargest (index/asym_scan.h), equal to them bit for bit.
+// The asymmetric scan and its top-C select on the GPU: the device twin of
+// index::QuantizeProjectedQuery, index::AsymmetricScan and index::SelectLargest
+// (index/asym_scan.h), equal to them bit for bit.
 //
 // One call serves a whole decode step of one layer: P independent problems, each one query (or one
 // summed query group) against one kv-head's resident key signatures. Per problem:
-//   scores[t] = norms[t] · Σ_B table[B][byte B of sig t]   (B = 0, 1, ... in order, no FMA)
+//   scores[t] = norms[t] · (scale · S_t),  S_t = Σ_i qq_i · (bit i of sig t ? +1 : −1)
+// S_t is an exact integer (int8 tensor-core products of the query's halves and the bits), so
+// the CPU's byte-table sum and the GPU's product agree whatever their order.
 //   selected  = the c largest scores as indices in ascending order, ties to the lower index
 // The select is a radix select (11 + 11 + 10 bits) on the order-preserving key of each float
 // score, and a compaction that keeps index order: no sort anywhere. The scan itself histograms
@@ -34,23 +37,31 @@ constexpr uint32_t ScoreKeyFromBits(uint32_t bits) {
 }
 inline uint32_t ScoreKey(float score) { return ScoreKeyFromBits(std::bit_cast<uint32_t>(score)); }
 
-// Device tables from device queries, as index::BuildGroupTable computes them:
-//   tables[p]: [bits / 8][256] float, entry [B][v] = Σ_{b<8} ±proj[8B + b] (+ where bit b of v is
-//   set), proj[i] = Σ_j (Σ_e r[i][e] · q_j[e]), j over the g queries of problem p.
+// The scan's query, on the device: index::QuantizeProjectedQuery's qq split into int8 halves
+// qq = 256 · hi + lo, laid out for the tensor-core product (scan.cu, MmaScanKernel):
+//   [0, bits)          hi, int8, bit i at its fragment position (a permutation of each 32 bits)
+//   [bits, 2 · bits)   lo, the same
+//   [2 · bits]         int32 Σ_i qq_i, then float scale, then 8 zero bytes
+// ScanQueryBytes(bits) bytes each (a multiple of 16).
+size_t ScanQueryBytes(uint32_t bits);
+
+// One blob on the host from qq[bits] and its scale (what the device builder must equal).
+void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob);
+
+// Device blobs from device queries, as index::QuantizeProjectedQuery computes them:
 // projection: [bits][dim] float (SignatureProjection::matrix() copied to the device)
-// queries:    [num_tables][g][dim] float
-// tables:     [num_tables][bits / 8][256] float, written
-// bits ∈ {64, 128, 256}, dim ≤ 1024. Per-query tables: g = 1, num_tables = queries; one summed
-// group table: g = queries, num_tables = 1.
-int BuildScanTables(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
-                    uint32_t g, uint32_t num_tables, float* tables, CUstream_st* stream,
-                    std::string* error = nullptr);
+// queries:    [num_queries][g][dim] float; each blob is of its g queries summed
+// blobs:      [num_queries][ScanQueryBytes(bits)] bytes, written
+// bits ∈ {64, 128, 256}, dim ≤ 1024. Per-query scans: g = 1; one summed group: g = its size.
+int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
+                     uint32_t g, uint32_t num_queries, uint8_t* blobs, CUstream_st* stream,
+                     std::string* error = nullptr);
 
 // One problem of a batched scan. All pointers are device pointers.
 struct ScanProblem {
   const uint64_t* signatures;  // [n][words] uint64 key signatures of one kv-head
   const float* norms;          // [n] float key norms; null: all 1
-  const float* table;          // [words * 8][256] float byte table (BuildScanTables or host)
+  const uint8_t* query;        // ScanQueryBytes(words · 64) bytes (BuildScanQueries or host)
 };
 
 struct ScanSelectArgs {
@@ -65,8 +76,8 @@ struct ScanSelectArgs {
   uint32_t words = 2;                     // 64-bit words per signature: 1, 2 or 4
   uint32_t c = 0;                         // how many to keep per problem
   // Problems [s · share, (s + 1) · share) read the same signatures and norms (a GQA group's
-  // per-query scans of one kv-head): each token is loaded once for all of them. Must divide
-  // num_problems; their tables must fit in shared memory (share · 24 KB at 128 bits).
+  // per-query scans of one kv-head, or a prefill chunk's blocks): each token is loaded once and
+  // scored for all of them in one product. Must divide num_problems; at most 8.
   uint32_t share = 1;
   float* scores = nullptr;                // [P][n] float, device, written (the scan's scores; row
                                           // stride n, the first *n_device of a row with it)

@@ -130,17 +130,16 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
   const torch::Tensor q =
       torch::from_blob(const_cast<float*>(queries), {int64_t(tables) * g * dim_}, torch::kFloat32)
           .to(device_);
-  torch::Tensor table =
-      torch::empty({int64_t(tables), int64_t(bits_ / 8) * 256}, opts.dtype(torch::kFloat32));
+  const size_t blob = kernels::ScanQueryBytes(bits_);
+  torch::Tensor blobs = torch::empty({int64_t(tables * blob)}, opts.dtype(torch::kUInt8));
   std::string error;
-  Check(kernels::BuildScanTables(Ptr<const float>(projection_), bits_, dim_, Ptr<const float>(q), g,
-                                 tables, Ptr<float>(table), CurrentStream(), &error),
-        error, "BuildScanTables");
+  Check(kernels::BuildScanQueries(Ptr<const float>(projection_), bits_, dim_, Ptr<const float>(q),
+                                  g, tables, Ptr<uint8_t>(blobs), CurrentStream(), &error),
+        error, "BuildScanQueries");
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t)
     problems[t] = {Ptr<const uint64_t>(signatures_[slot]),  // a slot's rows are contiguous
-                   norms ? this->norms(slot) : nullptr,
-                   Ptr<const float>(table) + size_t{t} * (bits_ / 8) * 256};
+                   norms ? this->norms(slot) : nullptr, Ptr<const uint8_t>(blobs) + t * blob};
   torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, opts.dtype(torch::kFloat32));
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, opts.dtype(torch::kInt32));
   torch::Tensor workspace = torch::empty({int64_t(kernels::ScanSelectWorkspaceBytes(tables, n))},
@@ -375,16 +374,17 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   const auto opts = torch::TensorOptions().device(device_);
   const auto i32 = opts.dtype(torch::kInt32), f32 = opts.dtype(torch::kFloat32);
   std::string error;
-  torch::Tensor table = torch::empty({int64_t(tables), int64_t(bits / 8) * 256}, f32);
-  Check(kernels::BuildScanTables(Ptr<const float>(index_->projection()), bits, d,
-                                 Ptr<const float>(queries), per_query ? 1 : G, tables,
-                                 Ptr<float>(table), CurrentStream(), &error),
-        error, "BuildScanTables");
+  const size_t blob = kernels::ScanQueryBytes(bits);
+  torch::Tensor blobs = torch::empty({int64_t(tables * blob)}, opts.dtype(torch::kUInt8));
+  Check(kernels::BuildScanQueries(Ptr<const float>(index_->projection()), bits, d,
+                                  Ptr<const float>(queries), per_query ? 1 : G, tables,
+                                  Ptr<uint8_t>(blobs), CurrentStream(), &error),
+        error, "BuildScanQueries");
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t) {
     const uint32_t slot = uint32_t(layer) * Hkv + (per_query ? t / G : t) % Hkv;
     problems[t] = {index_->signatures(slot), options_.scan_norms ? index_->norms(slot) : nullptr,
-                   Ptr<const float>(table) + size_t{t} * (bits / 8) * 256};
+                   Ptr<const uint8_t>(blobs) + t * blob};
   }
   torch::Tensor scores = torch::empty({int64_t(tables), int64_t(scan_n)}, f32);
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, i32);

@@ -412,14 +412,14 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
   const uint32_t slot = uint32_t(layer) * shape_.num_kv_heads + head;
   // The c best of the scan on the CPU for g queries summed (one table): the reference the GPU
   // index (gpu_index_) matches bit for bit.
-  std::vector<float> table, scores;  // sized on the first CPU scan, reused by the next
+  index::ScanTable table;
+  std::vector<float> scores;  // sized on the first CPU scan, reused by the next
   auto cpu_scan = [&](const float* q, uint32_t g, size_t c) {
-    table.resize(size_t{options_.signature_bits / 8} * 256);
     scores.resize(n);
-    index::BuildGroupTable(projection_, q, g, table.data());
+    index::BuildGroupTable(projection_, q, g, &table);
     index::AsymmetricScan(signatures_[slot].data(),
                           options_.scan_norms ? key_norms_[slot].data() : nullptr, n, words,
-                          table.data(), scores.data());
+                          table, scores.data());
     std::vector<uint32_t> best(std::min(c, n));
     best.resize(index::SelectLargest(scores.data(), n, c, best.data()));
     return best;

@@ -1,5 +1,6 @@
-// kernels/scan against index/asym_scan: the device tables, scores and selections must equal the
-// CPU's bit for bit (the CPU is the reference: BuildGroupTable, AsymmetricScan, SelectLargest).
+// kernels/scan against index/asym_scan: the device queries, scores and selections must equal the
+// CPU's bit for bit (the CPU is the reference: QuantizeProjectedQuery, AsymmetricScan,
+// SelectLargest).
 #include "kernels/scan.h"
 
 #include <cuda_runtime_api.h>
@@ -68,17 +69,28 @@ struct Problems {
   std::vector<uint64_t> sigs;  // [count][n][words]
   std::vector<float> norms;    // [count][n]; problem 1 is scanned without norms
   std::vector<float> queries;  // [count][64]
-  std::vector<float> tables;   // [count][bits / 8][256], by index::BuildGroupTable
+  std::vector<index::ScanTable> tables;  // [count], by index::BuildGroupTable
+  std::vector<uint8_t> blobs;  // [count][ScanQueryBytes(bits)], the same queries for the device
 };
 
+// The device's blob of the CPU's quantized query (g queries summed).
+std::vector<uint8_t> HostBlob(const index::SignatureProjection& projection, const float* queries,
+                              uint32_t g) {
+  std::vector<int32_t> qq(projection.bits());
+  const float scale = index::QuantizeProjectedQuery(projection, queries, g, qq.data());
+  std::vector<uint8_t> blob(kernels::ScanQueryBytes(projection.bits()));
+  kernels::PackScanQuery(qq.data(), projection.bits(), scale, blob.data());
+  return blob;
+}
+
 Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint64_t seed) {
-  Problems pr{bits, bits / 64, n, count, {}, {}, {}, {}};
+  Problems pr{bits, bits / 64, n, count, {}, {}, {}, {}, {}};
   uint64_t state = seed;
   const index::SignatureProjection projection(7, bits, 64);
   pr.sigs.resize(size_t{count} * n * pr.words);
   pr.norms.resize(size_t{count} * n);
   pr.queries.resize(size_t{count} * 64);
-  pr.tables.resize(size_t{count} * bits / 8 * 256);
+  pr.tables.resize(count);
   std::vector<uint64_t> pool(8 * pr.words);
   for (auto& w : pool) w = index::SplitMix64(&state);
   for (size_t t = 0; t < size_t{count} * n; ++t) {
@@ -97,9 +109,11 @@ Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint
                                           : 0.5f * float(1 + r % 3);
   }
   for (auto& x : pr.queries) x = data == Data::kZeros ? 0.0f : Uniform(&state);
-  for (uint32_t p = 0; p < count; ++p)
-    index::BuildGroupTable(projection, &pr.queries[size_t{p} * 64], 1,
-                           &pr.tables[size_t{p} * bits / 8 * 256]);
+  for (uint32_t p = 0; p < count; ++p) {
+    index::BuildGroupTable(projection, &pr.queries[size_t{p} * 64], 1, &pr.tables[p]);
+    const std::vector<uint8_t> blob = HostBlob(projection, &pr.queries[size_t{p} * 64], 1);
+    pr.blobs.insert(pr.blobs.end(), blob.begin(), blob.end());
+  }
   return pr;
 }
 
@@ -129,9 +143,11 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
   // The problem whose signatures and norms problem p reads, and whether it reads norms.
   auto source = [share](size_t p) { return p / share * share; };
   auto no_norms = [share](size_t p) { return p / share == 1; };
-  const size_t cap = pr.n, n = held > 0 ? held : pr.n, count = pr.count, bytes = pr.bits / 8;
+  const size_t cap = pr.n, n = held > 0 ? held : pr.n, count = pr.count;
+  const size_t blob = kernels::ScanQueryBytes(pr.bits);
   DeviceArray<uint64_t> sigs(pr.sigs);
-  DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(count * cap);
+  DeviceArray<float> norms(pr.norms), scores(count * cap);
+  DeviceArray<uint8_t> blobs(pr.blobs);
   DeviceArray<uint32_t> held_device(std::vector<uint32_t>{held});
   constexpr uint32_t kUntouched = 0xFEEDF00Du;
   DeviceArray<uint32_t> selected(std::vector<uint32_t>(count * c, kUntouched));
@@ -139,8 +155,7 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
   std::vector<kernels::ScanProblem> problems(count);
   for (size_t p = 0; p < count; ++p)
     problems[p] = {sigs.get() + source(p) * cap * pr.words,
-                   no_norms(p) ? nullptr : norms.get() + source(p) * cap,
-                   tables.get() + p * bytes * 256};
+                   no_norms(p) ? nullptr : norms.get() + source(p) * cap, blobs.get() + p * blob};
   const size_t workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
   DeviceArray<unsigned char> workspace(workspace_bytes);
   kernels::ScanSelectArgs args;
@@ -167,7 +182,7 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
     CAPTURE(p);
     index::AsymmetricScan(&pr.sigs[source(p) * cap * pr.words],
                           no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
-                          &pr.tables[p * bytes * 256], want_scores.data());
+                          pr.tables[p], want_scores.data());
     size_t first = 0;
     const size_t bad = BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
     CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
@@ -208,36 +223,39 @@ TEST_CASE("score keys order floats as the CPU compares them") {
   }
 }
 
-TEST_CASE("device tables equal index::BuildGroupTable bit for bit") {
+TEST_CASE("device query blobs equal the CPU's quantized query, packed, bit for bit") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
     return;
   }
+  static_assert(index::kScanQueryMax == 127 * 256 + 127);
   uint64_t state = 11;
   for (uint32_t bits : {64u, 128u, 256u}) {
     for (uint32_t dim : {64u, 128u}) {
-      for (uint32_t g : {1u, 3u}) {
+      for (uint32_t g : {1u, 3u, 192u}) {
         CAPTURE(bits);
         CAPTURE(dim);
         CAPTURE(g);
-        const uint32_t num_tables = 4;
+        const uint32_t num_queries = 4;
         const index::SignatureProjection projection(bits + dim, bits, dim);
-        std::vector<float> queries(size_t{num_tables} * g * dim);
+        std::vector<float> queries(size_t{num_queries} * g * dim);
         for (auto& x : queries) x = Uniform(&state) * 8.0f;
-        std::vector<float> want(size_t{num_tables} * bits / 8 * 256);
-        for (uint32_t p = 0; p < num_tables; ++p)
-          index::BuildGroupTable(projection, &queries[size_t{p} * g * dim], g,
-                                 &want[size_t{p} * bits / 8 * 256]);
+        // Query 3 is zero: an all-zero blob with scale 0.
+        std::fill(queries.begin() + size_t{3} * g * dim, queries.end(), 0.0f);
+        std::vector<uint8_t> want;
+        for (uint32_t p = 0; p < num_queries; ++p) {
+          const std::vector<uint8_t> b = HostBlob(projection, &queries[size_t{p} * g * dim], g);
+          want.insert(want.end(), b.begin(), b.end());
+        }
         DeviceArray<float> r(
             std::vector<float>(projection.matrix(), projection.matrix() + size_t{bits} * dim));
-        DeviceArray<float> q(queries), tables(want.size());
+        DeviceArray<float> q(queries);
+        DeviceArray<uint8_t> blobs(want.size());
         std::string error;
-        REQUIRE_MESSAGE(kernels::BuildScanTables(r.get(), bits, dim, q.get(), g, num_tables,
-                                                 tables.get(), nullptr, &error) == 0,
+        REQUIRE_MESSAGE(kernels::BuildScanQueries(r.get(), bits, dim, q.get(), g, num_queries,
+                                                  blobs.get(), nullptr, &error) == 0,
                         error);
-        const std::vector<float> got = tables.Download();
-        size_t first = 0;
-        CHECK(BitMismatches(got.data(), want.data(), want.size(), &first) == 0);
+        CHECK(blobs.Download() == want);
       }
     }
   }
@@ -297,7 +315,7 @@ TEST_CASE("scan + select: a group of problems over one kv-head's signatures read
     return;
   }
   for (uint32_t bits : {64u, 128u, 256u})
-    for (uint32_t share : {2u, 3u, 4u})
+    for (uint32_t share : {2u, 3u, 4u, 5u, 8u})
       CheckScanSelect(MakeProblems(bits, 5000, 3 * share, Data::kRandom, bits + share), 342, 0,
                       share);
   CheckScanSelect(MakeProblems(128, 1u << 20, 9, Data::kRandom, 11), 342, 0, 3);
@@ -309,11 +327,12 @@ TEST_CASE("scan + select: a group of problems over one kv-head's signatures read
   kernels::ScanSelectArgs args;
   std::vector<kernels::ScanProblem> problems(4, kernels::ScanProblem{nullptr, nullptr, nullptr});
   DeviceArray<uint64_t> sigs(pr.sigs);
-  DeviceArray<float> tables(pr.tables), scores(400);
+  DeviceArray<uint8_t> blobs(pr.blobs);
+  DeviceArray<float> scores(400);
   DeviceArray<uint32_t> selected(40);
   DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(4, 100));
   for (size_t p = 0; p < 4; ++p)
-    problems[p] = {sigs.get() + p * 100 * 2, nullptr, tables.get() + p * 16 * 256};
+    problems[p] = {sigs.get() + p * 100 * 2, nullptr, blobs.get() + p * kernels::ScanQueryBytes(128)};
   args.problems = problems.data();
   args.num_problems = 4;
   args.n = 100;
@@ -325,6 +344,11 @@ TEST_CASE("scan + select: a group of problems over one kv-head's signatures read
   args.share = 3;  // does not divide 4
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("share = 3") != std::string::npos);
+  args.share = 16;  // more than one product's columns hold
+  args.num_problems = 16;
+  CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+  CHECK(error.find("at most 8") != std::string::npos);
+  args.num_problems = 4;
   args.share = 2;  // problems 0 and 1 read different signatures
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("does not read its group's signatures") != std::string::npos);
@@ -338,20 +362,19 @@ TEST_CASE("scan + select: more problems than one launch holds") {
   CheckScanSelect(MakeProblems(128, 3000, 70, Data::kRandom, 70), 100);
 }
 
-TEST_CASE("device tables feed the scan: the runtime's per-query decode path") {
+TEST_CASE("device query blobs feed the scan: the runtime's per-query decode path") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  // 3 queries, each its own table and its own problem over one kv-head's signatures.
+  // 3 queries, each its own blob and its own problem over one kv-head's signatures.
   Problems pr = MakeProblems(128, 20000, 3, Data::kRandom, 99);
   const index::SignatureProjection projection(7, 128, 64);
   DeviceArray<float> r(std::vector<float>(projection.matrix(), projection.matrix() + 128 * 64));
-  DeviceArray<float> q(pr.queries), tables(pr.tables.size());
-  REQUIRE(kernels::BuildScanTables(r.get(), 128, 64, q.get(), 1, 3, tables.get(), nullptr) == 0);
-  const std::vector<float> got_tables = tables.Download();
-  size_t first = 0;
-  REQUIRE(BitMismatches(got_tables.data(), pr.tables.data(), pr.tables.size(), &first) == 0);
+  DeviceArray<float> q(pr.queries);
+  DeviceArray<uint8_t> blobs(pr.blobs.size());
+  REQUIRE(kernels::BuildScanQueries(r.get(), 128, 64, q.get(), 1, 3, blobs.get(), nullptr) == 0);
+  REQUIRE(blobs.Download() == pr.blobs);
   CheckScanSelect(pr, 342);  // ceil(1024 / 3)
 }
 
@@ -364,7 +387,7 @@ TEST_CASE("refused shapes name the value") {
   args.words = 3;
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("words = 3") != std::string::npos);
-  CHECK(kernels::BuildScanTables(nullptr, 96, 64, nullptr, 1, 1, nullptr, nullptr, &error) != 0);
+  CHECK(kernels::BuildScanQueries(nullptr, 96, 64, nullptr, 1, 1, nullptr, nullptr, &error) != 0);
   CHECK(error.find("bits = 96") != std::string::npos);
 }
 
@@ -373,19 +396,22 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  // (problems, share, c): 3 kv-heads with one summed table each; a decode step's 9 query heads
-  // each with its own table (C / g = 342), without and with a group's scans sharing one read.
-  const uint32_t configs[][3] = {{3, 1, 1024}, {9, 1, 1024}, {9, 1, 342}, {9, 3, 342}};
+  // (problems, share, c): 3 kv-heads with one summed query each; a decode step's 9 query heads
+  // each with its own query (C / g = 342), without and with a group's scans sharing one read;
+  // a prefill chunk's 16 blocks × 3 kv-heads, without and with 8 blocks sharing a read.
+  const uint32_t configs[][3] = {{3, 1, 1024},  {9, 1, 1024},  {9, 1, 342},
+                                 {9, 3, 342},   {48, 1, 1024}, {48, 8, 1024}};
   for (const auto& [count, share, c] : configs) {
     const uint32_t n = 1u << 20, iterations = 50;
     Problems pr = MakeProblems(128, n, count, Data::kRandom, count);
     DeviceArray<uint64_t> sigs(pr.sigs);
-    DeviceArray<float> norms(pr.norms), tables(pr.tables), scores(size_t{count} * n);
+    DeviceArray<float> norms(pr.norms), scores(size_t{count} * n);
+    DeviceArray<uint8_t> blobs(pr.blobs);
     DeviceArray<uint32_t> selected(size_t{count} * c), counts(count);
     std::vector<kernels::ScanProblem> problems(count);
     for (size_t p = 0; p < count; ++p)
       problems[p] = {sigs.get() + p / share * share * n * 2, norms.get() + p / share * share * n,
-                     tables.get() + p * 16 * 256};
+                     blobs.get() + p * kernels::ScanQueryBytes(128)};
     DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(count, n));
     kernels::ScanSelectArgs args;
     args.problems = problems.data();
