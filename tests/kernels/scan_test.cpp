@@ -344,11 +344,9 @@ TEST_CASE("scan + select: a group of problems over one kv-head's signatures read
   args.share = 3;  // does not divide 4
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("share = 3") != std::string::npos);
-  args.share = 16;  // more than one product's columns hold
-  args.num_problems = 16;
+  args.share = 16;  // more than two products' columns hold
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("at most 8") != std::string::npos);
-  args.num_problems = 4;
   args.share = 2;  // problems 0 and 1 read different signatures
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("does not read its group's signatures") != std::string::npos);
