@@ -50,7 +50,7 @@ namespace {
 constexpr uint32_t kThreads = 256;
 constexpr uint32_t kMaxChunk = 64;  // problems per launch: kernel parameters stay < 4 KB
 constexpr uint32_t kUnroll = 4;     // tokens in flight per thread in the streaming passes
-constexpr uint32_t kScanBlocksPerSm = 2;  // MmaScanKernel's launch bound (registers)
+constexpr uint32_t kScanBlocksPerSm = 3;  // MmaScanKernel's launch bound (≤ 85 registers)
 constexpr uint32_t kTileItems = 16;  // compaction: tokens per thread
 constexpr uint32_t kTileTokens = kThreads * kTileItems;
 constexpr uint32_t kBins0 = 2048, kBins1 = 2048, kBins2 = 1024;  // key bits 31..21, 20..10, 9..0

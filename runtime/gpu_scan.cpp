@@ -380,11 +380,21 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
                                   Ptr<const float>(queries), per_query ? 1 : G, tables,
                                   Ptr<uint8_t>(blobs), CurrentStream(), &error),
         error, "BuildScanQueries");
+  // Problems that read one kv-head's signatures go side by side, `share` of them scored from one
+  // read: a GQA group's per-query scans (t = (rep · H_kv + h) · G + j) already are; a prefill
+  // chunk's summed block queries (t = rep · H_kv + h) go to the scan kv-head-major instead,
+  // t' = h · reps + rep, and their selections come back in the blocks' order after it.
+  const bool regroup = !per_query && reps > 1;
+  uint32_t share = per_query && G <= 8 ? G : 1;
+  if (regroup)
+    for (share = 8; reps % share != 0;) --share;
   std::vector<kernels::ScanProblem> problems(tables);
   for (uint32_t t = 0; t < tables; ++t) {
-    const uint32_t slot = uint32_t(layer) * Hkv + (per_query ? t / G : t) % Hkv;
+    const uint32_t h = regroup ? t / reps : (per_query ? t / G : t) % Hkv;
+    const uint32_t query = regroup ? (t % reps) * Hkv + h : t;
+    const uint32_t slot = uint32_t(layer) * Hkv + h;
     problems[t] = {index_->signatures(slot), options_.scan_norms ? index_->norms(slot) : nullptr,
-                   Ptr<const uint8_t>(blobs) + t * blob};
+                   Ptr<const uint8_t>(blobs) + query * blob};
   }
   torch::Tensor scores = torch::empty({int64_t(tables), int64_t(scan_n)}, f32);
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, i32);
@@ -396,8 +406,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   args.num_problems = tables;
   args.n = scan_n;
   args.n_device = dc ? dc->cold : nullptr;
-  // A group's per-query scans read their kv-head's signatures once (G tables a block).
-  args.share = per_query && G <= 4 ? G : 1;
+  args.share = share;
   args.words = bits / 64;
   args.c = c;
   args.scores = Ptr<float>(scores);
@@ -406,6 +415,11 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   args.workspace = workspace.data_ptr();
   args.workspace_bytes = size_t(workspace.numel());
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
+  if (regroup) {  // [H_kv][reps] → [reps][H_kv]
+    selected = selected.view({int64_t(Hkv), int64_t(reps), int64_t(c)}).transpose(0, 1)
+                   .contiguous().view({int64_t(P), int64_t(c)});
+    counts = counts.view({int64_t(Hkv), int64_t(reps)}).t().contiguous().view({int64_t(P)});
+  }
   torch::Tensor candidates = selected, candidate_counts = counts;
   uint32_t row = c;
   if (per_query && G > 1) {  // the group's lists, united
