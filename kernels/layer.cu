@@ -1,9 +1,10 @@
-// RMSNorm and RoPE fused for the GPU runner; see layer.h for the formulas and the exactness.
+// RMSNorm, RoPE, the residual add with RMSNorm, and SwiGLU fused for the GPU runner; see layer.h
+// for the formulas and the exactness.
 //
-// RmsNormKernel: one block per row; each thread squares and sums a stride of the row, a block
-// reduction, then every thread writes its elements. RopeKernel: one thread per output element.
-// Float products and sums are spelled __fmul_rn / __fadd_rn so they never contract into FMA (the
-// separate LibTorch operations round each of them).
+// RmsNormKernel and AddRmsNormKernel: one block per row; each thread squares and sums a stride of
+// the row, a block reduction, then every thread writes its elements. RopeKernel and SwiGluKernel:
+// one thread per output element. Float products and sums are spelled __fmul_rn / __fadd_rn so
+// they never contract into FMA (the separate LibTorch operations round each of them).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -32,10 +33,19 @@ __device__ __forceinline__ void Write(void* p, DType t, uint64_t i, float v) {
     static_cast<float*>(p)[i] = v;
 }
 
-__global__ void __launch_bounds__(kNormThreads) RmsNormKernel(RmsNormParams p) {
+// rsqrt(Σ h² / dim + eps) of a block's row from each thread's share of Σ h². RmsNormKernel and
+// AddRmsNormKernel both take it from here, so AddRmsNorm(h, o) is RmsNorm(h + o) bit for bit.
+__device__ __forceinline__ float RowRsqrt(float partial_sum, uint32_t dim, float eps) {
   using Reduce = cub::BlockReduce<float, kNormThreads>;
   __shared__ typename Reduce::TempStorage storage;
   __shared__ float r_shared;
+  const float sum = Reduce(storage).Sum(partial_sum);
+  if (threadIdx.x == 0) r_shared = rsqrtf(__fadd_rn(__fdiv_rn(sum, float(dim)), eps));
+  __syncthreads();
+  return r_shared;
+}
+
+__global__ void __launch_bounds__(kNormThreads) RmsNormKernel(RmsNormParams p) {
   const uint64_t xs = p.x_stride ? p.x_stride : p.dim, os = p.out_stride ? p.out_stride : p.dim;
   const uint64_t row = blockIdx.x;
   float sum = 0.0f;
@@ -43,13 +53,27 @@ __global__ void __launch_bounds__(kNormThreads) RmsNormKernel(RmsNormParams p) {
     const float h = Read(p.x, p.dtype, row * xs + i);
     sum = __fadd_rn(sum, __fmul_rn(h, h));
   }
-  sum = Reduce(storage).Sum(sum);
-  if (threadIdx.x == 0) r_shared = rsqrtf(__fadd_rn(__fdiv_rn(sum, float(p.dim)), p.eps));
-  __syncthreads();
-  const float r = r_shared;
+  const float r = RowRsqrt(sum, p.dim, p.eps);
   for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
     const float h = Round(p.dtype, __fmul_rn(Read(p.x, p.dtype, row * xs + i), r));
     Write(p.out, p.dtype, row * os + i, __fmul_rn(Read(p.weight, p.dtype, i), h));
+  }
+}
+
+// The same threads own the same elements in both loops, so each reads back the sum it wrote.
+__global__ void __launch_bounds__(kNormThreads) AddRmsNormKernel(AddRmsNormParams p) {
+  const uint64_t base = uint64_t{blockIdx.x} * p.dim;
+  float sum = 0.0f;
+  for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    const uint64_t e = base + i;
+    const float h = Round(p.dtype, __fadd_rn(Read(p.h, p.dtype, e), Read(p.o, p.dtype, e)));
+    Write(p.sum, p.dtype, e, h);
+    sum = __fadd_rn(sum, __fmul_rn(h, h));
+  }
+  const float r = RowRsqrt(sum, p.dim, p.eps);
+  for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
+    const float h = Round(p.dtype, __fmul_rn(Read(p.sum, p.dtype, base + i), r));
+    Write(p.out, p.dtype, base + i, __fmul_rn(Read(p.weight, p.dtype, i), h));
   }
 }
 
@@ -68,6 +92,21 @@ __global__ void RopeKernel(RopeParams p) {
     const float a = Round(p.dtype, __fmul_rn(x, Read(p.cos, p.dtype, t * d + i)));
     const float b = Round(p.dtype, __fmul_rn(rot, Read(p.sin, p.dtype, t * d + i)));
     Write(p.out, p.dtype, t * os + h * d + i, __fadd_rn(a, b));
+  }
+}
+
+// ATen's CUDA silu is `x_acc / (opmath_t(1) + ::exp(-x_acc))` with opmath float: the same
+// expression (expf, an IEEE division, no contraction under --fmad=false), rounded to the dtype as
+// its output is, then the product as the bf16 multiply rounds it.
+__global__ void SwiGluKernel(SwiGluParams p) {
+  const uint64_t total = uint64_t{p.rows} * p.inter;
+  const uint64_t is = p.in_stride ? p.in_stride : 2 * uint64_t{p.inter};
+  for (uint64_t e = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; e < total;
+       e += uint64_t{gridDim.x} * blockDim.x) {
+    const uint64_t t = e / p.inter, i = e % p.inter;
+    const float g = Read(p.gate_up, p.dtype, t * is + i);
+    const float silu = Round(p.dtype, __fdiv_rn(g, __fadd_rn(1.0f, expf(-g))));
+    Write(p.out, p.dtype, e, __fmul_rn(silu, Read(p.gate_up, p.dtype, t * is + p.inter + i)));
   }
 }
 
@@ -98,6 +137,30 @@ int LaunchRope(const RopeParams& p, CUstream_st* stream, std::string* error) {
   const uint32_t threads = 256;
   const uint64_t blocks = std::min<uint64_t>((total + threads - 1) / threads, 65535);
   RopeKernel<<<uint32_t(blocks), threads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+int LaunchAddRmsNorm(const AddRmsNormParams& p, CUstream_st* stream, std::string* error) {
+  if (!p.h || !p.o || !p.weight || !p.sum || !p.out)
+    return Refuse(error, "AddRmsNorm: a null h, o, weight, sum or out");
+  if (p.dim == 0 || p.dim > 16384)
+    return Refuse(error, "AddRmsNorm: dim = " + std::to_string(p.dim) + ", not in 1..16384");
+  if (p.rows == 0) return 0;
+  if (p.rows > 0x7FFFFFFFu) return Refuse(error, "AddRmsNorm: rows = " + std::to_string(p.rows));
+  AddRmsNormKernel<<<p.rows, kNormThreads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+int LaunchSwiGlu(const SwiGluParams& p, CUstream_st* stream, std::string* error) {
+  if (!p.gate_up || !p.out) return Refuse(error, "SwiGlu: a null gate_up or out");
+  if (p.in_stride != 0 && p.in_stride < 2 * uint64_t{p.inter})
+    return Refuse(error, "SwiGlu: in_stride = " + std::to_string(p.in_stride) +
+                             ", less than 2 * inter = " + std::to_string(2 * uint64_t{p.inter}));
+  const uint64_t total = uint64_t{p.rows} * p.inter;
+  if (total == 0) return 0;
+  const uint32_t threads = 256;
+  const uint64_t blocks = std::min<uint64_t>((total + threads - 1) / threads, 65535);
+  SwiGluKernel<<<uint32_t(blocks), threads, 0, stream>>>(p);
   return int(cudaGetLastError());
 }
 

@@ -1,17 +1,25 @@
-// Two of a Llama layer's small steps fused into one kernel each, for the GPU runner: RMSNorm
-// (eight LibTorch operations in transformers' spelling) and rotary embedding (five per tensor).
-// A layer runs RMSNorm twice and RoPE twice (q and k): 26 LibTorch operations, here 4 kernels (a
-// decode step is bound by how many kernels it runs; docs/performance.md has what this saved).
-// The device twins of runtime/llama.cpp's LibTorch spelling:
+// Four of a Llama layer's small steps fused into one kernel each, for the GPU runner: RMSNorm
+// (eight LibTorch operations in transformers' spelling), rotary embedding (five per tensor), the
+// residual add with the RMSNorm after it, and SwiGLU's silu(gate) · up (two). A decode step is
+// bound by how many kernels it runs (docs/performance.md has what this saved). The device twins
+// of runtime/llama.cpp's LibTorch spelling:
 //
-//   RMSNorm:  h = float(x);  r = rsqrt(Σ h² / dim + eps);  out = T(float(w) · float(T(h · r)))
-//   RoPE:     out[i] = T(float(T(x[i] · cos[i])) + float(T(rot[i] · sin[i]))),
-//             rot[i] = −x[i + d/2] for i < d/2, else x[i − d/2]
+//   RMSNorm:     h = float(x);  r = rsqrt(Σ h² / dim + eps);  out = T(float(w) · float(T(h · r)))
+//   RoPE:        out[i] = T(float(T(x[i] · cos[i])) + float(T(rot[i] · sin[i]))),
+//                rot[i] = −x[i + d/2] for i < d/2, else x[i − d/2]
+//   AddRmsNorm:  sum = T(float(h) + float(o));  out = RMSNorm(sum)
+//   SwiGLU:      out[i] = T(float(T(g / (1 + exp(−g)))) · float(up[i])),  g = float(gate[i])
 //
 // with T the run dtype's rounding (none for float32). RoPE rounds exactly as the separate
 // operations do, so it is bit-exact with them; RMSNorm sums the squares in another order than
 // torch's reduction, so r may differ from it by a few float ulps (then an output by a unit of T
-// or two, rarely). The CPU references below compute the same formulas, RMSNorm's sum in double.
+// or two, rarely). AddRmsNorm's sum is bit-exact with torch's add, and its norm is the RMSNorm
+// kernel's bit for bit (the same reduction). SwiGLU spells ATen's CUDA silu, `x / (1 + exp(-x))`
+// in float with the device expf, and the multiply as torch rounds them, so it is expected to be
+// bit-exact with at::silu and `*` on the GPU. A GPU check against LibTorch on the same inputs
+// must confirm that: the kernel test has no LibTorch, and the CPU reference's std::exp may differ
+// from the device's expf by an ulp (so the test allows a unit of T there).
+// The CPU references below compute the same formulas, RMSNorm's sum in double.
 //
 // Plain C++: no CUDA headers. Launchers return a cudaError_t as int (0 = cudaSuccess) and put
 // the reason for a refused shape in `*error`.
@@ -48,6 +56,29 @@ struct RopeParams {
 };
 int LaunchRope(const RopeParams& p, CUstream_st* stream, std::string* error = nullptr);
 
+// The residual add and the RMSNorm after it (a layer's h + o, then post_attention_layernorm).
+struct AddRmsNormParams {
+  const void* h = nullptr;       // [rows][dim] contiguous, `dtype`
+  const void* o = nullptr;       // [rows][dim] contiguous, `dtype`
+  const void* weight = nullptr;  // [dim] `dtype`
+  void* sum = nullptr;           // [rows][dim] contiguous: T(h + o)
+  void* out = nullptr;           // [rows][dim] contiguous: RMSNorm(sum)
+  DType dtype = DType::kFloat32;
+  uint32_t rows = 0, dim = 0;    // dim ≤ 16384
+  float eps = 1e-5f;
+};
+int LaunchAddRmsNorm(const AddRmsNormParams& p, CUstream_st* stream, std::string* error = nullptr);
+
+// silu(gate) · up from the output of the concatenated gate/up projection.
+struct SwiGluParams {
+  const void* gate_up = nullptr;  // [rows][2 · inter]: gate, then up; row stride in_stride elements
+  void* out = nullptr;            // [rows][inter] contiguous, `dtype`
+  DType dtype = DType::kFloat32;
+  uint32_t rows = 0, inter = 0;
+  uint64_t in_stride = 0;         // 0: 2 · inter
+};
+int LaunchSwiGlu(const SwiGluParams& p, CUstream_st* stream, std::string* error = nullptr);
+
 // ---- CPU references (float in and out; bf16 = true rounds where T does for bfloat16) ----
 
 // Round to the nearest bfloat16, ties to even, returned as its float value (NaN stays NaN).
@@ -82,6 +113,25 @@ inline void RopeReference(const float* x, const float* cos, const float* sin, fl
         const float b = T(rot * sin[uint64_t{t} * d + i]);
         out[(uint64_t{t} * heads + h) * d + i] = T(a + b);
       }
+    }
+}
+
+inline void AddRmsNormReference(const float* h, const float* o, const float* weight, float* sum,
+                                float* out, uint32_t rows, uint32_t dim, float eps, bool bf16) {
+  for (uint64_t i = 0; i < uint64_t{rows} * dim; ++i)
+    sum[i] = bf16 ? RoundBf16(h[i] + o[i]) : h[i] + o[i];
+  RmsNormReference(sum, weight, out, rows, dim, eps, bf16);
+}
+
+// gate_up: [rows][2 · inter] contiguous; out: [rows][inter].
+inline void SwiGluReference(const float* gate_up, float* out, uint32_t rows, uint32_t inter,
+                            bool bf16) {
+  auto T = [bf16](float v) { return bf16 ? RoundBf16(v) : v; };
+  for (uint32_t t = 0; t < rows; ++t)
+    for (uint32_t i = 0; i < inter; ++i) {
+      const float g = gate_up[uint64_t{t} * 2 * inter + i];
+      const float up = gate_up[uint64_t{t} * 2 * inter + inter + i];
+      out[uint64_t{t} * inter + i] = T(T(g / (1.0f + std::exp(-g))) * up);
     }
 }
 

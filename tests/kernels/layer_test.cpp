@@ -1,5 +1,7 @@
-// kernels/layer (fused RMSNorm and RoPE) against their CPU references: RoPE bit for bit in float32
-// and bfloat16, RMSNorm within the last-bit difference its summation order allows.
+// kernels/layer (fused RMSNorm, RoPE, residual add + RMSNorm, SwiGLU) against their CPU
+// references: RoPE and AddRmsNorm's sum bit for bit in float32 and bfloat16, RMSNorm within the
+// last-bit difference its summation order allows (and AddRmsNorm's norm equal to the RMSNorm
+// kernel's), SwiGLU within what the device expf's last bit allows.
 #include "kernels/layer.h"
 
 #include <doctest/doctest.h>
@@ -47,6 +49,14 @@ std::vector<float> Download(DeviceValues& d, bool bf16) {
   std::vector<float> out;
   for (uint16_t x : d.h.Download()) out.push_back(Bf16ToFloat(x));
   return out;
+}
+
+// How far an output may be from its reference after a float ulp of difference upstream (a sum
+// in another order, another expf) changed one rounding to the dtype, then another: two units of
+// the dtype (bf16), a few float ulps (float32).
+bool WithinTwoUnits(float got, float want, bool bf16) {
+  const float unit = bf16 ? std::ldexp(std::fabs(want), -6) : std::fabs(want) * 4e-6f;
+  return std::fabs(got - want) <= unit + 1e-30f;
 }
 
 }  // namespace
@@ -123,8 +133,7 @@ TEST_CASE("RMSNorm equals its reference up to the summation order") {
       // double); after the dtype's roundings an output then differs by up to two of its units.
       size_t bad = 0, exact = 0;
       for (size_t i = 0; i < want.size(); ++i) {
-        const float unit = bf16 ? std::ldexp(std::fabs(want[i]), -6) : std::fabs(want[i]) * 4e-6f;
-        bad += std::fabs(got[i] - want[i]) > unit + 1e-30f;
+        bad += !WithinTwoUnits(got[i], want[i], bf16);
         exact += got[i] == want[i];
       }
       MESSAGE((bf16 ? "bf16" : "fp32") << " dim " << dim << ": " << exact << " of " << want.size()
@@ -132,4 +141,114 @@ TEST_CASE("RMSNorm equals its reference up to the summation order") {
       CHECK(bad == 0);
     }
   }
+}
+
+TEST_CASE("AddRmsNorm: its sum is h + o bit for bit, its norm the RMSNorm kernel's of that sum") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (const bool bf16 : {false, true}) {
+    for (const uint32_t dim : {64u, 576u, 2048u, 5000u}) {
+      CAPTURE(bf16);
+      CAPTURE(dim);
+      const uint32_t rows = 33;
+      const size_t n = size_t{rows} * dim;
+      Rng rng{dim + 5u * bf16};
+      Values h = Make(n, rng, 6.0f, bf16), o = Make(n, rng, 3.0f, bf16);
+      Values w = Make(dim, rng, 3.0f, bf16);
+      DeviceValues dh(h, bf16), dproj(o, bf16), dw(w, bf16);
+      DeviceValues dsum(Make(n, rng, 1, bf16), bf16), dout(Make(n, rng, 1, bf16), bf16);
+      DeviceValues dnorm(Make(n, rng, 1, bf16), bf16);
+      AddRmsNormParams p;
+      p.h = dh.get(), p.o = dproj.get(), p.weight = dw.get();
+      p.sum = dsum.get(), p.out = dout.get();
+      p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
+      p.rows = rows, p.dim = dim, p.eps = 1e-5f;
+      std::string error;
+      REQUIRE_MESSAGE(LaunchAddRmsNorm(p, nullptr, &error) == 0, error);
+      RmsNormParams q;  // the separate kernel on the fused one's sum
+      q.x = dsum.get(), q.weight = dw.get(), q.out = dnorm.get();
+      q.dtype = p.dtype, q.rows = rows, q.dim = dim, q.eps = p.eps;
+      REQUIRE_MESSAGE(LaunchRmsNorm(q, nullptr, &error) == 0, error);
+      KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+      std::vector<float> want_sum(n), want(n);
+      AddRmsNormReference(h.f.data(), o.f.data(), w.f.data(), want_sum.data(), want.data(), rows,
+                          dim, p.eps, bf16);
+      const std::vector<float> sum = Download(dsum, bf16), got = Download(dout, bf16);
+      const std::vector<float> norm = Download(dnorm, bf16);
+      size_t bad_sum = 0, bad = 0, unlike_norm = 0;
+      for (size_t i = 0; i < n; ++i) {
+        bad_sum += std::memcmp(&sum[i], &want_sum[i], 4) != 0;
+        bad += !WithinTwoUnits(got[i], want[i], bf16);
+        unlike_norm += std::memcmp(&got[i], &norm[i], 4) != 0;
+      }
+      CHECK(bad_sum == 0);
+      CHECK(bad == 0);
+      CHECK(unlike_norm == 0);
+    }
+  }
+  AddRmsNormParams p;
+  float dummy = 0;
+  p.h = p.o = p.weight = &dummy;
+  p.sum = p.out = &dummy;
+  p.rows = 1, p.dim = 20000;
+  std::string error;
+  CHECK(LaunchAddRmsNorm(p, nullptr, &error) != 0);
+  CHECK(error.find("dim = 20000") != std::string::npos);
+}
+
+TEST_CASE("SwiGLU equals its reference up to the device expf's last bit") {
+  {  // the reference itself: silu(1) = 0.7310586, silu(0) = 0, in bf16 rounded twice
+    const float gate_up[4] = {1.0f, 0.0f, 3.0f, 5.0f};
+    float out[2];
+    SwiGluReference(gate_up, out, 1, 2, /*bf16=*/false);
+    CHECK(out[0] == doctest::Approx(3 * 0.7310586f));
+    CHECK(out[1] == 0.0f);
+    SwiGluReference(gate_up, out, 1, 2, /*bf16=*/true);
+    CHECK(out[0] == RoundBf16(3 * RoundBf16(0.7310586f)));
+  }
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  for (const bool bf16 : {false, true}) {
+    for (const uint32_t rows : {1u, 7u, 300u}) {
+      CAPTURE(bf16);
+      CAPTURE(rows);
+      const uint32_t inter = 1536, stride = 2 * inter + 64;  // rows padded: a strided view
+      Rng rng{rows + 11u * bf16};
+      Values x = Make(size_t{rows} * stride, rng, 24.0f, bf16);  // silu's tails and its middle
+      DeviceValues dx(x, bf16), dout(Make(size_t{rows} * inter, rng, 1, bf16), bf16);
+      SwiGluParams p;
+      p.gate_up = dx.get(), p.out = dout.get();
+      p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
+      p.rows = rows, p.inter = inter, p.in_stride = stride;
+      std::string error;
+      REQUIRE_MESSAGE(LaunchSwiGlu(p, nullptr, &error) == 0, error);
+      KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+      std::vector<float> packed;  // the reference takes rows of 2 · inter
+      for (uint32_t t = 0; t < rows; ++t)
+        packed.insert(packed.end(), x.f.begin() + t * stride, x.f.begin() + t * stride + 2 * inter);
+      std::vector<float> want(size_t{rows} * inter);
+      SwiGluReference(packed.data(), want.data(), rows, inter, bf16);
+      const std::vector<float> got = Download(dout, bf16);
+      size_t bad = 0, exact = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        bad += !WithinTwoUnits(got[i], want[i], bf16);
+        exact += std::memcmp(&got[i], &want[i], 4) == 0;
+      }
+      MESSAGE((bf16 ? "bf16" : "fp32") << " SwiGLU rows " << rows << ": " << exact << " of "
+                                       << want.size() << " outputs equal the reference exactly");
+      CHECK(bad == 0);
+    }
+  }
+  SwiGluParams p;
+  float dummy = 0;
+  p.gate_up = &dummy;
+  p.out = &dummy;
+  p.rows = 1, p.inter = 8, p.in_stride = 15;
+  std::string error;
+  CHECK(LaunchSwiGlu(p, nullptr, &error) != 0);
+  CHECK(error.find("in_stride = 15") != std::string::npos);
 }
