@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <initializer_list>
 
 #include "kernels/layer.h"
 #define KIV_FUSED_LAYER 1
@@ -35,6 +36,11 @@ struct LlamaModel::Layer {
   at::Tensor post_norm;             // [hidden]
   at::Tensor gate_w, up_w, down_w;  // [inter, hidden] x2, [hidden, inter]
   at::Tensor gate_b, up_b, down_b;  // undefined unless mlp_bias
+  // With the fused layer kernels on CUDA: q/k/v and gate/up concatenated by rows, so the fused
+  // path runs one matmul for each group; q_w ... up_b are then row views of these (one copy in
+  // memory). Undefined elsewhere.
+  at::Tensor qkv_w, qkv_b;          // [(H_q + 2 H_kv)*d, hidden], [(H_q + 2 H_kv)*d]
+  at::Tensor gate_up_w, gate_up_b;  // [2 inter, hidden], [2 inter]
 };
 
 // The static buffers the graphs read and write, and the graphs. Segment graph s (0 ≤ s ≤ L) runs:
@@ -108,6 +114,42 @@ kiv::kernels::DType KernelDtype(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 ? kiv::kernels::DType::kBFloat16
                                           : kiv::kernels::DType::kFloat32;
 }
+
+// Replaces `parts` (weights with the same columns, or biases) by consecutive row blocks of one
+// new tensor `*whole`, their concatenation. Nothing to do for biases the model has none of.
+void ConcatenateRows(std::initializer_list<at::Tensor*> parts, at::Tensor* whole) {
+  if (!(*parts.begin())->defined()) return;
+  std::vector<at::Tensor> tensors;
+  for (const at::Tensor* t : parts) tensors.push_back(*t);
+  *whole = at::cat(tensors);
+  int64_t row = 0;
+  for (at::Tensor* t : parts) {
+    const int64_t rows = t->size(0);
+    *t = whole->narrow(0, row, rows);
+    row += rows;
+  }
+}
+
+// silu(gate) · up for gate_up [n, 2 inter] (gate_proj's outputs, then up_proj's) in one kernel,
+// expected to be bit-exact with at::silu and the multiply (kernels/layer.h says why); those two
+// LibTorch operations where the kernel does not apply.
+at::Tensor SwiGlu(const at::Tensor& gate_up) {
+  const int64_t inter = gate_up.size(1) / 2;
+  if (Fused(gate_up) && gate_up.dim() == 2 && gate_up.stride(1) == 1) {
+    at::Tensor out = at::empty({gate_up.size(0), inter}, gate_up.options());
+    kiv::kernels::SwiGluParams p;
+    p.gate_up = gate_up.data_ptr(), p.out = out.data_ptr();
+    p.dtype = KernelDtype(gate_up);
+    p.rows = uint32_t(gate_up.size(0)), p.inter = uint32_t(inter);
+    p.in_stride = uint64_t(gate_up.stride(0));
+    std::string error;
+    TORCH_CHECK(
+        kiv::kernels::LaunchSwiGlu(p, at::cuda::getCurrentCUDAStream().stream(), &error) == 0,
+        "SwiGLU kernel: ", error);
+    return out;
+  }
+  return at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
+}
 #endif
 
 // transformers' LlamaRMSNorm: the statistics in float32, the weight applied in the run dtype.
@@ -159,6 +201,33 @@ at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 #endif
   const at::Tensor t = x.transpose(0, 1);
   return t * cos + RotateHalf(t) * sin;
+}
+
+// r = h + o into *sum, then transformers' RMSNorm of r: one kernel on the fused path (its norm is
+// the RmsNorm kernel's bit for bit), the add and RmsNorm otherwise.
+at::Tensor AddRmsNorm(const at::Tensor& h, const at::Tensor& o, const at::Tensor& weight,
+                      double eps, at::Tensor* sum) {
+#if KIV_FUSED_LAYER
+  if (Fused(h) && h.dim() == 2 && h.is_contiguous() && o.is_contiguous() &&
+      o.sizes() == h.sizes() && o.scalar_type() == h.scalar_type() && weight.is_contiguous() &&
+      weight.scalar_type() == h.scalar_type()) {
+    *sum = at::empty(h.sizes(), h.options());
+    at::Tensor out = at::empty(h.sizes(), h.options());
+    kiv::kernels::AddRmsNormParams p;
+    p.h = h.data_ptr(), p.o = o.data_ptr(), p.weight = weight.data_ptr();
+    p.sum = sum->data_ptr(), p.out = out.data_ptr();
+    p.dtype = KernelDtype(h);
+    p.rows = uint32_t(h.size(0)), p.dim = uint32_t(h.size(1));
+    p.eps = float(eps);
+    std::string error;
+    TORCH_CHECK(
+        kiv::kernels::LaunchAddRmsNorm(p, at::cuda::getCurrentCUDAStream().stream(), &error) == 0,
+        "AddRmsNorm kernel: ", error);
+    return out;
+  }
+#endif
+  *sum = h + o;
+  return RmsNorm(*sum, weight, eps);
 }
 
 }  // namespace
@@ -241,6 +310,14 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Load(const std::string& dir, c10
     KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "gate_proj.bias", {inter}, &l.gate_b));
     KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "up_proj.bias", {inter}, &l.up_b));
     KIV_RETURN_IF_ERROR(load.GetIf(c.mlp_bias, f + "down_proj.bias", {hidden}, &l.down_b));
+#if KIV_FUSED_LAYER
+    if (device.is_cuda()) {
+      ConcatenateRows({&l.q_w, &l.k_w, &l.v_w}, &l.qkv_w);
+      ConcatenateRows({&l.q_b, &l.k_b, &l.v_b}, &l.qkv_b);
+      ConcatenateRows({&l.gate_w, &l.up_w}, &l.gate_up_w);
+      ConcatenateRows({&l.gate_b, &l.up_b}, &l.gate_up_b);
+    }
+#endif
   }
   m->inv_freq_ = RopeInverseFrequencies(c).to(device);
   return m;
@@ -261,11 +338,23 @@ void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& 
                           at::Tensor* v) const {
   const Layer& l = layers_[static_cast<size_t>(layer)];
   const int64_t n = h.size(0), d = config_.head_dim;
+  const int64_t hq = config_.num_q_heads, hkv = config_.num_kv_heads;
   at::Tensor x = RmsNorm(h, l.input_norm, config_.rms_norm_eps);
+#if KIV_FUSED_LAYER
+  if (Fused(x) && l.qkv_w.defined()) {
+    // One matmul: [n, (H_q + 2 H_kv)*d] viewed as [n, H_q + 2 H_kv, d], its heads q's, k's, v's.
+    // Rope takes the q and k heads as they lie (rows of H*d contiguous values, any row stride).
+    const at::Tensor heads = at::linear(x, l.qkv_w, l.qkv_b).view({n, hq + 2 * hkv, d});
+    *q = Rope(heads.narrow(1, 0, hq), cos, sin);
+    *k = Rope(heads.narrow(1, hq, hkv), cos, sin);
+    *v = heads.narrow(1, hq + hkv, hkv).transpose(0, 1);
+    return;
+  }
+#endif
   // [n, H*d] → [H, n, d]
-  *q = Rope(at::linear(x, l.q_w, l.q_b).view({n, config_.num_q_heads, d}), cos, sin);
-  *k = Rope(at::linear(x, l.k_w, l.k_b).view({n, config_.num_kv_heads, d}), cos, sin);
-  *v = at::linear(x, l.v_w, l.v_b).view({n, config_.num_kv_heads, d}).transpose(0, 1);
+  *q = Rope(at::linear(x, l.q_w, l.q_b).view({n, hq, d}), cos, sin);
+  *k = Rope(at::linear(x, l.k_w, l.k_b).view({n, hkv, d}), cos, sin);
+  *v = at::linear(x, l.v_w, l.v_b).view({n, hkv, d}).transpose(0, 1);
 }
 
 // o_proj, the residual, post_attention_layernorm and the SwiGLU MLP, the residual.
@@ -276,8 +365,12 @@ at::Tensor LlamaModel::AfterAttention(int64_t layer, const at::Tensor& h,
   assert(attn.size(0) == config_.num_q_heads && attn.size(1) == n);
   at::Tensor o = at::linear(attn.transpose(0, 1).reshape({n, config_.num_q_heads * config_.head_dim}),
                             l.o_w, l.o_b);
-  at::Tensor r = h + o;
-  at::Tensor x = RmsNorm(r, l.post_norm, config_.rms_norm_eps);
+  at::Tensor r;
+  at::Tensor x = AddRmsNorm(h, o, l.post_norm, config_.rms_norm_eps, &r);
+#if KIV_FUSED_LAYER
+  if (Fused(x) && l.gate_up_w.defined())
+    return r + at::linear(SwiGlu(at::linear(x, l.gate_up_w, l.gate_up_b)), l.down_w, l.down_b);
+#endif
   at::Tensor gate = at::silu(at::linear(x, l.gate_w, l.gate_b));
   return r + at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b);
 }

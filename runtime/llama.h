@@ -6,7 +6,8 @@
 // it: RMSNorm in float32, RoPE angles in float32 (inv_freq x position), rotate_half pairing
 // dimension i with i + d/2, SwiGLU, lm_head tied to the embedding when the config says so.
 // Weights stay in the mmapped safetensors when the file's dtype and device already match (fp32 on
-// the CPU); otherwise they are converted once at load (bf16 on CUDA).
+// the CPU); otherwise they are converted once at load (bf16 on CUDA, where q/k/v and gate/up are
+// also concatenated, one matmul for each group on the fused kernel path).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -48,9 +49,9 @@ class LlamaModel {
 
   // Runs `tokens` (non-empty ids < vocab_size) at absolute positions [cache.length(),
   // cache.length() + n): for each layer, q/k/v after RoPE go to cache.Attend (in the run dtype,
-  // as strided [H, n, d] views of [n, H, d] data: a cache must not assume they are contiguous);
-  // then cache.EndChunk(tokens). Returns float32 logits on the model's device, [n, vocab] for
-  // kAll and [1, vocab] (the chunk's last token) for kLast.
+  // as strided [H, n, d] views of [n, H', d] data, H' ≥ H: a cache must not assume they are
+  // contiguous); then cache.EndChunk(tokens). Returns float32 logits on the model's device,
+  // [n, vocab] for kAll and [1, vocab] (the chunk's last token) for kLast.
   at::Tensor Forward(const std::vector<int64_t>& tokens, KvCache& cache,
                      Logits which = Logits::kAll);
 
