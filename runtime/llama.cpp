@@ -343,10 +343,12 @@ void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& 
 #if KIV_FUSED_LAYER
   if (Fused(x) && l.qkv_w.defined()) {
     // One matmul: [n, (H_q + 2 H_kv)*d] viewed as [n, H_q + 2 H_kv, d], its heads q's, k's, v's.
-    // Rope takes the q and k heads as they lie (rows of H*d contiguous values, any row stride).
+    // One Rope for the q and k heads together, taken as they lie (rows of H*d contiguous values,
+    // any row stride): RoPE treats every head alike.
     const at::Tensor heads = at::linear(x, l.qkv_w, l.qkv_b).view({n, hq + 2 * hkv, d});
-    *q = Rope(heads.narrow(1, 0, hq), cos, sin);
-    *k = Rope(heads.narrow(1, hq, hkv), cos, sin);
+    const at::Tensor qk = Rope(heads.narrow(1, 0, hq + hkv), cos, sin);  // [H_q + H_kv, n, d]
+    *q = qk.narrow(0, 0, hq);
+    *k = qk.narrow(0, hq, hkv);
     *v = heads.narrow(1, hq + hkv, hkv).transpose(0, 1);
     return;
   }
