@@ -115,14 +115,20 @@ int Refuse(std::string* error, const std::string& why) {
   return int(cudaErrorInvalidValue);
 }
 
+// The row shapes both norm kernels take (one block a row, the row's sums in shared memory).
+int CheckNormShape(const char* name, uint32_t rows, uint32_t dim, std::string* error) {
+  if (dim == 0 || dim > 16384)
+    return Refuse(error, std::string(name) + ": dim = " + std::to_string(dim) + ", not in 1..16384");
+  if (rows > 0x7FFFFFFFu) return Refuse(error, std::string(name) + ": rows = " + std::to_string(rows));
+  return 0;
+}
+
 }  // namespace
 
 int LaunchRmsNorm(const RmsNormParams& p, CUstream_st* stream, std::string* error) {
   if (!p.x || !p.weight || !p.out) return Refuse(error, "RmsNorm: a null x, weight or out");
-  if (p.dim == 0 || p.dim > 16384)
-    return Refuse(error, "RmsNorm: dim = " + std::to_string(p.dim) + ", not in 1..16384");
+  if (const int rc = CheckNormShape("RmsNorm", p.rows, p.dim, error)) return rc;
   if (p.rows == 0) return 0;
-  if (p.rows > 0x7FFFFFFFu) return Refuse(error, "RmsNorm: rows = " + std::to_string(p.rows));
   RmsNormKernel<<<p.rows, kNormThreads, 0, stream>>>(p);
   return int(cudaGetLastError());
 }
@@ -143,10 +149,8 @@ int LaunchRope(const RopeParams& p, CUstream_st* stream, std::string* error) {
 int LaunchAddRmsNorm(const AddRmsNormParams& p, CUstream_st* stream, std::string* error) {
   if (!p.h || !p.o || !p.weight || !p.sum || !p.out)
     return Refuse(error, "AddRmsNorm: a null h, o, weight, sum or out");
-  if (p.dim == 0 || p.dim > 16384)
-    return Refuse(error, "AddRmsNorm: dim = " + std::to_string(p.dim) + ", not in 1..16384");
+  if (const int rc = CheckNormShape("AddRmsNorm", p.rows, p.dim, error)) return rc;
   if (p.rows == 0) return 0;
-  if (p.rows > 0x7FFFFFFFu) return Refuse(error, "AddRmsNorm: rows = " + std::to_string(p.rows));
   AddRmsNormKernel<<<p.rows, kNormThreads, 0, stream>>>(p);
   return int(cudaGetLastError());
 }

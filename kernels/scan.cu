@@ -561,6 +561,14 @@ __host__ __device__ __forceinline__ uint32_t FragmentPosition(uint32_t bit) {
   return piece * 32 + high * 16 + 4 * t + i;
 }
 
+// qq = 256 · hi + lo with hi and lo in [−127, 127] (|qq| ≤ kScanQueryMax): the int8 halves the
+// product takes, as the bytes a blob stores.
+__host__ __device__ __forceinline__ void SplitQuery(int32_t qq, uint8_t* hi, uint8_t* lo) {
+  const int32_t h = (qq + 128) >> 8;
+  *hi = uint8_t(int8_t(h));
+  *lo = uint8_t(int8_t(qq - 256 * h));
+}
+
 // proj[i] in index::QuantizeProjectedQuery's order, then qq, then the blob. Block per query.
 __global__ void __launch_bounds__(kThreads)
     BuildQueriesKernel(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
@@ -596,9 +604,7 @@ __global__ void __launch_bounds__(kThreads)
   int32_t part = 0;
   for (uint32_t i = threadIdx.x; i < bits; i += kThreads) {
     const int32_t qq = zero ? 0 : __float2int_rn(__fmul_rn(proj[i], r));
-    const int32_t hi = (qq + 128) >> 8, lo = qq - 256 * hi;  // both in [−127, 127]
-    blob[FragmentPosition(i)] = uint8_t(int8_t(hi));
-    blob[bits + FragmentPosition(i)] = uint8_t(int8_t(lo));
+    SplitQuery(qq, &blob[FragmentPosition(i)], &blob[bits + FragmentPosition(i)]);
     part += qq;
   }
   for (uint32_t o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xFFFFFFFFu, part, o);
@@ -654,9 +660,7 @@ void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob)
   std::fill(blob, blob + ScanQueryBytes(bits), uint8_t{0});
   int32_t total = 0;
   for (uint32_t i = 0; i < bits; ++i) {
-    const int32_t hi = (qq[i] + 128) >> 8, lo = qq[i] - 256 * hi;
-    blob[FragmentPosition(i)] = uint8_t(int8_t(hi));
-    blob[bits + FragmentPosition(i)] = uint8_t(int8_t(lo));
+    SplitQuery(qq[i], &blob[FragmentPosition(i)], &blob[bits + FragmentPosition(i)]);
     total += qq[i];
   }
   std::memcpy(blob + 2 * bits, &total, 4);
