@@ -59,6 +59,11 @@ struct TieredCacheOptions {
   // candidates, re-rank, record gather from pinned host memory, attention; runtime/gpu_scan.h
   // GpuColdTier). false: only the scan, the rest on the CPU as without a GPU (bit-exact with it).
   bool gpu_cold = true;
+  // With gpu_scan: eviction encodes records, signatures and key norms on the GPU
+  // (kernels/encode.h, bit-exact with the CPU's encoding): only the records and signatures
+  // cross to the host. false, or with exact_cold, measure_recall, oracle or page summaries (which
+  // read the evicted keys on the host): encoded on the host's cores.
+  bool gpu_encode = true;
   // The most cold tokens a session on the GPU holds: the pinned record arena reserves address
   // space for this many (it pins only what it fills).
   uint64_t max_cold_tokens = uint64_t{1} << 22;

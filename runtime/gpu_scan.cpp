@@ -17,6 +17,7 @@
 #ifdef KIV_HAVE_KERNELS
 #include "kernels/attention.h"
 #include "kernels/device.h"
+#include "kernels/encode.h"
 #include "kernels/scan.h"
 #endif
 #if KIV_TORCH_CUDA
@@ -84,16 +85,19 @@ void GpuSignatureIndex::Reserve(size_t tokens) {
   norms_ = n;
 }
 
+void GpuSignatureIndex::Grow(size_t need) {
+  const int64_t old_cap = signatures_.size(1);
+  if (int64_t(need) <= old_cap) return;
+  // Grow by a quarter (at least 64K tokens): amortized O(1) copies per token, and at most a
+  // quarter of the signatures' memory idle (doubling left up to half of it: 1.9 GB instead of
+  // 0.94 GB for SmolLM2 at 512K tokens).
+  Reserve(size_t(std::max<int64_t>(int64_t(need), old_cap + std::max<int64_t>(old_cap / 4, 65536))));
+}
+
 void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, size_t count) {
   if (count == 0) return;
   const int64_t slots = signatures_.size(0), at = int64_t(size_), need = at + int64_t(count);
-  if (need > signatures_.size(1)) {
-    // Grow by a quarter (at least 64K tokens): amortized O(1) copies per token, and at most a
-    // quarter of the signatures' memory idle (doubling left up to half of it: 1.9 GB instead of
-    // 0.94 GB for SmolLM2 at 512K tokens).
-    const int64_t old_cap = signatures_.size(1);
-    Reserve(size_t(std::max<int64_t>(need, old_cap + std::max<int64_t>(old_cap / 4, 65536))));
-  }
+  Grow(size_t(need));
   signatures_.slice(1, at, need)
       .copy_(torch::from_blob(const_cast<uint64_t*>(signatures),
                               {slots, int64_t(count), int64_t(words_)}, torch::kInt64));
@@ -102,6 +106,65 @@ void GpuSignatureIndex::Append(const uint64_t* signatures, const float* norms, s
         .copy_(torch::from_blob(const_cast<float*>(norms), {slots, int64_t(count)},
                                 torch::kFloat32));
   size_ = size_t(need);
+}
+
+bool GpuSignatureIndex::CanEncode(const index::RecordCodec& codec, uint32_t head_dim,
+                                  c10::ScalarType dtype) {
+#ifdef KIV_HAVE_KERNELS
+  kernels::EncodeParams p;
+  p.num_slots = 1, p.head_dim = head_dim, p.codec = codec, p.slot_stride = head_dim;
+  return (dtype == torch::kBFloat16 || dtype == torch::kFloat32) && kernels::CheckEncode(p).empty();
+#else
+  (void)codec, (void)head_dim, (void)dtype;
+  return false;
+#endif
+}
+
+void GpuSignatureIndex::AppendEncoded(const at::Tensor& keys, const at::Tensor& values,
+                                      const index::RecordCodec& codec, uint8_t* records,
+                                      uint64_t* signatures) {
+#ifdef KIV_HAVE_KERNELS
+  const int64_t slots = signatures_.size(0), count = keys.size(2), d = keys.size(3);
+  if (count == 0) return;
+  for (const at::Tensor* t : {&keys, &values}) {
+    TORCH_CHECK(t->dim() == 4 && t->size(0) * t->size(1) == slots && t->sizes() == keys.sizes() &&
+                    t->strides() == keys.strides() && t->scalar_type() == keys.scalar_type() &&
+                    t->device() == device_,
+                "AppendEncoded: keys and values must be alike [L][H][count][d] on the index's device");
+    TORCH_CHECK(t->stride(3) == 1 && t->stride(2) == d && t->stride(0) == t->size(1) * t->stride(1),
+                "AppendEncoded: rows must be contiguous and the slots evenly strided");
+  }
+  const int64_t at = int64_t(size_), need = at + count;
+  Grow(size_t(need));
+  const auto opts = torch::TensorOptions().device(device_);
+  const int64_t record_bytes = d / index::kRecordDim * index::kRecordBytes;
+  torch::Tensor recs = torch::empty({slots, count, record_bytes}, opts.dtype(torch::kUInt8));
+  torch::Tensor sigs = torch::empty({slots, count, int64_t(words_)}, opts.dtype(torch::kInt64));
+  torch::Tensor norms;
+  if (norms_.defined()) norms = torch::empty({slots, count}, opts.dtype(torch::kFloat32));
+  kernels::EncodeParams p;
+  p.num_slots = uint32_t(slots), p.count = uint32_t(count), p.head_dim = uint32_t(d);
+  p.codec = codec;
+  p.in_dtype = keys.scalar_type() == torch::kBFloat16 ? kernels::DType::kBFloat16
+                                                      : kernels::DType::kFloat32;
+  TORCH_CHECK(keys.scalar_type() == torch::kBFloat16 || keys.scalar_type() == torch::kFloat32,
+              "AppendEncoded: keys must be bf16 or float32");
+  p.keys = keys.data_ptr(), p.values = values.data_ptr(), p.slot_stride = uint64_t(keys.stride(1));
+  p.projection = Ptr<const float>(projection_), p.bits = bits_;
+  p.records = Ptr<uint8_t>(recs), p.signatures = Ptr<uint64_t>(sigs);
+  p.norms = norms.defined() ? Ptr<float>(norms) : nullptr;
+  std::string error;
+  Check(kernels::LaunchEncode(p, CurrentStream(), &error), error, "LaunchEncode");
+  signatures_.slice(1, at, need).copy_(sigs);
+  if (norms_.defined()) norms_.slice(1, at, need).copy_(norms);
+  size_ = size_t(need);
+  torch::from_blob(records, {slots, count, record_bytes}, torch::kUInt8).copy_(recs);
+  if (signatures)
+    torch::from_blob(signatures, {slots, count, int64_t(words_)}, torch::kInt64).copy_(sigs);
+#else
+  (void)keys, (void)values, (void)codec, (void)records, (void)signatures;
+  TORCH_CHECK(false, "AppendEncoded: not implemented in a build without the CUDA kernels");
+#endif
 }
 
 uint64_t GpuSignatureIndex::device_bytes() const {

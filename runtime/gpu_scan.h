@@ -36,6 +36,16 @@ class GpuSignatureIndex {
   // [slots][count] (every slot holds the same tokens; ignored, and may be null, without norms),
   // in two copies to the device.
   void Append(const uint64_t* signatures, const float* norms, size_t count);
+  // Eviction encoded on the device (kernels/encode.h), bit for bit what RecordCodec::Encode,
+  // SignatureProjection::Sign and the stored key's norm give on the host: keys and values are
+  // [L][H][count][d] views on this device (bf16 or float32, rows contiguous, every (layer,
+  // kv-head) slot the same stride apart). Appends their signatures (and norms) to every slot and
+  // copies the records to host `records` [slots][count][record_bytes] and, unless null, the
+  // signatures to host `signatures` [slots][count][words]; returns when both copies are done.
+  void AppendEncoded(const at::Tensor& keys, const at::Tensor& values,
+                     const index::RecordCodec& codec, uint8_t* records, uint64_t* signatures);
+  // Whether AppendEncoded takes this codec, head_dim and dtype (and the build has the kernels).
+  static bool CanEncode(const index::RecordCodec& codec, uint32_t head_dim, c10::ScalarType dtype);
   bool has_norms() const { return norms_.defined(); }
   // Room for `tokens` in every slot without another copy (reopening knows the count).
   void Reserve(size_t tokens);
@@ -60,6 +70,8 @@ class GpuSignatureIndex {
  private:
   std::vector<std::vector<uint32_t>> Select(uint32_t slot, const float* queries, uint32_t g,
                                             uint32_t tables, uint32_t c, bool norms);
+
+  void Grow(size_t need);  // room for `need` tokens per slot, growing by a quarter at a time
 
   uint32_t bits_, dim_, words_;
   c10::Device device_;

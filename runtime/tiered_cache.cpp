@@ -103,6 +103,9 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),
                                               gpu_records_.get(), device);
   }
+  encode_on_gpu_ = gpu_index_ && options.gpu_encode && !options.exact_cold &&
+                   !options.measure_recall && !options.oracle && options.summary_page == 0 &&
+                   GpuSignatureIndex::CanEncode(codec_, shape.head_dim, dtype);
   static std::atomic<uint64_t> instances{0};
   instance_ = ++instances;
   summary_k_.resize(signatures_.size());
@@ -624,8 +627,26 @@ Status TieredCache::Evict(uint32_t count) {
   auto run = std::make_unique<ColdRun>();
   run->first_token = cold_tokens_;
   run->count = count;
-  run->records.resize(size_t{L} * H * count * rb);
+  const size_t record_bytes_all = size_t{L} * H * count * rb;
   std::vector<uint64_t> sigs(size_t{L} * H * count * words);
+  if (encode_on_gpu_) {
+    // On the device: only the records and (for the archive) the signatures come back. With the
+    // record arena they land in pinned staging; without it in the run the CPU cold step reads.
+    uint8_t* records = nullptr;
+    if (gpu_records_) {
+      if (!evict_staging_.defined() || size_t(evict_staging_.numel()) < record_bytes_all)
+        evict_staging_ = torch::empty({int64_t(record_bytes_all)},
+                                      torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+      records = evict_staging_.data_ptr<uint8_t>();
+    } else {
+      run->records.resize(record_bytes_all);
+      records = run->records.data();
+    }
+    gpu_index_->AppendEncoded(hot_k_buf_.narrow(2, s0, count), hot_v_buf_.narrow(2, s0, count),
+                              codec_, records, writer_ ? sigs.data() : nullptr);
+    return FinishEvict(std::move(run), records, sigs.data());
+  }
+  run->records.resize(record_bytes_all);
   std::vector<float> norms(options_.scan_norms ? size_t{L} * H * count : 0);
   // Every layer's evicted keys and values in one copy to the host: [L][H][count][d] float.
   std::vector<torch::Tensor> ks, vs;
@@ -664,6 +685,18 @@ Status TieredCache::Evict(uint32_t count) {
       exact_k_[l] = torch::cat({exact_k_[l], kk[l]}, 1);
     if (options_.exact_cold) exact_v_[l] = torch::cat({exact_v_[l], vv[l]}, 1);
   }
+  if (gpu_index_) gpu_index_->Append(sigs.data(), norms.data(), count);  // [slot][count] both
+  const uint8_t* records = run->records.data();
+  return FinishEvict(std::move(run), records, sigs.data());
+}
+
+// What is left of Evict once the records [L][H][count][rb] (in `records`: the run's or staging)
+// and signatures are made, and the GPU index holds them: the hot tier shifted down, the archive
+// segment, the record arena or the run.
+Status TieredCache::FinishEvict(std::unique_ptr<ColdRun> run, const uint8_t* records,
+                                const uint64_t* sigs) {
+  const uint32_t L = shape_.num_layers, count = run->count;
+  const int64_t s0 = options_.sinks;
   // Out of the hot tier: every layer's later rows move down over the evicted ones, in one copy
   // (a clone first: the ranges overlap).
   const int64_t m = hot_k_[0].size(1), rest = m - s0 - count;
@@ -682,15 +715,14 @@ Status TieredCache::Evict(uint32_t count) {
   hot_ids_.erase(hot_ids_.begin() + s0, hot_ids_.begin() + s0 + count);
   hot_positions_.erase(hot_positions_.begin() + s0, hot_positions_.begin() + s0 + count);
   if (writer_) {
-    SegmentView view{count, run->records.data(), reinterpret_cast<const uint8_t*>(sigs.data()),
-                     ids.data(), positions.data()};
+    SegmentView view{count, records, reinterpret_cast<const uint8_t*>(sigs), ids.data(),
+                     positions.data()};
     KIV_RETURN_IF_ERROR(writer_->Append(view));
   }
-  if (gpu_index_) gpu_index_->Append(sigs.data(), norms.data(), count);  // [slot][count] both
   // With a GPU record arena its copy serves every read (Record); keeping the run's own copy until
   // the next commit would double the records' host memory (11.3 GB at 1M tokens of SmolLM2).
   if (gpu_records_)
-    gpu_records_->Append(run->records.data(), count);
+    gpu_records_->Append(records, count);
   else
     runs_.push_back(std::move(run));
   cold_tokens_ += count;

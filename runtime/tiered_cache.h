@@ -65,6 +65,7 @@ class TieredCache : public KvCache {
   // options.gpu_cold, knobs the kernels take (GpuColdTier::Supports) and none of the CPU-only
   // benchmark modes (oracle, measure_recall, exact_cold, summary_page, tail_samples).
   bool cold_on_gpu() const { return gpu_cold_ != nullptr; }
+  bool encodes_on_gpu() const { return encode_on_gpu_; }  // eviction's encoding (gpu_encode)
   // Whether the next chunk ends a prompt (the default): its last prefill_tail queries retrieve one
   // by one, where a question sits. Earlier chunks of a long prompt retrieve per block only.
   void set_chunk_ends_prompt(bool ends) { chunk_ends_prompt_ = ends; }
@@ -107,6 +108,7 @@ class TieredCache : public KvCache {
   float StoredKeyNorm(const uint8_t* record) const;
   uint32_t record_bytes() const { return index::kRecordBytes * (shape_.head_dim / 64); }
   Status Evict(uint32_t count);
+  Status FinishEvict(std::unique_ptr<ColdRun> run, const uint8_t* records, const uint64_t* sigs);
   // The most hot rows a decode step attends to: sinks + window + evict_batch (the hot tier after
   // the step's append, before its eviction).
   uint64_t DecodeHotRows() const;
@@ -141,6 +143,8 @@ class TieredCache : public KvCache {
   std::unique_ptr<GpuSignatureIndex> gpu_index_;  // the same on the GPU (options.gpu_scan on CUDA)
   std::unique_ptr<GpuRecordArena> gpu_records_;   // the records, pinned for the GPU (cold_on_gpu)
   std::unique_ptr<GpuColdTier> gpu_cold_;
+  bool encode_on_gpu_ = false;  // options.gpu_encode where it applies (Evict)
+  torch::Tensor evict_staging_;  // pinned host bytes: an eviction's records on their way
   bool chunk_ends_prompt_ = true;
   // A captured-decode step is under way (PrepareCapturedDecode until EndChunk): Attend takes the
   // device counts in step_, and EndChunk widens the hot views by the row Attend wrote.

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "runtime/full_cache.h"
@@ -302,6 +303,18 @@ TEST_CASE("recall: 1 with the oracle's picks, below 1 but well above chance with
   CHECK(worst <= r.Mean());
 }
 
+// The archive spec of the test shape with the cache's options.
+static ArchiveSpec SpecFor(const TieredCacheOptions& o) {
+  ArchiveSpec spec;
+  spec.model = {"test", kShape.num_layers, kShape.num_q_heads, kShape.num_kv_heads,
+                kShape.head_dim, 1000, 1, 2};
+  spec.codec.signature_bits = o.signature_bits;
+  spec.codec.projection_seed = o.projection_seed;
+  spec.codec.sinks = o.sinks;
+  spec.codec.hot_window = o.window;
+  return spec;
+}
+
 // Commits after all but the last 15 steps, closes, reopens the archive and runs those: the
 // outputs must be those of one uninterrupted cache, bit for bit.
 static void CheckResume(const std::vector<Step>& steps, const TieredCacheOptions& o,
@@ -310,19 +323,7 @@ static void CheckResume(const std::vector<Step>& steps, const TieredCacheOptions
                             ("kiv-tiered-" + std::to_string(getpid()) + ".kiv"))
                                .string();
   std::filesystem::remove(path);
-  ArchiveSpec spec;
-  spec.model = {"test",
-                kShape.num_layers,
-                kShape.num_q_heads,
-                kShape.num_kv_heads,
-                kShape.head_dim,
-                1000,
-                1,
-                2};
-  spec.codec.signature_bits = o.signature_bits;
-  spec.codec.projection_seed = o.projection_seed;
-  spec.codec.sinks = o.sinks;
-  spec.codec.hot_window = o.window;
+  const ArchiveSpec spec = SpecFor(o);
 
   // Uninterrupted, in memory.
   TieredCache whole(kShape, o, device, torch::kFloat32);
@@ -383,6 +384,64 @@ TEST_CASE("on CUDA, resume on the GPU cold tier: the records, signatures and nor
     o.evict_batch = norms ? 1 : 4;  // segments of one token and of four
     CheckResume(CudaSteps(10), o, torch::kCUDA);
   }
+}
+
+// Runs `steps` into a fresh archive at `path` with the options, commits and closes it; returns
+// the outputs and whether eviction encoded on the GPU.
+static std::vector<torch::Tensor> RunIntoArchive(const std::string& path,
+                                                 const std::vector<Step>& steps,
+                                                 const TieredCacheOptions& o, bool* on_gpu) {
+  std::filesystem::remove(path);
+  auto w = ArchiveWriter::Create(path, SpecFor(o));
+  REQUIRE(w.ok());
+  auto cache = TieredCache::Open(w->get(), kShape, o, torch::kCUDA, torch::kFloat32, nullptr);
+  REQUIRE(cache.ok());
+  *on_gpu = (*cache)->encodes_on_gpu();
+  auto out = Run(**cache, steps);
+  REQUIRE((*cache)->Commit({1}).ok());
+  REQUIRE((*w)->Close().ok());
+  return out;
+}
+
+static std::string FileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST_CASE("on CUDA, eviction encoded on the GPU writes the CPU's archive byte for byte") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  const auto steps = CudaSteps(12);
+  const std::string base = (std::filesystem::temp_directory_path() /
+                            ("kiv-encode-" + std::to_string(getpid()))).string();
+  for (const bool norms : {true, false}) {
+    for (const bool gpu_cold : {true, false}) {  // records to the pinned arena, or to the runs
+      CAPTURE(norms);
+      CAPTURE(gpu_cold);
+      TieredCacheOptions o = SmallGpuOptions();
+      o.scan_norms = norms;
+      o.gpu_cold = gpu_cold;
+      o.evict_batch = 4;
+      bool gpu = false, cpu = true;
+      const auto got = RunIntoArchive(base + "-gpu.kiv", steps, o, &gpu);
+      if (!gpu) {
+        MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+        return;
+      }
+      o.gpu_encode = false;
+      const auto want = RunIntoArchive(base + "-cpu.kiv", steps, o, &cpu);
+      CHECK_FALSE(cpu);
+      const std::string a = FileBytes(base + "-gpu.kiv"), b = FileBytes(base + "-cpu.kiv");
+      CHECK(a.size() > 1500u * 104 * kShape.num_layers * kShape.num_kv_heads / 2);
+      CHECK(a == b);
+      for (uint32_t l = 0; l < kShape.num_layers; ++l)
+        CHECK(torch::equal(got[l].cpu(), want[l].cpu()));
+    }
+  }
+  std::filesystem::remove(base + "-gpu.kiv");
+  std::filesystem::remove(base + "-cpu.kiv");
 }
 
 TEST_CASE("on CUDA, the scan on the GPU picks what the CPU scan picks: outputs bit for bit") {
