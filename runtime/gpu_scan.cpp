@@ -129,7 +129,8 @@ void GpuSignatureIndex::AppendEncoded(const at::Tensor& keys, const at::Tensor& 
   for (const at::Tensor* t : {&keys, &values}) {
     TORCH_CHECK(t->dim() == 4 && t->size(0) * t->size(1) == slots && t->sizes() == keys.sizes() &&
                     t->strides() == keys.strides() && t->scalar_type() == keys.scalar_type() &&
-                    t->device() == device_,
+                    t->is_cuda() == device_.is_cuda() &&
+                    (!device_.has_index() || t->device().index() == device_.index()),
                 "AppendEncoded: keys and values must be alike [L][H][count][d] on the index's device");
     TORCH_CHECK(t->stride(3) == 1 && t->stride(2) == d && t->stride(0) == t->size(1) * t->stride(1),
                 "AppendEncoded: rows must be contiguous and the slots evenly strided");
