@@ -30,7 +30,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <cub/block/block_load.cuh>
 #include <cub/block/block_scan.cuh>
@@ -281,8 +280,7 @@ constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
 template <uint32_t kWords, uint32_t kNT>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
-                  float* scores, uint32_t* selected, uint32_t* counts, Workspace ws,
-                  uint32_t min_block_tokens) {
+                  float* scores, uint32_t* selected, uint32_t* counts, Workspace ws) {
   constexpr uint32_t kBits = kWords * 64, kPieces = kWords * 2, kM = kScanTiles<kWords>;
   const uint32_t n = tokens.Get(), share = chunk.share;
   extern __shared__ uint32_t hists[];  // share × kBins0
@@ -317,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   // At least kMinBlockTokens each: a launch sized for a capacity far above the tokens held (a
   // captured decode step) puts a few blocks to work, and the rest return at once.
   const uint32_t per_block =
-      max(min_block_tokens, ((n + gridDim.x - 1) / gridDim.x + 63) / 64 * 64);
+      max(kMinBlockTokens, ((n + gridDim.x - 1) / gridDim.x + 63) / 64 * 64);
   const uint32_t blocks = max(1u, (n + per_block - 1) / per_block);  // the working blocks
   if (blockIdx.x >= blocks) return;
   const uint32_t start = min(n, blockIdx.x * per_block), end = min(n, start + per_block);
@@ -754,16 +752,9 @@ int LaunchScan(const ProblemChunk& chunk, uint32_t groups, const ScanSelectArgs&
   cooperative[0].id = cudaLaunchAttributeCooperative;
   cooperative[0].val.cooperative = 1;
   config.attrs = cooperative;
-  // Experiment knobs (measured in docs/performance.md), read once.
-  static const bool plain = std::getenv("KIV_SCAN_PLAIN_LAUNCH") != nullptr;
-  static const uint32_t min_tokens = [] {
-    const char* v = std::getenv("KIV_SCAN_MIN_BLOCK_TOKENS");
-    return v ? std::max<uint32_t>(64, uint32_t(std::strtoul(v, nullptr, 10)) / 64 * 64)
-             : kMinBlockTokens;
-  }();
-  config.numAttrs = plain ? 0 : 1;
+  config.numAttrs = 1;
   KIV_CUDA_CALL(cudaLaunchKernelEx(&config, kernel, chunk, TokenCount{a.n, a.n_device}, a.c,
-                                   a.scores, a.selected, a.counts, ws, min_tokens));
+                                   a.scores, a.selected, a.counts, ws));
   return int(cudaGetLastError());
 }
 
