@@ -58,7 +58,6 @@ constexpr uint32_t kCandidates = 16384;
 constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
 // Scan blocks per group of problems at most (the grid is what the GPU holds at once: 3 an SM).
 constexpr uint32_t kMaxScanBlocks = 1024;
-constexpr uint32_t kMinBlockTokens = 2048;  // a scan block's range at least (8 warps × 4 rounds)
 
 // Per problem, in the workspace.
 struct PassState {
@@ -134,26 +133,25 @@ __device__ __forceinline__ uint32_t DeviceKey(float score) {
 
 // True in every thread of the block that finished last among the grid's blocks of this problem.
 // Its global histogram writes (atomics) are then all visible to it.
-__device__ bool LastBlockOfProblem(uint32_t* done, uint32_t blocks) {
+__device__ bool LastBlockOfProblem(uint32_t* done) {
   __shared__ bool last;
   __threadfence();  // this block's histogram atomics before its count
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == blocks - 1;
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
   __syncthreads();
   if (last) __threadfence();
   return last;
 }
 
-// Every working block of the group (`blocks` of them, all resident: the launch is cooperative)
-// waits here until all have arrived; their global writes before it are then visible to all.
-// `counter` is cleared by the call's memset and used once.
-__device__ void GroupBarrier(uint32_t* counter, uint32_t blocks) {
+// Every block of the group (gridDim.x of them, all resident: the launch is cooperative) waits
+// here until all have arrived; their global writes before it are then visible to all. `counter`
+// is cleared by the call's memset and used once.
+__device__ void GroupBarrier(uint32_t* counter) {
   using Ref = cuda::atomic_ref<uint32_t, cuda::thread_scope_device>;
   __syncthreads();
   if (threadIdx.x == 0) {
     Ref(*counter).fetch_add(1u, cuda::memory_order_release);
-    while (Ref(*counter).load(cuda::memory_order_acquire) < blocks) {
-    }
+    while (Ref(*counter).load(cuda::memory_order_acquire) < gridDim.x) __nanosleep(32);
   }
   __syncthreads();
 }
@@ -207,11 +205,12 @@ __device__ uint32_t BlockSum(uint32_t x) {
   return total;
 }
 
-// How many of this block's scores fall in level-0 bins >= bin, from its histogram (every thread
-// gets the count).
-__device__ uint32_t CountFromBin(const uint32_t* hist, uint32_t bin) {
+// How many of scores[start, end) have key >= key_min (every thread gets the count).
+__device__ uint32_t CountAtLeast(const float* scores, uint32_t start, uint32_t end,
+                                 uint32_t key_min) {
   uint32_t count = 0;
-  for (uint32_t i = bin + threadIdx.x; i < kBins0; i += kThreads) count += hist[i];
+  for (uint32_t t = start + threadIdx.x; t < end; t += kThreads)
+    count += DeviceKey(scores[t]) >= key_min;
   return BlockSum(count);
 }
 
@@ -247,7 +246,7 @@ __device__ void WriteCandidates(const float* scores, uint32_t start, uint32_t en
 }
 
 __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const Workspace& ws,
-                                     uint32_t* selected, uint32_t* counts, uint32_t* hist);
+                                     uint32_t* selected, uint32_t* counts);
 
 // One int8 tensor-core product (mma.sync m16n8k32, s8 × s8 → s32): d += a · b for a warp's
 // 16 × 32 tile of a and 32 × 8 tile of b. Fragments (PTX ISA, "Matrix fragments for mma.m16n8k32"),
@@ -312,12 +311,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   constexpr uint32_t kWarps = kThreads / 32, kRound = 16 * kM;
   // This block's tokens: one contiguous range (a multiple of 64 long), so that its candidates
   // come out in index order after all earlier blocks' (the small mode below).
-  // At least kMinBlockTokens each: a launch sized for a capacity far above the tokens held (a
-  // captured decode step) puts a few blocks to work, and the rest return at once.
-  const uint32_t per_block =
-      max(kMinBlockTokens, ((n + gridDim.x - 1) / gridDim.x + 63) / 64 * 64);
-  const uint32_t blocks = max(1u, (n + per_block - 1) / per_block);  // the working blocks
-  if (blockIdx.x >= blocks) return;
+  const uint32_t per_block = ((n + gridDim.x - 1) / gridDim.x + 63) / 64 * 64;
   const uint32_t start = min(n, blockIdx.x * per_block), end = min(n, start + per_block);
   for (uint32_t base = start + threadIdx.x / 32 * kRound; base < end; base += kWarps * kRound) {
     uint64_t w[kM][2][kWords];  // tile m, row g (h = 0) and g + 8 (h = 1)
@@ -381,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   for (uint32_t j = 0; j < share; ++j) {
     const uint32_t p = chunk.first + local + j;
     FlushHistogram<kBins0>(hists + j * kBins0, ws.hists + size_t{p} * kHistWords);
-    if (!LastBlockOfProblem(&ws.states[p].done[0], blocks)) continue;
+    if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
     PassState* state = &ws.states[p];
     if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
       if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n};
@@ -402,14 +396,15 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   // second kernel reads every score again. The last block of a problem to be done finishes it.
   // Large mode (and c >= n): LargeModeKernel, after this kernel.
   uint32_t* const barriers = ws.barriers + 2 * size_t{chunk.first + local};
-  GroupBarrier(&barriers[0], blocks);
+  GroupBarrier(&barriers[0]);
   for (uint32_t j = 0; j < share; ++j) {
     const uint32_t p = chunk.first + local + j;
     if (c >= n || __ldcg(&ws.states[p].mode) != kModeSmall) continue;
-    const uint32_t mine = CountFromBin(hists + j * kBins0, __ldcg(&ws.states[p].prefix) >> 21);
+    const uint32_t mine = CountAtLeast(scores + size_t{p} * tokens.stride, start, end,
+                                       __ldcg(&ws.states[p].prefix));
     if (threadIdx.x == 0) ws.block_counts[size_t{p} * kMaxScanBlocks + blockIdx.x] = mine;
   }
-  GroupBarrier(&barriers[1], blocks);
+  GroupBarrier(&barriers[1]);
   for (uint32_t j = 0; j < share; ++j) {
     const uint32_t p = chunk.first + local + j;
     if (c >= n || __ldcg(&ws.states[p].mode) != kModeSmall) continue;
@@ -420,8 +415,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     WriteCandidates(scores + size_t{p} * tokens.stride, start, end, __ldcg(&ws.states[p].prefix),
                     before, ws.cand_index + size_t{p} * kCandidates,
                     ws.cand_key + size_t{p} * kCandidates);
-    if (LastBlockOfProblem(&ws.states[p].done[1], blocks))
-      FinishFromCandidates(p, n, c, ws, selected, counts, hists);  // the histograms are done with
+    if (LastBlockOfProblem(&ws.states[p].done[1])) FinishFromCandidates(p, n, c, ws, selected, counts);
   }
 }
 
@@ -455,7 +449,7 @@ __device__ void HistPass(uint32_t p, uint32_t n, uint32_t stride, const float* s
   uint32_t* global_hist =
       ws.hists + size_t{p} * kHistWords + (kLevel == 1 ? kBins0 : kBins0 + kBins1);
   FlushHistogram<kBins>(hist, global_hist);
-  if (!LastBlockOfProblem(&state->done[kLevel], gridDim.x)) return;
+  if (!LastBlockOfProblem(&state->done[kLevel])) return;
   ChooseBin<kBins, kShift, true>(global_hist, state);
 }
 
@@ -573,15 +567,15 @@ __device__ uint32_t CompactTile(uint32_t n, const float* scores, uint32_t key_k,
 
 // Small mode, one block: the threshold's low 21 bits from the candidates (every score with key
 // >= b0 << 21, in index order), then the selection written from them in index order.
-// `hist`: kBins1 words of shared memory to work in.
 __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const Workspace& ws,
-                                     uint32_t* selected, uint32_t* counts, uint32_t* hist) {
+                                     uint32_t* selected, uint32_t* counts) {
   using Scan = cub::BlockScan<unsigned long long, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ uint32_t hist[kBins1];
   __shared__ PassState local;
   const uint32_t* cand_index = ws.cand_index + size_t{p} * kCandidates;
   const uint32_t* cand_key = ws.cand_key + size_t{p} * kCandidates;
-  if (threadIdx.x == 0) local = ws.states[p];  // written by another block before a barrier
+  if (threadIdx.x == 0) local = ws.states[p];
   for (uint32_t i = threadIdx.x; i < kBins1; i += kThreads) hist[i] = 0;
   __syncthreads();
   const uint32_t total = local.count, want1 = local.prefix >> 21;
@@ -733,9 +727,10 @@ int LaunchScan(const ProblemChunk& chunk, uint32_t groups, const ScanSelectArgs&
                const Workspace& ws, cudaStream_t stream) {
   auto* kernel = MmaScanKernel<kWords, kNT>;
   const size_t smem = ScanSharedBytes(chunk.share);
-  // With the kernel's static shared memory the histograms may pass the 48 KB a launch gets
-  // without asking.
-  KIV_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
+  // would pass the 48 KB a launch gets without asking.
+  if (smem > 40 * 1024)
+    KIV_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int device = 0, sms = 0, per_sm = 0;
   KIV_CUDA_CALL(cudaGetDevice(&device));
   KIV_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
