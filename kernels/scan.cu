@@ -1,28 +1,31 @@
 // The asymmetric scan and its top-C select on the GPU; see scan.h for what and why.
 //
-// Two kernels per chunk of up to kMaxChunk problems (grid.y = group of problems that share a
-// kv-head's signatures), after one memset of the workspace, all on one stream:
-//   MmaScan     a cooperative launch (every block resident), each block a contiguous range of
-//               tokens: scores[p][t] and the histogram of key bits 31..21 of every score; the
-//               last block of a problem picks the bin b0 holding the c-th largest, and the mode.
-//               Then, behind two barriers of the group's blocks:
-//     small     (the usual case: at most kCandidates scores have key >= b0 << 21) every block
-//               counts its candidates, then writes them (index, key) in index order after the
-//               earlier blocks' (a prefix over their counts), from its own range of scores, which
-//               it has just written; the last block of a problem finishes it: bits 20..10 and
-//               9..0 of the threshold from the candidates, and the selection in index order
-//   LargeMode   one block per problem, and only in the large mode (ties or a wide bin, and
-//               c >= n): histograms of key bits 20..10 and 9..0 of all scores (the threshold
-//               K), then every index with key > K and those with key == K by index up to c, in
-//               index order (a compaction tile by tile); returns at once in the small mode
-// The mode is decided on the device, so the host launches the same kernels either way and never
-// waits. Until 2026-11-24 the small mode was three more kernels (Pass1 gathered the candidates by
-// reading every score again, with a decoupled look-back over 2,304 tiles; Pass2 finished; Compact
-// returned): 31 + 13 + 4 µs of a decode layer's 108 at 1M tokens on an H100 (ncu, nine problems).
+// Four kernels per chunk of up to kMaxChunk problems (grid.y = problem), after one memset of the
+// workspace, all on one stream:
+//   AsymScan  scores[p][t], and the histogram of key bits 31..21 of every score; its last block
+//             picks the bin b0 holding the c-th largest, and the mode:
+//   small     (the usual case: at most kCandidates scores have key >= b0 << 21)
+//     Pass1   gathers those scores (index, key) in index order into the candidate buffer
+//     Pass2   one block per problem: bits 20..10 and 9..0 of the threshold from the candidates,
+//             then writes the selection from them in index order
+//     Compact returns at once
+//   large     (ties or a wide bin: the general path)
+//     Pass1   histogram of key bits 20..10 of all scores inside b0; last block picks b1
+//     Pass2   histogram of key bits 9..0 inside (b0, b1); last block picks b2: the threshold K
+//     Compact every index with key > K, then those with key == K by index up to c, in index order
+// The mode is decided on the device, so the host launches the same four kernels either way and
+// never waits. A histogram kernel's last block to finish (a device-wide counter) does the picking,
+// so no launch is spent on it. Compactions keep index order by a decoupled look-back over tiles.
 //
-// Measured on an H100 SXM before the tensor-core scan (n = 1M, 128 bits, c = 1024, mean of 50
-// calls): 66 us for P = 3 and 154 us for P = 9 with byte-table lookups; docs/performance.md has
-// the tensor-core scan's numbers.
+// Measured on an H100 SXM (n = 1M, 128 bits, c = 1024, mean of 50 calls): 66 us for P = 3 and
+// 154 us for P = 9, i.e. 0.95 and 1.23 TB/s of signatures + norms. Per stage at P = 3 (event
+// timings, each inflated by a few us): scan 46, pass1 15, pass2 17.5 (the one-block finish),
+// compact 4. The scan reaches 48 % of DRAM peak: it is bound as much by its table lookups (16
+// random 4-byte shared-memory reads per token, about 3.5-way bank conflicts; ncu shows MIO-throttle
+// and short-scoreboard stalls) as by memory. Problems that share a kv-head's signatures (a GQA
+// group's per-query scans, ScanSelectArgs::share) now share one read of them: P = 9, c = 342,
+// 155 → 136 us with share 3 (ae64437). What is left is the lookups, not the reads; the finish
+// could use more blocks.
 //
 // Exactness: every float operation is an explicit __fadd_rn / __fmul_rn, in the order of
 // index/asym_scan.cpp, so nvcc cannot contract them into FMA and results equal the CPU's bit for
@@ -56,8 +59,6 @@ constexpr uint32_t kHistWords = kBins0 + kBins1 + kBins2;
 // bin b0 (2 mantissa bits wide) holds a few thousand; more than this takes the large mode.
 constexpr uint32_t kCandidates = 16384;
 constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
-// Scan blocks per group of problems at most (the grid is what the GPU holds at once: 3 an SM).
-constexpr uint32_t kMaxScanBlocks = 1024;
 
 // Per problem, in the workspace.
 struct PassState {
@@ -74,8 +75,6 @@ struct Workspace {
   PassState* states;          // [P]
   uint32_t* hists;            // [P][kHistWords] global histograms of the three levels
   unsigned long long* tiles;  // [P][tiles_per_problem] compaction look-back descriptors
-  uint32_t* barriers;         // [P][2] the scan's grid barriers (per group: its first problem's)
-  uint32_t* block_counts;     // [P][kMaxScanBlocks] small mode: candidates per scan block
   uint32_t* cand_index;       // [P][kCandidates] small mode: candidate token indices, ascending
   uint32_t* cand_key;         // [P][kCandidates] small mode: their score keys
   uint32_t tiles_per_problem;
@@ -109,10 +108,6 @@ Workspace CarveWorkspace(void* base, uint32_t num_problems, uint32_t n) {
   p += Align256(sizeof(uint32_t) * kHistWords * num_problems);
   w.tiles = reinterpret_cast<unsigned long long*>(p);
   p += Align256(sizeof(unsigned long long) * w.tiles_per_problem * num_problems);
-  w.barriers = reinterpret_cast<uint32_t*>(p);
-  p += Align256(sizeof(uint32_t) * 2 * num_problems);
-  w.block_counts = reinterpret_cast<uint32_t*>(p);
-  p += Align256(sizeof(uint32_t) * kMaxScanBlocks * num_problems);
   w.cand_index = reinterpret_cast<uint32_t*>(p);
   p += Align256(sizeof(uint32_t) * kCandidates * num_problems);
   w.cand_key = reinterpret_cast<uint32_t*>(p);
@@ -123,8 +118,7 @@ Workspace CarveWorkspace(void* base, uint32_t num_problems, uint32_t n) {
 size_t ClearedBytes(uint32_t num_problems, uint32_t n) {
   return Align256(sizeof(PassState) * num_problems) +
          Align256(sizeof(uint32_t) * kHistWords * num_problems) +
-         Align256(sizeof(unsigned long long) * TilesPerProblem(n) * num_problems) +
-         Align256(sizeof(uint32_t) * 2 * num_problems);
+         Align256(sizeof(unsigned long long) * TilesPerProblem(n) * num_problems);
 }
 
 __device__ __forceinline__ uint32_t DeviceKey(float score) {
@@ -141,19 +135,6 @@ __device__ bool LastBlockOfProblem(uint32_t* done) {
   __syncthreads();
   if (last) __threadfence();
   return last;
-}
-
-// Every block of the group (gridDim.x of them, all resident: the launch is cooperative) waits
-// here until all have arrived; their global writes before it are then visible to all. `counter`
-// is cleared by the call's memset and used once.
-__device__ void GroupBarrier(uint32_t* counter) {
-  using Ref = cuda::atomic_ref<uint32_t, cuda::thread_scope_device>;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Ref(*counter).fetch_add(1u, cuda::memory_order_release);
-    while (Ref(*counter).load(cuda::memory_order_acquire) < gridDim.x) __nanosleep(32);
-  }
-  __syncthreads();
 }
 
 // The bin (counting from the top) where the running count of `hist` reaches state->k: fixes the
@@ -192,62 +173,6 @@ __device__ void FlushHistogram(const uint32_t* shared_hist, uint32_t* global_his
     if (shared_hist[i] != 0) atomicAdd(global_hist + i, shared_hist[i]);
 }
 
-// The sum of every thread's x, in every thread.
-__device__ uint32_t BlockSum(uint32_t x) {
-  __shared__ uint32_t warps[kThreads / 32];
-  x = __reduce_add_sync(0xFFFFFFFFu, x);
-  __syncthreads();  // warps[] may still be read from the previous call
-  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = x;
-  __syncthreads();
-  uint32_t total = 0;
-#pragma unroll
-  for (uint32_t w = 0; w < kThreads / 32; ++w) total += warps[w];
-  return total;
-}
-
-// How many of scores[start, end) have key >= key_min (every thread gets the count).
-__device__ uint32_t CountAtLeast(const float* scores, uint32_t start, uint32_t end,
-                                 uint32_t key_min) {
-  uint32_t count = 0;
-  for (uint32_t t = start + threadIdx.x; t < end; t += kThreads)
-    count += DeviceKey(scores[t]) >= key_min;
-  return BlockSum(count);
-}
-
-// Writes, in index order from out[offset], every t in [start, end) with key >= key_min (its
-// index and its key).
-__device__ void WriteCandidates(const float* scores, uint32_t start, uint32_t end,
-                                uint32_t key_min, uint32_t offset, uint32_t* out_index,
-                                uint32_t* out_key) {
-  constexpr uint32_t kItems = 8;  // consecutive tokens a thread holds: thread order = index order
-  using Scan = cub::BlockScan<uint32_t, kThreads>;
-  __shared__ typename Scan::TempStorage storage;
-  for (uint32_t round = start; round < end; round += kThreads * kItems) {
-    const uint32_t t0 = round + threadIdx.x * kItems;
-    uint32_t keys[kItems], mine = 0;
-#pragma unroll
-    for (uint32_t i = 0; i < kItems; ++i) {
-      keys[i] = t0 + i < end ? DeviceKey(scores[t0 + i]) : 0u;
-      mine += t0 + i < end && keys[i] >= key_min;
-    }
-    uint32_t rank, total;
-    Scan(storage).ExclusiveSum(mine, rank, total);
-#pragma unroll
-    for (uint32_t i = 0; i < kItems; ++i) {
-      if (t0 + i < end && keys[i] >= key_min) {
-        out_index[offset + rank] = t0 + i;
-        out_key[offset + rank] = keys[i];
-        ++rank;
-      }
-    }
-    offset += total;
-    __syncthreads();  // storage is reused
-  }
-}
-
-__device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const Workspace& ws,
-                                     uint32_t* selected, uint32_t* counts);
-
 // One int8 tensor-core product (mma.sync m16n8k32, s8 × s8 → s32): d += a · b for a warp's
 // 16 × 32 tile of a and 32 × 8 tile of b. Fragments (PTX ISA, "Matrix fragments for mma.m16n8k32"),
 // g = lane / 4, t = lane % 4: a0 row g, a1 row g + 8, a2 row g, a3 row g + 8, each 4 columns
@@ -279,7 +204,7 @@ constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
 template <uint32_t kWords, uint32_t kNT>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
-                  float* scores, uint32_t* selected, uint32_t* counts, Workspace ws) {
+                  float* scores, Workspace ws) {
   constexpr uint32_t kBits = kWords * 64, kPieces = kWords * 2, kM = kScanTiles<kWords>;
   const uint32_t n = tokens.Get(), share = chunk.share;
   extern __shared__ uint32_t hists[];  // share × kBins0
@@ -309,11 +234,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
   __syncthreads();
   constexpr uint32_t kWarps = kThreads / 32, kRound = 16 * kM;
-  // This block's tokens: one contiguous range (a multiple of 64 long), so that its candidates
-  // come out in index order after all earlier blocks' (the small mode below).
-  const uint32_t per_block = ((n + gridDim.x - 1) / gridDim.x + 63) / 64 * 64;
-  const uint32_t start = min(n, blockIdx.x * per_block), end = min(n, start + per_block);
-  for (uint32_t base = start + threadIdx.x / 32 * kRound; base < end; base += kWarps * kRound) {
+  const uint32_t step = gridDim.x * kWarps * kRound;
+  for (uint32_t base = (blockIdx.x * kWarps + threadIdx.x / 32) * kRound; base < n; base += step) {
     uint64_t w[kM][2][kWords];  // tile m, row g (h = 0) and g + 8 (h = 1)
     float norm[kM][2];
 #pragma unroll
@@ -321,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
       for (uint32_t h = 0; h < 2; ++h) {
         const uint32_t tok = base + 16 * m + 8 * h + g;
-        if (tok < end) {
+        if (tok < n) {
           if constexpr (kWords == 1) {
             w[m][h][0] = __ldcs(reinterpret_cast<const unsigned long long*>(pr.signatures) + tok);
           } else {
@@ -362,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
         for (uint32_t h = 0; h < 2; ++h) {
           const uint32_t tok = base + 16 * m + 8 * h + g;
-          if (tok >= end) continue;
+          if (tok >= n) continue;
           const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
           const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
           const float score = has_norms ? __fmul_rn(norm[m][h], plain) : plain;
@@ -390,32 +312,6 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
       state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
       state->count = candidates;
     }
-  }
-  // Small mode: every block counts its candidates of each problem (key >= b0 << 21) and, once all
-  // have, writes them in index order after the earlier blocks' (a prefix over their counts): no
-  // second kernel reads every score again. The last block of a problem to be done finishes it.
-  // Large mode (and c >= n): LargeModeKernel, after this kernel.
-  uint32_t* const barriers = ws.barriers + 2 * size_t{chunk.first + local};
-  GroupBarrier(&barriers[0]);
-  for (uint32_t j = 0; j < share; ++j) {
-    const uint32_t p = chunk.first + local + j;
-    if (c >= n || __ldcg(&ws.states[p].mode) != kModeSmall) continue;
-    const uint32_t mine = CountAtLeast(scores + size_t{p} * tokens.stride, start, end,
-                                       __ldcg(&ws.states[p].prefix));
-    if (threadIdx.x == 0) ws.block_counts[size_t{p} * kMaxScanBlocks + blockIdx.x] = mine;
-  }
-  GroupBarrier(&barriers[1]);
-  for (uint32_t j = 0; j < share; ++j) {
-    const uint32_t p = chunk.first + local + j;
-    if (c >= n || __ldcg(&ws.states[p].mode) != kModeSmall) continue;
-    uint32_t before = 0;
-    for (uint32_t b = threadIdx.x; b < blockIdx.x; b += kThreads)
-      before += __ldcg(ws.block_counts + size_t{p} * kMaxScanBlocks + b);
-    before = BlockSum(before);
-    WriteCandidates(scores + size_t{p} * tokens.stride, start, end, __ldcg(&ws.states[p].prefix),
-                    before, ws.cand_index + size_t{p} * kCandidates,
-                    ws.cand_key + size_t{p} * kCandidates);
-    if (LastBlockOfProblem(&ws.states[p].done[1])) FinishFromCandidates(p, n, c, ws, selected, counts);
   }
 }
 
@@ -616,30 +512,46 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
   if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
 
-// Large mode (heavy ties, or more than kCandidates in b0's bin) and c >= n ("take all"): one
-// block per problem, after the scan. The next two histogram levels over every score fix the
-// threshold K, then an order-keeping compaction, tile by tile, writes every index with key > K
-// and the first state.k with key == K. In the small mode (the usual case) it returns at once.
+// Grid (tiles_per_problem, problems).
 __global__ void __launch_bounds__(kThreads)
-    LargeModeKernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
-                    uint32_t* selected, uint32_t* counts, Workspace ws) {
+    Pass1Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores, Workspace ws) {
+  const uint32_t p = first + blockIdx.y, n = tokens.Get();
+  if (c >= n) return;  // the scan chose "take all": the compaction alone
+  PassState* state = &ws.states[p];
+  if (state->mode == kModeLarge) {
+    HistPass<1>(p, n, tokens.stride, scores, ws);
+    return;
+  }
+  // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it.
+  CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
+              ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
+              ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    Pass2Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
+                uint32_t* selected, uint32_t* counts, Workspace ws) {
+  const uint32_t p = first + blockIdx.y, n = tokens.Get();
+  if (c >= n) return;
+  if (ws.states[p].mode == kModeLarge) {
+    HistPass<2>(p, n, tokens.stride, scores, ws);
+  } else if (blockIdx.x == 0) {
+    FinishFromCandidates(p, n, c, ws, selected, counts);
+  }
+}
+
+// Large mode (and c >= n): selected[p][*] = the indices with key > K and the first state.k with
+// key == K, in index order. Grid (tiles_per_problem, problems).
+__global__ void __launch_bounds__(kThreads)
+    CompactKernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
+                  uint32_t* selected, uint32_t* counts, Workspace ws) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   PassState* state = &ws.states[p];
-  if (__ldcg(&state->mode) != kModeLarge) return;
-  if (c < n) {
-    HistPass<1>(p, n, tokens.stride, scores, ws);
-    __syncthreads();
-    HistPass<2>(p, n, tokens.stride, scores, ws);
-    __syncthreads();
-  }
-  const uint32_t tiles = max(1u, (n + kTileTokens - 1) / kTileTokens);
-  for (uint32_t i = 0; i < tiles; ++i) {
-    const uint32_t tile = CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix,
-                                      state->k, selected + size_t{p} * c, nullptr,
-                                      ws.tiles + size_t{p} * ws.tiles_per_problem,
-                                      &state->tile_next);
-    if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
-  }
+  if (state->mode != kModeLarge) return;
+  const uint32_t tile =
+      CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, state->k, selected + size_t{p} * c,
+                  nullptr, ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
+  if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
 
 // Position of bit i of a signature in a query blob's half (the k order of MmaScanKernel): within
@@ -719,45 +631,25 @@ bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 size_t ScanSharedBytes(uint32_t share) { return share * kBins0 * sizeof(uint32_t); }
 constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems' hi and lo each
 
-// The scan's blocks per group: as many as the GPU holds at once over all groups (the grid
-// barriers need every block resident; the launch is cooperative, so it fails rather than hangs
-// if they could not be).
 template <uint32_t kWords, uint32_t kNT>
-int LaunchScan(const ProblemChunk& chunk, uint32_t groups, const ScanSelectArgs& a,
-               const Workspace& ws, cudaStream_t stream) {
-  auto* kernel = MmaScanKernel<kWords, kNT>;
+int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+               const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
   const size_t smem = ScanSharedBytes(chunk.share);
   // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
   // would pass the 48 KB a launch gets without asking.
   if (smem > 40 * 1024)
-    KIV_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  int device = 0, sms = 0, per_sm = 0;
-  KIV_CUDA_CALL(cudaGetDevice(&device));
-  KIV_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  KIV_CUDA_CALL(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  if (per_sm < 1) return int(cudaErrorInvalidConfiguration);
-  const uint32_t blocks =
-      std::clamp(uint32_t(sms) * uint32_t(per_sm) / groups, 1u, kMaxScanBlocks);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks, groups);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute cooperative[1];
-  cooperative[0].id = cudaLaunchAttributeCooperative;
-  cooperative[0].val.cooperative = 1;
-  config.attrs = cooperative;
-  config.numAttrs = 1;
-  KIV_CUDA_CALL(cudaLaunchKernelEx(&config, kernel, chunk, TokenCount{a.n, a.n_device}, a.c,
-                                   a.scores, a.selected, a.counts, ws));
+    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  MmaScanKernel<kWords, kNT><<<dim3(blocks, groups), kThreads, smem, stream>>>(
+      chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws);
   return int(cudaGetLastError());
 }
 
 template <uint32_t kWords>
-int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, const ScanSelectArgs& a,
-                    const Workspace& ws, cudaStream_t stream) {
-  return chunk.share <= 4 ? LaunchScan<kWords, 1>(chunk, groups, a, ws, stream)
-                          : LaunchScan<kWords, 2>(chunk, groups, a, ws, stream);
+int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+                    const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
+  return chunk.share <= 4 ? LaunchScan<kWords, 1>(chunk, groups, blocks, a, ws, stream)
+                          : LaunchScan<kWords, 2>(chunk, groups, blocks, a, ws, stream);
 }
 
 }  // namespace
@@ -794,7 +686,7 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
 }
 
 size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n) {
-  return ClearedBytes(num_problems, n) + Align256(sizeof(uint32_t) * kMaxScanBlocks * num_problems) +
+  return ClearedBytes(num_problems, n) +
          2 * Align256(sizeof(uint32_t) * kCandidates * num_problems);
 }
 
@@ -835,8 +727,14 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
       return Refuse(error, "ScanSelect: problem " + std::to_string(i) +
                                "'s signatures or query are not aligned for 16-byte loads");
   }
+  int device = 0, sms = 0;
+  KIV_CUDA_CALL(cudaGetDevice(&device));
+  KIV_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
   const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
+  const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
+  // A scan block scores kThreads / 32 warps × kScanTiles × 16 tokens a round (≥ 256).
+  const uint32_t scan_rounds = (a.n + 255) / 256;
   const TokenCount tokens{a.n, a.n_device};
   const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk
   for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
@@ -846,12 +744,28 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     std::copy(a.problems + first, a.problems + first + count, chunk.problems);
     chunk.first = first;
     chunk.share = a.share;
-    const int rc = a.words == 1   ? LaunchScanWords<1>(chunk, groups, a, ws, stream)
-                   : a.words == 2 ? LaunchScanWords<2>(chunk, groups, a, ws, stream)
-                                  : LaunchScanWords<4>(chunk, groups, a, ws, stream);
+    // Scan: a full GPU of blocks of 256 over the whole batch; the histogram pass: a full GPU,
+    // 8 per SM.
+    const uint32_t scan_blocks =
+        std::clamp((uint32_t(sms) * kScanBlocksPerSm + groups - 1) / groups, 1u, scan_rounds);
+    const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u, rounds);
+    const int rc = a.words == 1 ? LaunchScanWords<1>(chunk, groups, scan_blocks, a, ws, stream)
+                   : a.words == 2
+                       ? LaunchScanWords<2>(chunk, groups, scan_blocks, a, ws, stream)
+                       : LaunchScanWords<4>(chunk, groups, scan_blocks, a, ws, stream);
     if (rc != 0) return rc;
-    LargeModeKernel<<<dim3(1, count), kThreads, 0, stream>>>(first, tokens, a.c, a.scores,
-                                                             a.selected, a.counts, ws);
+    // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
+    // skipped when the host knows it (no n_device).
+    if (a.n_device || a.c < a.n) {
+      Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, tokens, a.c,
+                                                                              a.scores, ws);
+      KIV_CUDA_CALL(cudaGetLastError());
+      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c, a.scores,
+                                                                     a.selected, a.counts, ws);
+      KIV_CUDA_CALL(cudaGetLastError());
+    }
+    CompactKernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(
+        first, tokens, a.c, a.scores, a.selected, a.counts, ws);
     KIV_CUDA_CALL(cudaGetLastError());
   }
   return 0;

@@ -11,9 +11,9 @@
 // The select is a radix select (11 + 11 + 10 bits) on the order-preserving key of each float
 // score, and a compaction that keeps index order: no sort anywhere. The scan itself histograms
 // the top 11 bits; when the bin holding the c-th largest leaves at most 16384 candidates (the
-// usual case) the scan's blocks, behind a barrier, gather them from the ranges of scores they
-// have just written and the last one finishes from them; otherwise (heavy ties) one block per
-// problem runs two histogram passes and a compaction over the scores. scan.cu has the kernels.
+// usual case) one more pass over the [P][n] scores gathers them and one block per problem
+// finishes from them; otherwise (heavy ties) two histogram passes and a compaction pass over the
+// scores do. scan.cu has the kernels and the numbers measured on an H100.
 //
 // Plain C++: no CUDA headers. Streams travel as `CUstream_st*` (what cudaStream_t is); launchers
 // return a cudaError_t as int (0 = cudaSuccess) and put the reason for a refused shape in `*error`.
@@ -91,8 +91,7 @@ struct ScanSelectArgs {
 // each call on its stream, so one workspace serves calls on one stream one after another.
 size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n);
 
-// Scan + select for every problem: 2 kernels (the scan a cooperative launch) and one memset on
-// `stream`, no host sync.
+// Scan + select for every problem: 4 kernels and one memset on `stream`, no host sync.
 // Entries of `selected` past min(c, n) are left as they were (n: *n_device when given). With
 // n_device the launch shapes depend only on the capacity n, so the call may be captured.
 int ScanSelect(const ScanSelectArgs& args, CUstream_st* stream, std::string* error = nullptr);
