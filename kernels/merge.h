@@ -19,7 +19,9 @@ struct MergeCandidatesArgs {
   uint32_t num_problems = 0;  // P, at most 65535
   uint32_t lists = 1;         // g lists per problem
   uint32_t length = 0;        // c entries per list (its row length); g · c ≤ kMergeMaxTokens
-  const uint32_t* in = nullptr;         // [P][g][c] device: each list ascending
+  const uint32_t* in = nullptr;         // [P][g][c] device: each list ascending (equal
+                                        // neighbours allowed); an unsorted list gives a wrong
+                                        // union (writes stay in bounds)
   const uint32_t* in_counts = nullptr;  // [P][g] device, optional: list uses its first
                                         // min(count, c) entries; nullptr: all c
   uint32_t* out = nullptr;         // [P][g · c] device: the union ascending, then left as it was
@@ -29,9 +31,13 @@ struct MergeCandidatesArgs {
 // Empty when the launch is supported; otherwise what is wrong, naming the value.
 std::string CheckMergeCandidates(const MergeCandidatesArgs& args);
 
-// One kernel on `stream`, no host sync (a block per problem: a bitonic sort in shared memory and
-// a compaction). Returns the cudaError_t as int (0 = cudaSuccess): cudaErrorInvalidValue for an
-// unsupported shape, with CheckMergeCandidates' message in `*error` (on stderr when null).
+// One kernel on `stream`, no host sync. A block per problem: the lists merged pairwise in shared
+// memory, ceil(log2 g) rounds that place each entry by its rank in the partner run (a binary
+// search), then equal neighbours dropped by one block-wide scan: 4 + ceil(log2 g) barriers.
+// Every uint32 value is an id, 0xFFFFFFFF included. (The bitonic sort it replaced, 19.6 µs per
+// call on an H100 for SmolLM2's decode, 3 lists of 342, dropped 0xFFFFFFFF as its padding.)
+// Returns the cudaError_t as int (0 = cudaSuccess): cudaErrorInvalidValue for an unsupported
+// shape, with CheckMergeCandidates' message in `*error` (on stderr when null).
 int MergeCandidates(const MergeCandidatesArgs& args, CUstream_st* stream,
                     std::string* error = nullptr);
 
