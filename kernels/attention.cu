@@ -1,10 +1,14 @@
-// Sparse decode attention (see attention.h), split-K in two kernels:
-//   SparseAttentionPartialKernel  grid (row blocks of all sets, H_kv · ⌈g/8⌉): up to 8 query heads
-//     of one kv-head against 64 rows of one set → per head (max score, Σ exp, Σ exp · v);
-//   SparseAttentionMergeKernel    grid H_q: the partials of a head merged by their maxima, as
-//     runtime/full_cache.cpp MergeAttention merges by log-sum-exp.
+// Sparse decode attention (see attention.h), split-K in one kernel, SparseAttentionKernel, grid
+// (row blocks of all sets, H_kv · ⌈g/8⌉):
+//   - each block: up to 8 query heads of one kv-head against 32 rows of one set → per head
+//     (max score, Σ exp, Σ exp · v) in the workspace (WritePartials);
+//   - the last block of each grid row to finish (a done-counter per row, reset by that block for
+//     the next launch) merges its heads' partials by their maxima, as runtime/full_cache.cpp
+//     MergeAttention merges by log-sum-exp (MergeHead).
+// MergeHead is the body of the former second kernel (a block of 256 threads per head): the same
+// threads sum the same partials in the same order, so the result is that kernel's bit for bit.
 // Decode has a handful of query heads and a few hundred to a few thousand rows per kv-head, so
-// the work is split over rows to occupy the GPU; each block reads its 64 rows once for all the
+// the work is split over rows to occupy the GPU; each block reads its rows once for all the
 // query heads it serves.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -63,9 +67,8 @@ __device__ __forceinline__ float WarpSum(float x) {
 }
 
 // A partial is d + 2 floats: Σ exp(score − max) · v, then max, then Σ exp(score − max);
-// part[(query head · num_blocks + block) · (d + 2)].
-__global__ void __launch_bounds__(kAttnThreads)
-    SparseAttentionPartialKernel(AttentionLaunch a, float* part) {
+// part[(query head · num_blocks + block) · (d + 2)]. Every thread of the block calls it.
+__device__ __forceinline__ void WritePartials(const AttentionLaunch& a, float* part) {
   __shared__ __align__(16) float ks[kBlockRows][kMaxHeadDim];
   __shared__ __align__(16) float vs[kBlockRows][kMaxHeadDim];
   __shared__ float qs[kHeadsPerBlock][kMaxHeadDim];
@@ -165,18 +168,26 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-// A block per query head: the maximum of the partials' maxima, their rescaled sums, and element
-// e of the output from threads (e, group) over blocks group, group + groups, ...
-__global__ void __launch_bounds__(kMergeThreads)
-    SparseAttentionMergeKernel(uint32_t num_blocks, uint32_t d, const float* part, float* out,
-                               float* lse) {
+// Element i of the output, in float32 and/or bf16 (rounded as ATen's cast rounds).
+__device__ __forceinline__ void Store(const SparseAttentionParams& pr, size_t i, float v) {
+  if (pr.out) pr.out[i] = v;
+  if (pr.out_bf16) static_cast<__nv_bfloat16*>(pr.out_bf16)[i] = __float2bfloat16_rn(v);
+}
+
+// Query head h's num_blocks partials merged into its output and lse, by every thread of a block
+// of kMergeThreads: the maximum of the partials' maxima, their rescaled sums, and element e of
+// the output from threads (e, group) over blocks group, group + groups, ... Other blocks of the
+// launch wrote the partials: they are read from L2 (__ldcg), past the L1.
+__device__ __forceinline__ void MergeHead(uint32_t num_blocks, uint32_t d, const float* part,
+                                          uint32_t h, const SparseAttentionParams& pr) {
   __shared__ float red[kMergeThreads];
   __shared__ float total_max, total_sum;
-  const uint32_t h = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const float* ph = part + size_t{h} * num_blocks * (d + 2);
+  __syncthreads();  // the previous head's merge is done with red, total_max and total_sum
   float mx = -INFINITY;
   for (uint32_t b = tid; b < num_blocks; b += kMergeThreads)
-    if (ph[b * (d + 2) + d + 1] > 0.0f) mx = fmaxf(mx, ph[b * (d + 2) + d]);
+    if (__ldcg(ph + b * (d + 2) + d + 1) > 0.0f) mx = fmaxf(mx, __ldcg(ph + b * (d + 2) + d));
   mx = WarpMax(mx);
   if (lane == 0) red[warp] = mx;
   __syncthreads();
@@ -188,13 +199,13 @@ __global__ void __launch_bounds__(kMergeThreads)
   __syncthreads();
   mx = total_max;
   if (mx == -INFINITY) {  // no visible key: out 0, lse −inf
-    for (uint32_t e = tid; e < d; e += kMergeThreads) out[size_t{h} * d + e] = 0.0f;
-    if (tid == 0) lse[h] = -INFINITY;
+    for (uint32_t e = tid; e < d; e += kMergeThreads) Store(pr, size_t{h} * d + e, 0.0f);
+    if (tid == 0) pr.lse[h] = -INFINITY;
     return;
   }
   float sum = 0.0f;
   for (uint32_t b = tid; b < num_blocks; b += kMergeThreads)
-    sum += ph[b * (d + 2) + d + 1] * expf(ph[b * (d + 2) + d] - mx);
+    sum += __ldcg(ph + b * (d + 2) + d + 1) * expf(__ldcg(ph + b * (d + 2) + d) - mx);
   sum = WarpSum(sum);
   __syncthreads();  // red is reused
   if (lane == 0) red[warp] = sum;
@@ -211,16 +222,47 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll 8
   for (uint32_t b = grp; b < num_blocks; b += groups) {
     const float* pb = ph + b * (d + 2);
-    o += pb[e] * expf(pb[d] - mx);
+    o += __ldcg(pb + e) * expf(__ldcg(pb + d) - mx);
   }
   __syncthreads();  // red is reused; total_sum is written
   red[tid] = o;
   __syncthreads();
   if (grp == 0) {
     for (uint32_t r = 1; r < groups; ++r) o += red[r * d + e];
-    out[size_t{h} * d + e] = o / total_sum;
-    if (e == 0) lse[h] = mx + logf(total_sum);
+    Store(pr, size_t{h} * d + e, o / total_sum);
+    if (e == 0) pr.lse[h] = mx + logf(total_sum);
   }
+}
+
+// True in every thread of the block that finished last among the gridDim.x blocks counted at
+// *done; the partials every one of them wrote are then visible to it.
+__device__ bool LastBlockOfRow(uint32_t* done) {
+  __shared__ bool last;
+  __threadfence();  // this block's partials before its count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+static_assert(kMergeThreads == kAttnThreads, "the partial blocks merge with the merge's threads");
+
+__global__ void __launch_bounds__(kAttnThreads)
+    SparseAttentionKernel(AttentionLaunch a, float* part) {
+  WritePartials(a, part);
+  uint32_t* done = a.pr.done + blockIdx.y;
+  if (!LastBlockOfRow(done)) return;
+  const uint32_t hk = blockIdx.y / a.head_tiles, j0 = (blockIdx.y % a.head_tiles) * kHeadsPerBlock;
+  const uint32_t jn = min(kHeadsPerBlock, a.group - j0), h0 = hk * a.group + j0;
+  for (uint32_t jj = 0; jj < jn; ++jj) MergeHead(a.num_blocks, a.pr.head_dim, part, h0 + jj, a.pr);
+  if (threadIdx.x == 0) *done = 0;  // every block of the row has counted: ready for the next launch
+}
+
+// No row blocks (every set empty): each head gets the merge of nothing, out 0 and lse −inf.
+__global__ void __launch_bounds__(kMergeThreads)
+    SparseAttentionEmptyKernel(SparseAttentionParams pr) {
+  MergeHead(0, pr.head_dim, nullptr, blockIdx.x, pr);
 }
 
 uint32_t RowBlocks(const KvSet& kv) { return (kv.max_rows + kBlockRows - 1) / kBlockRows; }
@@ -235,6 +277,12 @@ uint32_t TotalRowBlocks(const SparseAttentionParams& pr) {
 
 size_t SparseAttentionWorkspaceBytes(const SparseAttentionParams& pr) {
   return size_t{pr.num_q_heads} * TotalRowBlocks(pr) * (pr.head_dim + 2) * sizeof(float);
+}
+
+uint32_t SparseAttentionDoneCount(const SparseAttentionParams& pr) {
+  if (pr.num_kv_heads == 0) return 0;
+  const uint32_t g = pr.num_q_heads / pr.num_kv_heads;
+  return pr.num_kv_heads * ((g + kHeadsPerBlock - 1) / kHeadsPerBlock);
 }
 
 std::string CheckSparseAttention(const SparseAttentionParams& pr) {
@@ -273,7 +321,13 @@ std::string CheckSparseAttention(const SparseAttentionParams& pr) {
                  off);
   }
   if (pr.num_q_heads == 0) return {};
-  if (!pr.q || !pr.out || !pr.lse) return "q, out and lse must be set";
+  if (!pr.q || !pr.lse || (!pr.out && !pr.out_bf16))
+    return "q, lse and out or out_bf16 must be set";
+  if (reinterpret_cast<uintptr_t>(pr.out_bf16) % 2 != 0)
+    return bad("out_bf16 must be aligned to 2 bytes; its address mod 2",
+               reinterpret_cast<uintptr_t>(pr.out_bf16) % 2);
+  if (!pr.done)
+    return "done must be set: SparseAttentionDoneCount counters, zero before the first launch";
   if (pr.workspace_bytes < SparseAttentionWorkspaceBytes(pr) ||
       (pr.workspace_bytes > 0 && !pr.workspace))
     return bad("workspace_bytes is below SparseAttentionWorkspaceBytes", pr.workspace_bytes);
@@ -300,14 +354,12 @@ int LaunchSparseDecodeAttention(const SparseAttentionParams& pr, CUstream_st* st
   a.head_tiles = (a.group + kHeadsPerBlock - 1) / kHeadsPerBlock;
   // AttentionWithLse multiplies q by 1/sqrt(d) computed in double, then rounded to float.
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(pr.head_dim)));
-  float* part = static_cast<float*>(pr.workspace);
-  if (a.num_blocks > 0) {
+  if (a.num_blocks == 0) {
+    SparseAttentionEmptyKernel<<<pr.num_q_heads, kMergeThreads, 0, stream>>>(pr);
+  } else {
     const dim3 grid(a.num_blocks, pr.num_kv_heads * a.head_tiles);
-    SparseAttentionPartialKernel<<<grid, kAttnThreads, 0, stream>>>(a, part);
-    KIV_CUDA_CALL(cudaGetLastError());
+    SparseAttentionKernel<<<grid, kAttnThreads, 0, stream>>>(a, static_cast<float*>(pr.workspace));
   }
-  SparseAttentionMergeKernel<<<pr.num_q_heads, kMergeThreads, 0, stream>>>(
-      a.num_blocks, pr.head_dim, part, pr.out, pr.lse);
   return int(cudaGetLastError());
 }
 

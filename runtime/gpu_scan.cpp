@@ -348,6 +348,16 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
             int64_t(reinterpret_cast<uintptr_t>(arena->base(l * H + h)));
   record_bases_ = torch::from_blob(bases.data(), {int64_t(bases.size())}, torch::kInt64)
                       .to(device_);
+#ifdef KIV_HAVE_KERNELS
+  // Retrieve's largest attention launch: max_reps_ problems (kv-heads of the kernel) of
+  // g · prefill_block queries (block retrieval) or g (one by one).
+  const uint32_t g = shape.num_q_heads / H;
+  kernels::SparseAttentionParams most;
+  most.num_kv_heads = max_reps_ * H;
+  most.num_q_heads = most.num_kv_heads * g * std::max<uint32_t>(1, options.prefill_block);
+  attn_done_ = torch::zeros({int64_t(kernels::SparseAttentionDoneCount(most))},
+                            torch::TensorOptions().dtype(torch::kInt32).device(device_));
+#endif
 }
 
 GpuColdTier::~GpuColdTier() = default;
@@ -397,28 +407,36 @@ PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
 }
 
 // One decode step: q [H_q, 1, d]; the retrieved tokens and the hot tier hot_k/hot_v [H_kv, n_hot,
-// d] (rows contiguous, any head stride; bf16 or float32) attend in one kernel call, one softmax over both. [H_q, 1, d]
-// float32.
+// d] (rows contiguous, any head stride; bf16 or float32) attend in one kernel call, one softmax
+// over both. [H_q, 1, d] in out_dtype (float32 or bf16).
 torch::Tensor GpuColdTier::AttendDecode(int64_t layer, const torch::Tensor& q,
-                                        const torch::Tensor& hot_k, const torch::Tensor& hot_v) {
+                                        const torch::Tensor& hot_k, const torch::Tensor& hot_v,
+                                        torch::ScalarType out_dtype) {
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   TORCH_CHECK(q.size(1) == 1, "AttendDecode takes one position, not ", q.size(1));
+  TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
+              "AttendDecode writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
-  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v)
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, nullptr,
+                  out_dtype == torch::kBFloat16)
       .out.view({Hkv * g, 1, d});
 }
 
 torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Tensor& q,
                                                   const torch::Tensor& hot_k,
                                                   const torch::Tensor& hot_v,
-                                                  const DeviceCounts& counts) {
+                                                  const DeviceCounts& counts,
+                                                  torch::ScalarType out_dtype) {
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   TORCH_CHECK(q.size(1) == 1, "AttendDecodeCapturable takes one position, not ", q.size(1));
   TORCH_CHECK(counts.hot && counts.cold, "AttendDecodeCapturable needs both device counts");
   TORCH_CHECK(index_->size() >= options_.candidates, "a capturable decode step needs at least ",
               options_.candidates, " cold tokens (C), the index holds ", index_->size());
+  TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
+              "AttendDecodeCapturable writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
-  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts)
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts,
+                  out_dtype == torch::kBFloat16)
       .out.view({Hkv * g, 1, d});
 }
 
@@ -426,7 +444,8 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
 // queries; per_query: each of them first scans on its own (G = g), else their sum scans once.
 PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
                                        uint32_t G, bool per_query, const torch::Tensor* hot_k,
-                                       const torch::Tensor* hot_v, const DeviceCounts* dc) {
+                                       const torch::Tensor* hot_v, const DeviceCounts* dc,
+                                       bool bf16_out) {
 #ifdef KIV_HAVE_KERNELS
   const uint32_t Hkv = shape_.num_kv_heads, d = shape_.head_dim, bits = options_.signature_bits;
   const uint32_t P = reps * Hkv, n = uint32_t(index_->size());
@@ -524,7 +543,9 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   rg.workspace = rg_workspace.data_ptr();
   rg.workspace_bytes = size_t(rg_workspace.numel());
   Check(kernels::LaunchRerankGather(rg, CurrentStream(), &error), error, "LaunchRerankGather");
-  torch::Tensor out = torch::empty({int64_t(P) * G, int64_t(d)}, f32);
+  // bf16_out: the kernel rounds the output itself, straight into the tensor the caller reads.
+  torch::Tensor out =
+      torch::empty({int64_t(P) * G, int64_t(d)}, bf16_out ? opts.dtype(torch::kBFloat16) : f32);
   torch::Tensor lse = torch::empty({int64_t(P) * G}, f32);
   kernels::SparseAttentionParams at;
   at.num_q_heads = P * G;
@@ -556,8 +577,14 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     hot.head_stride = uint64_t(hot_k->stride(0));
     if (dc) hot.counts = dc->hot;
   }
-  at.out = Ptr<float>(out);
+  if (bf16_out)
+    at.out_bf16 = out.data_ptr();
+  else
+    at.out = Ptr<float>(out);
   at.lse = Ptr<float>(lse);
+  TORCH_CHECK(kernels::SparseAttentionDoneCount(at) <= uint64_t(attn_done_.numel()),
+              "the attention's done-counters are too few for ", at.num_q_heads, " heads");
+  at.done = Ptr<uint32_t>(attn_done_);
   torch::Tensor at_workspace = torch::empty(
       {int64_t(kernels::SparseAttentionWorkspaceBytes(at))}, opts.dtype(torch::kUInt8));
   at.workspace = at_workspace.data_ptr();
@@ -567,7 +594,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   return {out, lse};
 #else
   (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)hot_k, (void)hot_v,
-      (void)dc;
+      (void)dc, (void)bf16_out;
   TORCH_CHECK(false, "not implemented: the GPU cold tier in a build without the CUDA kernels");
   return {};
 #endif

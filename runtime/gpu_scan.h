@@ -136,9 +136,11 @@ class GpuColdTier {
   PartialAttention Attend(int64_t layer, const at::Tensor& q, int64_t per_query_begin);
   // A decode step (q [H_q, 1, d]): retrieval as Attend's per-query positions, and one attention
   // kernel over the retrieved tokens and the hot tier hot_k/hot_v [H_kv, n_hot, d] (rows of d
-  // contiguous elements, any head stride; bf16 or float32) together: no second attention and no merge. [H_q, 1, d] float32.
+  // contiguous elements, any head stride; bf16 or float32) together: no second attention and no
+  // merge. [H_q, 1, d] in out_dtype: float32, or bf16 written by the kernel itself, rounded as
+  // ATen's cast rounds (the float32 result's .to(kBFloat16) bit for bit, without the cast kernel).
   at::Tensor AttendDecode(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
-                          const at::Tensor& hot_v);
+                          const at::Tensor& hot_v, at::ScalarType out_dtype = at::kFloat);
 
   // Counts in device memory, read by the kernels as they run: a decode step built from them may
   // be captured in a CUDA graph and replayed while the cold tier and the hot window change.
@@ -151,13 +153,15 @@ class GpuColdTier {
   // least options.candidates tokens now, and the same whenever a capture of it replays (the
   // candidates per query, fixed at capture, are then C / g).
   at::Tensor AttendDecodeCapturable(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
-                                    const at::Tensor& hot_v, const DeviceCounts& counts);
+                                    const at::Tensor& hot_v, const DeviceCounts& counts,
+                                    at::ScalarType out_dtype = at::kFloat);
 
  private:
+  // bf16_out: the attention's out is bf16 (AttendDecode's out_dtype), else float32.
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
                             uint32_t per_problem, bool per_query,
                             const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr,
-                            const DeviceCounts* counts = nullptr);
+                            const DeviceCounts* counts = nullptr, bool bf16_out = false);
 
   CacheShape shape_;
   TieredCacheOptions options_;
@@ -167,6 +171,9 @@ class GpuColdTier {
   c10::Device device_;
   uint32_t max_reps_;
   at::Tensor record_bases_;  // [L][max_reps][H_kv] uint64 device: the arena's slot bases
+  // The attention kernel's done-counters (kernels/attention.h), enough for Retrieve's largest
+  // launch: zeroed once here, every launch leaves them zero, so captured steps replay with them.
+  at::Tensor attn_done_;  // int32 device
 };
 
 }  // namespace kiv

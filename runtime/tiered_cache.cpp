@@ -44,6 +44,11 @@ struct PhaseTimer {
 };
 // Query sets up to this size (a decode step's GQA group) scan query by query.
 constexpr uint32_t kPerQueryScanMax = 8;
+// The dtype the GPU cold tier writes a decode step's attention in: q's (the run dtype) where its
+// kernel writes it (bf16), so no cast kernel follows; float32 and the cast otherwise.
+torch::ScalarType DecodeOutDtype(const torch::Tensor& q) {
+  return q.scalar_type() == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;
+}
 }  // namespace
 
 // |k| as the record stores it, so a resumed session, which has only the records, scores the scan
@@ -180,8 +185,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     counts.cold = counts.hot + H;
     return gpu_cold_
         ->AttendDecodeCapturable(layer, q, hot_k_buf_[layer].narrow(1, 0, rows),
-                                 hot_v_buf_[layer].narrow(1, 0, rows), counts)
-        .to(q.dtype());
+                                 hot_v_buf_[layer].narrow(1, 0, rows), counts, DecodeOutDtype(q))
+        .to(q.dtype());  // nothing to do when the kernel wrote q's dtype
   }
   const bool cuda = device_.is_cuda();
   ++profile_calls_;
@@ -198,7 +203,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     // A decode step on the GPU: retrieved and hot tokens in one attention kernel.
     if (gpu_cold_ && q.size(1) == 1 && options_.retrieval && cold_tokens_ > 0) {
       CountDecodeRetrievals(1);
-      return gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer]).to(q.dtype());
+      return gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer], DecodeOutDtype(q))
+          .to(q.dtype());
     }
     hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
   }

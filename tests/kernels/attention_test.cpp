@@ -1,6 +1,8 @@
 // kernels/attention against a plain reference (one softmax over the union of the sets, in
-// double), and the two kernels chained as the runtime will chain them: records → RerankGather →
-// SparseDecodeAttention beside a bf16 hot tier, against RerankTopK + Decode + the reference.
+// double); its bf16 output against its float one rounded; two launches in a row (the first
+// leaves its done-counters zero for the second) bit for bit alike; and the two kernels chained as
+// the runtime chains them: records → RerankGather → SparseDecodeAttention beside a bf16 hot tier,
+// against RerankTopK + Decode + the reference.
 #include "kernels/attention.h"
 
 #include <doctest/doctest.h>
@@ -184,16 +186,45 @@ void RunAttention(Rng& rng, const AttnCase& cs) {
     refs.push_back(&cs.sets[s]);
   }
   DeviceBuffer<float> d_out(size_t{hq} * d), d_lse(hq);
+  DeviceBuffer<uint16_t> d_out16(size_t{hq} * d);
   pr.out = d_out.get();
+  pr.out_bf16 = d_out16.get();
   pr.lse = d_lse.get();
   DeviceBuffer<uint8_t> ws(SparseAttentionWorkspaceBytes(pr));
   pr.workspace = ws.get();
   pr.workspace_bytes = ws.size();
+  const std::vector<uint32_t> zeros(SparseAttentionDoneCount(pr), 0u);
+  DeviceBuffer<uint32_t> d_done(zeros);
+  pr.done = d_done.get();
   REQUIRE(CheckSparseAttention(pr).empty());
-  KIV_CUDA_REQUIRE(cudaError_t(LaunchSparseDecodeAttention(pr, nullptr)));
-  KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
-  CheckAgainst(ReferenceAttention(q, hq, cs.hkv, d, refs), d_out.Download(), d_lse.Download(), hq,
-               d);
+  struct Result {
+    std::vector<float> out, lse;
+    std::vector<uint16_t> out16;
+  };
+  auto launch = [&] {
+    KIV_CUDA_REQUIRE(cudaMemset(d_out.get(), 0xFF, d_out.size() * sizeof(float)));  // NaNs
+    KIV_CUDA_REQUIRE(cudaMemset(d_out16.get(), 0xFF, d_out16.size() * sizeof(uint16_t)));
+    KIV_CUDA_REQUIRE(cudaError_t(LaunchSparseDecodeAttention(pr, nullptr)));
+    KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+    return Result{d_out.Download(), d_lse.Download(), d_out16.Download()};
+  };
+  const Result first = launch();
+  CheckAgainst(ReferenceAttention(q, hq, cs.hkv, d, refs), first.out, first.lse, hq, d);
+  size_t bad = 0;
+  for (size_t i = 0; i < first.out.size(); ++i) bad += first.out16[i] != FloatToBf16(first.out[i]);
+  CHECK_MESSAGE(bad == 0, bad, " bf16 outputs are not the float output rounded to nearest even");
+  CHECK(d_done.Download() == zeros);
+  // The counters the first launch left behind serve the second: the same bits.
+  const Result second = launch();
+  CHECK(std::memcmp(first.out.data(), second.out.data(), first.out.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(first.lse.data(), second.lse.data(), first.lse.size() * sizeof(float)) == 0);
+  CHECK(first.out16 == second.out16);
+  // bf16 alone (no float output): the same bf16 bits.
+  pr.out = nullptr;
+  const Result bf16_only = launch();
+  CHECK(bf16_only.out16 == first.out16);
+  CHECK(std::memcmp(first.lse.data(), bf16_only.lse.data(), first.lse.size() * sizeof(float)) == 0);
+  CHECK(d_done.Download() == zeros);
 }
 
 TEST_CASE("SparseDecodeAttention equals one softmax over the union of its sets") {
@@ -259,6 +290,17 @@ TEST_CASE("SparseDecodeAttention refuses unsupported shapes, naming the value") 
   pr.sets[0].keys = storage.data() + 1;  // 2-byte aligned: the kernel reads 8 bytes at a time
   pr.sets[0].values = storage.data();
   CHECK(CheckSparseAttention(pr).find("aligned to 8 bytes") != std::string::npos);
+  pr.num_sets = 0;
+  float dummy[2];
+  pr.q = dummy, pr.lse = dummy;
+  CHECK(CheckSparseAttention(pr).find("out or out_bf16 must be set") != std::string::npos);
+  pr.out_bf16 = reinterpret_cast<uint8_t*>(storage.data()) + 1;
+  CHECK(CheckSparseAttention(pr).find("out_bf16 must be aligned to 2 bytes") != std::string::npos);
+  pr.out_bf16 = storage.data();
+  CHECK(CheckSparseAttention(pr).find("done must be set") != std::string::npos);
+  uint32_t done[3] = {};
+  pr.done = done;
+  CHECK(CheckSparseAttention(pr).empty());
 }
 
 // The runtime's chain for one layer: the group's queries re-rank candidates from records in
@@ -324,6 +366,8 @@ TEST_CASE("RerankGather feeds SparseDecodeAttention: equal to RerankTopK + Decod
   DeviceBuffer<uint8_t> aws(SparseAttentionWorkspaceBytes(ap));
   ap.workspace = aws.get();
   ap.workspace_bytes = aws.size();
+  DeviceBuffer<uint32_t> d_done(std::vector<uint32_t>(SparseAttentionDoneCount(ap), 0u));
+  ap.done = d_done.get();
   KIV_CUDA_REQUIRE(cudaError_t(LaunchRerankGather(gp, nullptr)));
   KIV_CUDA_REQUIRE(cudaError_t(LaunchSparseDecodeAttention(ap, nullptr)));
   KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
@@ -390,6 +434,8 @@ TEST_CASE("SparseDecodeAttention timing (reported, not asserted)") {
     DeviceBuffer<uint8_t> ws(SparseAttentionWorkspaceBytes(pr));
     pr.workspace = ws.get();
     pr.workspace_bytes = ws.size();
+    DeviceBuffer<uint32_t> done(std::vector<uint32_t>(SparseAttentionDoneCount(pr), 0u));
+    pr.done = done.get();
     // 30 layers' launches back to back, one by one and as one CUDA graph.
     const uint32_t layers = 30, runs = 20;
     cudaStream_t stream;
