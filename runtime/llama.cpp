@@ -44,9 +44,10 @@ struct LlamaModel::Layer {
 };
 
 // The static buffers the graphs read and write, and the graphs. Segment graph s (0 ≤ s ≤ L) runs:
-//   s = 0:      h = embedding(ids); cos, sin from pos; q/k/v of layer 0
-//   0 < s < L:  h = AfterAttention(s − 1, h, attn[s − 1]); q/k/v of layer s
-//   s = L:      h = AfterAttention(L − 1, ...); logits = Head(h)
+//   s = 0:      embedding(ids); cos, sin from pos; h and q/k/v of layer 0
+//   0 < s < L:  AfterAttention(s − 1, h, attn[s − 1]); h and q/k/v of layer s (the MLP's residual
+//               add in the same kernel as input_layernorm)
+//   s = L:      AfterAttention(L − 1, ...); logits = Head(...)
 // q/k/v[l] are outputs of graph l (tensors of its memory pool, fixed addresses); attn[l] is
 // filled from the cache's eager Attend before graph l + 1 replays. When the cache can capture its
 // decode step (KvCache::PrepareCapturedDecode), one graph runs all of it, the cache's Attend
@@ -333,13 +334,25 @@ at::Tensor LlamaModel::RopeCosSin(const at::Tensor& positions, at::Tensor* sin) 
   return emb.cos().to(dtype_);
 }
 
-void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                          const at::Tensor& sin, at::Tensor* q, at::Tensor* k,
+namespace {
+// The residual stream r + add (add undefined: r alone) into *h, and its RMSNorm: one AddRmsNorm
+// kernel on the fused path (bit-exact with the add, then RmsNorm: kernels/layer.h), the add and
+// RmsNorm otherwise.
+at::Tensor NormOfSum(const at::Tensor& r, const at::Tensor& add, const at::Tensor& weight,
+                     double eps, at::Tensor* h) {
+  if (add.defined()) return AddRmsNorm(r, add, weight, eps, h);
+  *h = r;
+  return RmsNorm(r, weight, eps);
+}
+}  // namespace
+
+void LlamaModel::QkvBlock(int64_t layer, const Residual& in, const at::Tensor& cos,
+                          const at::Tensor& sin, at::Tensor* h, at::Tensor* q, at::Tensor* k,
                           at::Tensor* v) const {
   const Layer& l = layers_[static_cast<size_t>(layer)];
-  const int64_t n = h.size(0), d = config_.head_dim;
+  const int64_t n = in.r.size(0), d = config_.head_dim;
   const int64_t hq = config_.num_q_heads, hkv = config_.num_kv_heads;
-  at::Tensor x = RmsNorm(h, l.input_norm, config_.rms_norm_eps);
+  at::Tensor x = NormOfSum(in.r, in.add, l.input_norm, config_.rms_norm_eps, h);
 #if KIV_FUSED_LAYER
   if (Fused(x) && l.qkv_w.defined()) {
     // One matmul: [n, (H_q + 2 H_kv)*d] viewed as [n, H_q + 2 H_kv, d], its heads q's, k's, v's.
@@ -359,9 +372,10 @@ void LlamaModel::QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& 
   *v = at::linear(x, l.v_w, l.v_b).view({n, hkv, d}).transpose(0, 1);
 }
 
-// o_proj, the residual, post_attention_layernorm and the SwiGLU MLP, the residual.
-at::Tensor LlamaModel::AfterAttention(int64_t layer, const at::Tensor& h,
-                                      const at::Tensor& attn) const {
+// o_proj, the residual, post_attention_layernorm and the SwiGLU MLP; the MLP's residual add is
+// left to the next norm (the next layer's input_layernorm or the final norm).
+LlamaModel::Residual LlamaModel::AfterAttention(int64_t layer, const at::Tensor& h,
+                                                const at::Tensor& attn) const {
   const Layer& l = layers_[static_cast<size_t>(layer)];
   const int64_t n = h.size(0);
   assert(attn.size(0) == config_.num_q_heads && attn.size(1) == n);
@@ -371,14 +385,16 @@ at::Tensor LlamaModel::AfterAttention(int64_t layer, const at::Tensor& h,
   at::Tensor x = AddRmsNorm(h, o, l.post_norm, config_.rms_norm_eps, &r);
 #if KIV_FUSED_LAYER
   if (Fused(x) && l.gate_up_w.defined())
-    return r + at::linear(SwiGlu(at::linear(x, l.gate_up_w, l.gate_up_b)), l.down_w, l.down_b);
+    return {r, at::linear(SwiGlu(at::linear(x, l.gate_up_w, l.gate_up_b)), l.down_w, l.down_b)};
 #endif
   at::Tensor gate = at::silu(at::linear(x, l.gate_w, l.gate_b));
-  return r + at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b);
+  return {r, at::linear(gate * at::linear(x, l.up_w, l.up_b), l.down_w, l.down_b)};
 }
 
-at::Tensor LlamaModel::Head(const at::Tensor& h) const {
-  return at::linear(RmsNorm(h, norm_, config_.rms_norm_eps), lm_head_).to(at::kFloat);
+at::Tensor LlamaModel::Head(const Residual& in) const {
+  at::Tensor h;
+  return at::linear(NormOfSum(in.r, in.add, norm_, config_.rms_norm_eps, &h), lm_head_)
+      .to(at::kFloat);
 }
 
 at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache, Logits which) {
@@ -388,18 +404,21 @@ at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cach
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t first_position = cache.length();
   at::Tensor ids = at::tensor(tokens, at::kLong).to(device_);
-  at::Tensor h = at::embedding(embed_, ids);  // [n, hidden]
+  Residual stream{at::embedding(embed_, ids), {}};  // [n, hidden]
   at::Tensor sin;
   at::Tensor cos = RopeCosSin(
       at::arange(first_position, first_position + n, at::TensorOptions(device_).dtype(at::kLong)),
       &sin);
   for (int64_t i = 0; i < config_.num_layers; ++i) {
-    at::Tensor q, k, v;
-    QkvBlock(i, h, cos, sin, &q, &k, &v);
-    h = AfterAttention(i, h, cache.Attend(i, q, k, v, first_position));
+    at::Tensor h, q, k, v;
+    QkvBlock(i, stream, cos, sin, &h, &q, &k, &v);
+    stream = AfterAttention(i, h, cache.Attend(i, q, k, v, first_position));
   }
-  if (which == Logits::kLast) h = h.narrow(0, n - 1, 1);
-  at::Tensor logits = Head(h);
+  if (which == Logits::kLast) {
+    stream.r = stream.r.narrow(0, n - 1, 1);
+    if (stream.add.defined()) stream.add = stream.add.narrow(0, n - 1, 1);
+  }
+  at::Tensor logits = Head(stream);
   cache.EndChunk(tokens);
   return logits;
 }
@@ -418,18 +437,21 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
   const int64_t L = config_.num_layers, first_position = cache.length();
   using Outputs = DecodeGraphs::Outputs;
   auto segment = [this, L](DecodeGraphs& g, Outputs& o, int64_t s) {
+    Residual in;
     if (s == 0) {
-      g.h.copy_(at::embedding(embed_, g.ids));
+      in.r = at::embedding(embed_, g.ids);
       at::Tensor sin;
       g.cos.copy_(RopeCosSin(g.pos, &sin));
       g.sin.copy_(sin);
     } else {
-      g.h.copy_(AfterAttention(s - 1, g.h, g.attn[size_t(s - 1)]));
+      in = AfterAttention(s - 1, g.h, g.attn[size_t(s - 1)]);
     }
     if (s < L) {
-      QkvBlock(s, g.h, g.cos, g.sin, &o.q[size_t(s)], &o.k[size_t(s)], &o.v[size_t(s)]);
+      at::Tensor h;
+      QkvBlock(s, in, g.cos, g.sin, &h, &o.q[size_t(s)], &o.k[size_t(s)], &o.v[size_t(s)]);
+      g.h.copy_(h);  // the next segment's residual input
     } else {
-      o.logits = Head(g.h);
+      o.logits = Head(in);
     }
   };
   // The whole step, the cache's Attend included (a cache that PrepareCapturedDecode'd).

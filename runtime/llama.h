@@ -78,16 +78,22 @@ class LlamaModel {
 
  private:
   struct Layer;
+  // The residual stream between layers, [n, hidden]: r + add, with the add left to the next
+  // RMSNorm, which does both in one kernel (AddRmsNorm); add undefined: r alone (the embedding).
+  struct Residual {
+    at::Tensor r, add;
+  };
   LlamaModel(ModelConfig config, c10::Device device, at::ScalarType dtype);
   at::Tensor RopeCosSin(const at::Tensor& positions, at::Tensor* sin) const;
   // The pieces of a layer around the cache's Attend, shared by the eager and the graphed paths.
-  // h: [n, hidden]; q [H_q, n, d], k and v [H_kv, n, d] after RoPE.
-  void QkvBlock(int64_t layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin,
-                at::Tensor* q, at::Tensor* k, at::Tensor* v) const;
+  // QkvBlock: the layer's input `in`; *h = its sum (the layer's residual input), q [H_q, n, d],
+  // k and v [H_kv, n, d] after RoPE.
+  void QkvBlock(int64_t layer, const Residual& in, const at::Tensor& cos, const at::Tensor& sin,
+                at::Tensor* h, at::Tensor* q, at::Tensor* k, at::Tensor* v) const;
   // The residual stream after layer `layer`, from its input h and the attention output
   // [H_q, n, d].
-  at::Tensor AfterAttention(int64_t layer, const at::Tensor& h, const at::Tensor& attn) const;
-  at::Tensor Head(const at::Tensor& h) const;  // final norm and lm_head: float32 logits
+  Residual AfterAttention(int64_t layer, const at::Tensor& h, const at::Tensor& attn) const;
+  at::Tensor Head(const Residual& in) const;  // final norm and lm_head: float32 logits
   at::Tensor ForwardGraphed(int64_t token, KvCache& cache);
 
   struct DecodeGraphs;
