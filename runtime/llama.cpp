@@ -50,8 +50,9 @@ struct LlamaModel::Layer {
 //   s = L:      AfterAttention(L − 1, ...); logits = Head(...)
 // q/k/v[l] are outputs of graph l (tensors of its memory pool, fixed addresses); attn[l] is
 // filled from the cache's eager Attend before graph l + 1 replays. When the cache can capture its
-// decode step (KvCache::PrepareCapturedDecode), one graph runs all of it, the cache's Attend
-// included, with outputs of its own (a separate pool: the segments' stay valid beside it).
+// decode step (KvCache::PrepareCapturedDecode), one graph runs all of it, Forward's layers with
+// the cache's Attend, with an output of its own (a separate pool: the segments' stay valid beside
+// it) and none of the segments' buffers.
 struct LlamaModel::DecodeGraphs {
 #if KIV_TORCH_CUDA
   struct Outputs {
@@ -59,9 +60,10 @@ struct LlamaModel::DecodeGraphs {
     at::Tensor logits;
   };
   at::Tensor ids, pos;  // [1] int64
-  at::Tensor h, cos, sin;
+  at::Tensor h, cos, sin;  // the segments' only
   std::vector<at::Tensor> attn;
-  Outputs segment_out, whole_out;
+  Outputs segment_out;
+  at::Tensor whole_logits;  // the whole step's output
   std::vector<std::unique_ptr<at::cuda::CUDAGraph>> segments;  // captured when first needed
   std::unique_ptr<at::cuda::CUDAGraph> whole;
   uint64_t whole_key = 0;
@@ -397,23 +399,29 @@ at::Tensor LlamaModel::Head(const Residual& in) const {
       .to(at::kFloat);
 }
 
+LlamaModel::Residual LlamaModel::Layers(const at::Tensor& ids, const at::Tensor& positions,
+                                        KvCache& cache, int64_t first_position) {
+  at::Tensor sin;
+  const at::Tensor cos = RopeCosSin(positions, &sin);
+  Residual stream{at::embedding(embed_, ids), {}};  // [n, hidden]
+  for (int64_t i = 0; i < config_.num_layers; ++i) {
+    at::Tensor h, q, k, v;
+    QkvBlock(i, stream, cos, sin, &h, &q, &k, &v);
+    stream = AfterAttention(i, h, cache.Attend(i, q, k, v, first_position));
+  }
+  return stream;
+}
+
 at::Tensor LlamaModel::Forward(const std::vector<int64_t>& tokens, KvCache& cache, Logits which) {
   assert(!tokens.empty());
   c10::InferenceMode guard;
   if (use_graphs_ && tokens.size() == 1) return ForwardGraphed(tokens[0], cache);
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t first_position = cache.length();
-  at::Tensor ids = at::tensor(tokens, at::kLong).to(device_);
-  Residual stream{at::embedding(embed_, ids), {}};  // [n, hidden]
-  at::Tensor sin;
-  at::Tensor cos = RopeCosSin(
+  Residual stream = Layers(
+      at::tensor(tokens, at::kLong).to(device_),
       at::arange(first_position, first_position + n, at::TensorOptions(device_).dtype(at::kLong)),
-      &sin);
-  for (int64_t i = 0; i < config_.num_layers; ++i) {
-    at::Tensor h, q, k, v;
-    QkvBlock(i, stream, cos, sin, &h, &q, &k, &v);
-    stream = AfterAttention(i, h, cache.Attend(i, q, k, v, first_position));
-  }
+      cache, first_position);
   if (which == Logits::kLast) {
     stream.r = stream.r.narrow(0, n - 1, 1);
     if (stream.add.defined()) stream.add = stream.add.narrow(0, n - 1, 1);
@@ -454,15 +462,12 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
       o.logits = Head(in);
     }
   };
-  // The whole step, the cache's Attend included (a cache that PrepareCapturedDecode'd).
+  // The whole step, the cache's Attend included (a cache that PrepareCapturedDecode'd): Forward's
+  // own layers, with nothing static but ids, pos and the logits. The attention output goes to
+  // o_proj where the cache wrote it and the residual stream stays in the capture's tensors, with
+  // no copies into the segments' buffers.
   auto whole = [&](DecodeGraphs& g) {
-    segment(g, g.whole_out, 0);
-    for (int64_t l = 0; l < L; ++l) {
-      const size_t i = size_t(l);
-      g.attn[i].copy_(cache.Attend(l, g.whole_out.q[i], g.whole_out.k[i], g.whole_out.v[i],
-                                   first_position));
-      segment(g, g.whole_out, l + 1);
-    }
+    g.whole_logits = Head(Layers(g.ids, g.pos, cache, first_position));
   };
   // Runs `body` once on the side stream (a warm-up: cuBLAS sets up its workspace for a stream
   // on first use, which must not happen inside a capture), then captures it into `graph`.
@@ -487,8 +492,8 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
     g->h = at::zeros({1, config_.hidden_size}, opts.dtype(dtype_));
     g->cos = at::zeros({1, config_.head_dim}, opts.dtype(dtype_));
     g->sin = at::zeros_like(g->cos);
-    for (Outputs* o : {&g->segment_out, &g->whole_out})
-      o->q.resize(size_t(L)), o->k.resize(size_t(L)), o->v.resize(size_t(L));
+    Outputs& o = g->segment_out;
+    o.q.resize(size_t(L)), o.k.resize(size_t(L)), o.v.resize(size_t(L));
     for (int64_t l = 0; l < L; ++l)
       g->attn.push_back(at::zeros({config_.num_q_heads, 1, config_.head_dim}, opts.dtype(dtype_)));
     g->side = c10::cuda::getStreamFromPool();
@@ -507,7 +512,7 @@ at::Tensor LlamaModel::ForwardGraphed(int64_t token, KvCache& cache) {
       ++whole_captures_;
     }
     g.whole->replay();
-    at::Tensor logits = g.whole_out.logits.clone();  // the next replay overwrites it
+    at::Tensor logits = g.whole_logits.clone();  // the next replay overwrites it
     cache.EndChunk({token});
     return logits;
   }

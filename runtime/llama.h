@@ -94,6 +94,10 @@ class LlamaModel {
   // [H_q, n, d].
   Residual AfterAttention(int64_t layer, const at::Tensor& h, const at::Tensor& attn) const;
   at::Tensor Head(const Residual& in) const;  // final norm and lm_head: float32 logits
+  // Embedding and every layer for `ids` [n] at `positions` [n] (int64 on the device), the cache's
+  // Attend in each: the residual stream before the final norm. Forward and the whole-step graph.
+  Residual Layers(const at::Tensor& ids, const at::Tensor& positions, KvCache& cache,
+                  int64_t first_position);
   at::Tensor ForwardGraphed(int64_t token, KvCache& cache);
 
   struct DecodeGraphs;
