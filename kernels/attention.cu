@@ -4,7 +4,8 @@
 //     (max score, Σ exp, Σ exp · v) in the workspace (WritePartials);
 //   - the last block of each grid row to finish (a done-counter per row, reset by that block for
 //     the next launch) merges its heads' partials by their maxima, as runtime/full_cache.cpp
-//     MergeAttention merges by log-sum-exp (MergeHead).
+//     MergeAttention merges by log-sum-exp (MergeHead), one head after another, from a copy in
+//     its shared memory where they fit (one wait on L2 instead of three per head).
 // MergeHead is the body of the former second kernel (a block of 256 threads per head): the same
 // threads sum the same partials in the same order, so the result is that kernel's bit for bit.
 // Decode has a handful of query heads and a few hundred to a few thousand rows per kv-head, so
@@ -66,11 +67,15 @@ __device__ __forceinline__ float WarpSum(float x) {
   return x;
 }
 
+// A block's key and value tiles; then, in the block that merges a grid row, the row's partials.
+__shared__ __align__(16) float tiles[2][kBlockRows][kMaxHeadDim];
+constexpr uint32_t kStageFloats = 2 * kBlockRows * kMaxHeadDim;
+
 // A partial is d + 2 floats: Σ exp(score − max) · v, then max, then Σ exp(score − max);
 // part[(query head · num_blocks + block) · (d + 2)]. Every thread of the block calls it.
 __device__ __forceinline__ void WritePartials(const AttentionLaunch& a, float* part) {
-  __shared__ __align__(16) float ks[kBlockRows][kMaxHeadDim];
-  __shared__ __align__(16) float vs[kBlockRows][kMaxHeadDim];
+  float(&ks)[kBlockRows][kMaxHeadDim] = tiles[0];
+  float(&vs)[kBlockRows][kMaxHeadDim] = tiles[1];
   __shared__ float qs[kHeadsPerBlock][kMaxHeadDim];
   __shared__ float ps[kHeadsPerBlock][kBlockRows];  // scores, then exp(score − max)
   __shared__ float row_max[kHeadsPerBlock], row_sum[kHeadsPerBlock];
@@ -174,20 +179,29 @@ __device__ __forceinline__ void Store(const SparseAttentionParams& pr, size_t i,
   if (pr.out_bf16) static_cast<__nv_bfloat16*>(pr.out_bf16)[i] = __float2bfloat16_rn(v);
 }
 
-// Query head h's num_blocks partials merged into its output and lse, by every thread of a block
-// of kMergeThreads: the maximum of the partials' maxima, their rescaled sums, and element e of
-// the output from threads (e, group) over blocks group, group + groups, ... Other blocks of the
-// launch wrote the partials: they are read from L2 (__ldcg), past the L1.
-__device__ __forceinline__ void MergeHead(uint32_t num_blocks, uint32_t d, const float* part,
+// A partial's float: from shared memory where the merging block staged them, else from global
+// memory, where other blocks of the launch wrote them: read from L2 (__ldcg), past the L1.
+template <bool kStaged>
+__device__ __forceinline__ float Partial(const float* p) {
+  if constexpr (kStaged) return *p;
+  return __ldcg(p);
+}
+
+// Query head h's num_blocks partials ph [num_blocks][d + 2] merged into its output and lse, by
+// every thread of a block of kMergeThreads: the maximum of the partials' maxima, their rescaled
+// sums, and element e of the output from threads (e, group) over blocks group, group + groups, ...
+template <bool kStaged>
+__device__ __forceinline__ void MergeHead(uint32_t num_blocks, uint32_t d, const float* ph,
                                           uint32_t h, const SparseAttentionParams& pr) {
   __shared__ float red[kMergeThreads];
   __shared__ float total_max, total_sum;
   const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const float* ph = part + size_t{h} * num_blocks * (d + 2);
-  __syncthreads();  // the previous head's merge is done with red, total_max and total_sum
+  // The previous head's merge is done with red, total_max and total_sum; staged partials are in.
+  __syncthreads();
   float mx = -INFINITY;
   for (uint32_t b = tid; b < num_blocks; b += kMergeThreads)
-    if (__ldcg(ph + b * (d + 2) + d + 1) > 0.0f) mx = fmaxf(mx, __ldcg(ph + b * (d + 2) + d));
+    if (Partial<kStaged>(ph + b * (d + 2) + d + 1) > 0.0f)
+      mx = fmaxf(mx, Partial<kStaged>(ph + b * (d + 2) + d));
   mx = WarpMax(mx);
   if (lane == 0) red[warp] = mx;
   __syncthreads();
@@ -205,7 +219,8 @@ __device__ __forceinline__ void MergeHead(uint32_t num_blocks, uint32_t d, const
   }
   float sum = 0.0f;
   for (uint32_t b = tid; b < num_blocks; b += kMergeThreads)
-    sum += __ldcg(ph + b * (d + 2) + d + 1) * expf(__ldcg(ph + b * (d + 2) + d) - mx);
+    sum += Partial<kStaged>(ph + b * (d + 2) + d + 1) *
+           expf(Partial<kStaged>(ph + b * (d + 2) + d) - mx);
   sum = WarpSum(sum);
   __syncthreads();  // red is reused
   if (lane == 0) red[warp] = sum;
@@ -222,7 +237,7 @@ __device__ __forceinline__ void MergeHead(uint32_t num_blocks, uint32_t d, const
 #pragma unroll 8
   for (uint32_t b = grp; b < num_blocks; b += groups) {
     const float* pb = ph + b * (d + 2);
-    o += __ldcg(pb + e) * expf(__ldcg(pb + d) - mx);
+    o += Partial<kStaged>(pb + e) * expf(Partial<kStaged>(pb + d) - mx);
   }
   __syncthreads();  // red is reused; total_sum is written
   red[tid] = o;
@@ -248,21 +263,51 @@ __device__ bool LastBlockOfRow(uint32_t* done) {
 
 static_assert(kMergeThreads == kAttnThreads, "the partial blocks merge with the merge's threads");
 
+// The merging block's heads' partials (consecutive in the workspace) into the tiles, all loads
+// in flight at once: the merges then wait on shared memory, not on L2, at each of their steps.
+__device__ __forceinline__ void StagePartials(const float* src, uint32_t n) {
+  constexpr uint32_t kBatch = 16;  // loads in flight per thread
+  float* stage = &tiles[0][0][0];
+  for (uint32_t base = 0; base < n; base += kBatch * kAttnThreads) {
+    float x[kBatch];
+#pragma unroll
+    for (uint32_t u = 0; u < kBatch; ++u) {
+      const uint32_t i = base + u * kAttnThreads + threadIdx.x;
+      if (i < n) x[u] = __ldcg(src + i);
+    }
+#pragma unroll
+    for (uint32_t u = 0; u < kBatch; ++u) {
+      const uint32_t i = base + u * kAttnThreads + threadIdx.x;
+      if (i < n) stage[i] = x[u];
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kAttnThreads)
     SparseAttentionKernel(AttentionLaunch a, float* part) {
   WritePartials(a, part);
   uint32_t* done = a.pr.done + blockIdx.y;
-  if (!LastBlockOfRow(done)) return;
-  const uint32_t hk = blockIdx.y / a.head_tiles, j0 = (blockIdx.y % a.head_tiles) * kHeadsPerBlock;
+  if (!LastBlockOfRow(done)) return;  // past its barriers every thread is done with the tiles
+  const uint32_t d = a.pr.head_dim, hk = blockIdx.y / a.head_tiles;
+  const uint32_t j0 = (blockIdx.y % a.head_tiles) * kHeadsPerBlock;
   const uint32_t jn = min(kHeadsPerBlock, a.group - j0), h0 = hk * a.group + j0;
-  for (uint32_t jj = 0; jj < jn; ++jj) MergeHead(a.num_blocks, a.pr.head_dim, part, h0 + jj, a.pr);
+  const uint32_t per_head = a.num_blocks * (d + 2);  // floats of one head's partials
+  const float* ph = part + size_t{h0} * per_head;
+  if (uint64_t{jn} * per_head <= kStageFloats) {
+    StagePartials(ph, jn * per_head);
+    for (uint32_t jj = 0; jj < jn; ++jj)
+      MergeHead<true>(a.num_blocks, d, &tiles[0][0][0] + jj * per_head, h0 + jj, a.pr);
+  } else {
+    for (uint32_t jj = 0; jj < jn; ++jj)
+      MergeHead<false>(a.num_blocks, d, ph + size_t{jj} * per_head, h0 + jj, a.pr);
+  }
   if (threadIdx.x == 0) *done = 0;  // every block of the row has counted: ready for the next launch
 }
 
 // No row blocks (every set empty): each head gets the merge of nothing, out 0 and lse −inf.
 __global__ void __launch_bounds__(kMergeThreads)
     SparseAttentionEmptyKernel(SparseAttentionParams pr) {
-  MergeHead(0, pr.head_dim, nullptr, blockIdx.x, pr);
+  MergeHead<false>(0, pr.head_dim, nullptr, blockIdx.x, pr);
 }
 
 uint32_t RowBlocks(const KvSet& kv) { return (kv.max_rows + kBlockRows - 1) / kBlockRows; }

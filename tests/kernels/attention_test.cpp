@@ -245,6 +245,8 @@ TEST_CASE("SparseDecodeAttention equals one softmax over the union of its sets")
        1.0f,
        {RandomSet(rng, 3, 64, 300, 5, f32), RandomSet(rng, 3, 64, 64, 0, f32, {64, 17, 0}),
         RandomSet(rng, 3, 64, 4, 0, bf16)}});
+  // The merging block stages its heads' partials in shared memory when they fit (8,192 floats),
+  // as in every case here but this one (8 heads × 34 blocks × 130 floats): merged from L2.
   cases.push_back({"16/1 heads (two head tiles), d 128, bf16 q and hot",
                    128,
                    16,
