@@ -104,6 +104,19 @@ TEST_CASE("RoPE equals its reference bit for bit, and refuses odd head_dim") {
   CHECK(error.find("head_dim = 63") != std::string::npos);
 }
 
+// The norm tests' shapes, float32 and bf16: 33 rows of a dim from one warp's worth to past what
+// one block holds at once.
+template <typename Body>
+void ForEachNormShape(Body body) {
+  for (const bool bf16 : {false, true}) {
+    for (const uint32_t dim : {64u, 576u, 2048u, 5000u}) {
+      CAPTURE(bf16);
+      CAPTURE(dim);
+      body(bf16, dim, /*rows=*/33u);
+    }
+  }
+}
+
 TEST_CASE("RMSNorm equals its reference up to the summation order") {
   CHECK(RoundBf16(1.0f + 0x1p-8f) == 1.0f);  // a tie: to even
   CHECK(RoundBf16(1.0f + 0x1.8p-8f) == 1.0f + 0x1p-7f);
@@ -111,36 +124,31 @@ TEST_CASE("RMSNorm equals its reference up to the summation order") {
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  for (const bool bf16 : {false, true}) {
-    for (const uint32_t dim : {64u, 576u, 2048u, 5000u}) {
-      CAPTURE(bf16);
-      CAPTURE(dim);
-      const uint32_t rows = 33;
-      Rng rng{dim + 3u * bf16};
-      Values x = Make(size_t{rows} * dim, rng, 6.0f, bf16), w = Make(dim, rng, 3.0f, bf16);
-      DeviceValues dx(x, bf16), dw(w, bf16), dout(Make(size_t{rows} * dim, rng, 1, bf16), bf16);
-      RmsNormParams p;
-      p.x = dx.get(), p.weight = dw.get(), p.out = dout.get();
-      p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
-      p.rows = rows, p.dim = dim, p.eps = 1e-5f;
-      std::string error;
-      REQUIRE_MESSAGE(LaunchRmsNorm(p, nullptr, &error) == 0, error);
-      KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
-      std::vector<float> want(size_t{rows} * dim);
-      RmsNormReference(x.f.data(), w.f.data(), want.data(), rows, dim, p.eps, bf16);
-      const std::vector<float> got = Download(dout, bf16);
-      // r differs by a few float ulps (the GPU's tree sum in float against the reference's in
-      // double); after the dtype's roundings an output then differs by up to two of its units.
-      size_t bad = 0, exact = 0;
-      for (size_t i = 0; i < want.size(); ++i) {
-        bad += !WithinTwoUnits(got[i], want[i], bf16);
-        exact += got[i] == want[i];
-      }
-      MESSAGE((bf16 ? "bf16" : "fp32") << " dim " << dim << ": " << exact << " of " << want.size()
-                                       << " outputs equal the reference exactly");
-      CHECK(bad == 0);
+  ForEachNormShape([](bool bf16, uint32_t dim, uint32_t rows) {
+    Rng rng{dim + 3u * bf16};
+    Values x = Make(size_t{rows} * dim, rng, 6.0f, bf16), w = Make(dim, rng, 3.0f, bf16);
+    DeviceValues dx(x, bf16), dw(w, bf16), dout(Make(size_t{rows} * dim, rng, 1, bf16), bf16);
+    RmsNormParams p;
+    p.x = dx.get(), p.weight = dw.get(), p.out = dout.get();
+    p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
+    p.rows = rows, p.dim = dim, p.eps = 1e-5f;
+    std::string error;
+    REQUIRE_MESSAGE(LaunchRmsNorm(p, nullptr, &error) == 0, error);
+    KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+    std::vector<float> want(size_t{rows} * dim);
+    RmsNormReference(x.f.data(), w.f.data(), want.data(), rows, dim, p.eps, bf16);
+    const std::vector<float> got = Download(dout, bf16);
+    // r differs by a few float ulps (the GPU's tree sum in float against the reference's in
+    // double); after the dtype's roundings an output then differs by up to two of its units.
+    size_t bad = 0, exact = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      bad += !WithinTwoUnits(got[i], want[i], bf16);
+      exact += got[i] == want[i];
     }
-  }
+    MESSAGE((bf16 ? "bf16" : "fp32") << " dim " << dim << ": " << exact << " of " << want.size()
+                                     << " outputs equal the reference exactly");
+    CHECK(bad == 0);
+  });
 }
 
 TEST_CASE("AddRmsNorm: its sum is h + o bit for bit, its norm the RMSNorm kernel's of that sum") {
@@ -148,46 +156,41 @@ TEST_CASE("AddRmsNorm: its sum is h + o bit for bit, its norm the RMSNorm kernel
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  for (const bool bf16 : {false, true}) {
-    for (const uint32_t dim : {64u, 576u, 2048u, 5000u}) {
-      CAPTURE(bf16);
-      CAPTURE(dim);
-      const uint32_t rows = 33;
-      const size_t n = size_t{rows} * dim;
-      Rng rng{dim + 5u * bf16};
-      Values h = Make(n, rng, 6.0f, bf16), o = Make(n, rng, 3.0f, bf16);
-      Values w = Make(dim, rng, 3.0f, bf16);
-      DeviceValues dh(h, bf16), dproj(o, bf16), dw(w, bf16);
-      DeviceValues dsum(Make(n, rng, 1, bf16), bf16), dout(Make(n, rng, 1, bf16), bf16);
-      DeviceValues dnorm(Make(n, rng, 1, bf16), bf16);
-      AddRmsNormParams p;
-      p.h = dh.get(), p.o = dproj.get(), p.weight = dw.get();
-      p.sum = dsum.get(), p.out = dout.get();
-      p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
-      p.rows = rows, p.dim = dim, p.eps = 1e-5f;
-      std::string error;
-      REQUIRE_MESSAGE(LaunchAddRmsNorm(p, nullptr, &error) == 0, error);
-      RmsNormParams q;  // the separate kernel on the fused one's sum
-      q.x = dsum.get(), q.weight = dw.get(), q.out = dnorm.get();
-      q.dtype = p.dtype, q.rows = rows, q.dim = dim, q.eps = p.eps;
-      REQUIRE_MESSAGE(LaunchRmsNorm(q, nullptr, &error) == 0, error);
-      KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
-      std::vector<float> want_sum(n), want(n);
-      AddRmsNormReference(h.f.data(), o.f.data(), w.f.data(), want_sum.data(), want.data(), rows,
-                          dim, p.eps, bf16);
-      const std::vector<float> sum = Download(dsum, bf16), got = Download(dout, bf16);
-      const std::vector<float> norm = Download(dnorm, bf16);
-      size_t bad_sum = 0, bad = 0, unlike_norm = 0;
-      for (size_t i = 0; i < n; ++i) {
-        bad_sum += std::memcmp(&sum[i], &want_sum[i], 4) != 0;
-        bad += !WithinTwoUnits(got[i], want[i], bf16);
-        unlike_norm += std::memcmp(&got[i], &norm[i], 4) != 0;
-      }
-      CHECK(bad_sum == 0);
-      CHECK(bad == 0);
-      CHECK(unlike_norm == 0);
+  ForEachNormShape([](bool bf16, uint32_t dim, uint32_t rows) {
+    const size_t n = size_t{rows} * dim;
+    Rng rng{dim + 5u * bf16};
+    Values h = Make(n, rng, 6.0f, bf16), o = Make(n, rng, 3.0f, bf16);
+    Values w = Make(dim, rng, 3.0f, bf16);
+    DeviceValues dh(h, bf16), dproj(o, bf16), dw(w, bf16);
+    DeviceValues dsum(Make(n, rng, 1, bf16), bf16), dout(Make(n, rng, 1, bf16), bf16);
+    DeviceValues dnorm(Make(n, rng, 1, bf16), bf16);
+    AddRmsNormParams p;
+    p.h = dh.get(), p.o = dproj.get(), p.weight = dw.get();
+    p.sum = dsum.get(), p.out = dout.get();
+    p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
+    p.rows = rows, p.dim = dim, p.eps = 1e-5f;
+    std::string error;
+    REQUIRE_MESSAGE(LaunchAddRmsNorm(p, nullptr, &error) == 0, error);
+    RmsNormParams q;  // the separate kernel on the fused one's sum
+    q.x = dsum.get(), q.weight = dw.get(), q.out = dnorm.get();
+    q.dtype = p.dtype, q.rows = rows, q.dim = dim, q.eps = p.eps;
+    REQUIRE_MESSAGE(LaunchRmsNorm(q, nullptr, &error) == 0, error);
+    KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+    std::vector<float> want_sum(n), want(n);
+    AddRmsNormReference(h.f.data(), o.f.data(), w.f.data(), want_sum.data(), want.data(), rows,
+                        dim, p.eps, bf16);
+    const std::vector<float> sum = Download(dsum, bf16), got = Download(dout, bf16);
+    const std::vector<float> norm = Download(dnorm, bf16);
+    size_t bad_sum = 0, bad = 0, unlike_norm = 0;
+    for (size_t i = 0; i < n; ++i) {
+      bad_sum += std::memcmp(&sum[i], &want_sum[i], 4) != 0;
+      bad += !WithinTwoUnits(got[i], want[i], bf16);
+      unlike_norm += std::memcmp(&got[i], &norm[i], 4) != 0;
     }
-  }
+    CHECK(bad_sum == 0);
+    CHECK(bad == 0);
+    CHECK(unlike_norm == 0);
+  });
   AddRmsNormParams p;
   float dummy = 0;
   p.h = p.o = p.weight = &dummy;
