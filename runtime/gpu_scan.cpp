@@ -143,13 +143,13 @@ void GpuSignatureIndex::AppendEncoded(const at::Tensor& keys, const at::Tensor& 
   torch::Tensor sigs = torch::empty({slots, count, int64_t(words_)}, opts.dtype(torch::kInt64));
   torch::Tensor norms;
   if (norms_.defined()) norms = torch::empty({slots, count}, opts.dtype(torch::kFloat32));
+  TORCH_CHECK(keys.scalar_type() == torch::kBFloat16 || keys.scalar_type() == torch::kFloat32,
+              "AppendEncoded: keys must be bf16 or float32");
   kernels::EncodeParams p;
   p.num_slots = uint32_t(slots), p.count = uint32_t(count), p.head_dim = uint32_t(d);
   p.codec = codec;
   p.in_dtype = keys.scalar_type() == torch::kBFloat16 ? kernels::DType::kBFloat16
                                                       : kernels::DType::kFloat32;
-  TORCH_CHECK(keys.scalar_type() == torch::kBFloat16 || keys.scalar_type() == torch::kFloat32,
-              "AppendEncoded: keys must be bf16 or float32");
   p.keys = keys.data_ptr(), p.values = values.data_ptr(), p.slot_stride = uint64_t(keys.stride(1));
   p.projection = Ptr<const float>(projection_), p.bits = bits_;
   p.records = Ptr<uint8_t>(recs), p.signatures = Ptr<uint64_t>(sigs);

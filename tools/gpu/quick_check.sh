@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Runs THERE, after tools/gpu/device_setup.sh: the GPU tests of the layer, scan, encode, merge and
-# attention kernels
-# and of the cache, one tiered session's logits eager against graphed (byte for byte), and decode
-# speed at 4K and 32K with the fused layer kernels and without (KIV_UNFUSED_LAYER=1). Logs and
-# JSON to $OUT.
+# attention kernels and of the cache, one tiered session's logits eager against graphed (byte for
+# byte), and decode speed at 4K and 32K with the fused layer kernels and without
+# (KIV_UNFUSED_LAYER=1). Logs and JSON to $OUT.
 #
 #   bash tools/gpu/quick_check.sh [MODEL_DIR] [extra kiv bench speed arguments]
 set -uo pipefail
