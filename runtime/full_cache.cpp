@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
 
 namespace kiv {
 namespace {
@@ -18,8 +21,8 @@ constexpr int64_t kMinCapacity = 256;
 
 }  // namespace
 
-PartialAttention AttentionWithLse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  int64_t causal_offset) {
+PartialAttention AttentionWithLseReference(const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, int64_t causal_offset) {
   assert(q.dim() == 3 && k.dim() == 3 && v.dim() == 3);
   const int64_t h_q = q.size(0), n = q.size(1), d = q.size(2);
   const int64_t h_kv = k.size(0), t = k.size(1);
@@ -76,6 +79,116 @@ PartialAttention AttentionWithLse(const at::Tensor& q, const at::Tensor& k, cons
     lb.copy_((m + at::log(sum)).view({h_kv, g, b}));
   }
   return {out.view({h_q, n, d}).to(q.scalar_type()), lse.view({h_q, n})};
+}
+
+namespace {
+
+// One fused-kernel call: every query of q [H_kv, g, m, d] (float32) over k, v [H_kv, tk, d]
+// (float32), either unmasked or bottom-right causal (query r sees keys j <= r + tk - m, which
+// needs tk >= m so that every query sees a key). Returns out [H_kv, g, m, d], lse [H_kv, g, m].
+PartialAttention FusedBlock(const at::Tensor& qf, const at::Tensor& kf, const at::Tensor& vf,
+                            bool bottom_right_causal) {
+  const int64_t h_kv = qf.size(0), g = qf.size(1), m = qf.size(2), d = qf.size(3);
+  const int64_t tk = kf.size(1);
+  assert(!bottom_right_causal || tk >= m);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  if (qf.is_cuda()) {
+    // The memory-efficient (CUTLASS) kernel in [B, M, H, K]: batch = kv-head, heads = the group,
+    // keys expanded over the group with head stride 0 (the kernel reads strides; no copy).
+    // _efficient_attention_forward rather than _scaled_dot_product_efficient_attention: the
+    // latter's is_causal is top-left aligned, this one takes CausalFromBottomRight (2).
+    // float32 runs on tensor cores as 3xTF32 (OpMultiplyAddFastF32), about float32's accuracy.
+    constexpr int64_t kNoMask = 0, kCausalFromBottomRight = 2;
+    auto [out, lse, seed, offset, max_q, max_k] = at::_efficient_attention_forward(
+        qf.transpose(1, 2), kf.unsqueeze(2).expand({h_kv, tk, g, d}),
+        vf.unsqueeze(2).expand({h_kv, tk, g, d}), /*bias=*/std::nullopt,
+        /*cu_seqlens_q=*/std::nullopt, /*cu_seqlens_k=*/std::nullopt,
+        /*max_seqlen_q=*/std::nullopt, /*max_seqlen_k=*/std::nullopt, /*dropout_p=*/0.0,
+        bottom_right_causal ? kCausalFromBottomRight : kNoMask, /*compute_log_sumexp=*/true,
+        scale);
+    // out [H_kv, m, g, d]; lse [H_kv, g, m rounded up to 32], padded with +inf.
+    return {out.transpose(1, 2), lse.narrow(2, 0, m)};
+  }
+  // The CPU flash kernel takes [B, H, L, E] with any strides, but its is_causal is top-left
+  // aligned: the bottom-right mask goes in as an additive [m, tk] float bias (0 / -inf).
+  std::optional<at::Tensor> mask;
+  if (bottom_right_causal)
+    mask = at::full({m, tk}, -std::numeric_limits<float>::infinity(), qf.options())
+               .triu_(tk - m + 1);
+  auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(
+      qf, kf.unsqueeze(1).expand({h_kv, g, tk, d}), vf.unsqueeze(1).expand({h_kv, g, tk, d}),
+      /*dropout_p=*/0.0, /*is_causal=*/false, mask, scale);
+  return {out, lse};
+}
+
+}  // namespace
+
+bool FusedAttentionApplies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  // Head dimensions the CUTLASS kernel has float32 variants for with 16-byte-aligned rows; the
+  // CPU flash kernel takes any, but one rule for both keeps the CPU tests honest for the GPU.
+  const int64_t d = q.size(2);
+  const bool floating = at::isFloatingType(q.scalar_type()) &&
+                        at::isFloatingType(k.scalar_type()) && at::isFloatingType(v.scalar_type());
+  return (q.is_cuda() || q.is_cpu()) && floating && d % 8 == 0 && d >= 8 && d <= 256;
+}
+
+PartialAttention AttentionWithLseFused(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v, int64_t causal_offset) {
+  assert(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && FusedAttentionApplies(q, k, v));
+  const int64_t h_q = q.size(0), n = q.size(1), d = q.size(2);
+  const int64_t h_kv = k.size(0), t = k.size(1);
+  assert(h_q % h_kv == 0 && k.size(2) == d && v.size(0) == h_kv && v.size(1) == t);
+  const int64_t g = h_q / h_kv;
+  const at::TensorOptions f32 = q.options().dtype(at::kFloat);
+  if (n == 0 || t == 0)
+    return {at::zeros({h_q, n, d}, q.options()),
+            at::full({h_q, n}, -std::numeric_limits<float>::infinity(), f32)};
+  // Query r sees keys [0, min(T, r + offset + 1)). Three row ranges, so that no kernel sees a
+  // row without keys (the kernels give such a row lse 0, not -inf) and a bottom-right causal
+  // mask over the first tk keys says exactly that:
+  //   [0, hidden)       r + offset < 0: nothing visible; out 0, lse -inf without a kernel;
+  //   [hidden, full)    r + offset < T: causal over keys [0, full + offset), bottom-right;
+  //   [full, n)         every key visible, no mask (empty unless offset > T - n).
+  // A chunk after P stored keys (offset P, T = P + n) is all in the middle range: one call.
+  const bool masked = causal_offset < t;
+  const int64_t offset = masked ? std::max<int64_t>(causal_offset, -n) : 0;  // no overflow
+  const int64_t hidden = masked ? std::clamp<int64_t>(-offset, 0, n) : 0;
+  const int64_t full = masked ? std::clamp<int64_t>(t - offset, hidden, n) : 0;
+  const at::Tensor qf = q.to(at::kFloat).view({h_kv, g, n, d});
+  const at::Tensor kf = k.to(at::kFloat), vf = v.to(at::kFloat);
+  struct Range {
+    int64_t begin, end, keys;
+    bool causal;
+  };
+  const Range ranges[] = {{hidden, full, full + offset, true}, {full, n, t, false}};
+  if (hidden == 0 && (full == n || full == 0)) {
+    const Range& r = full == n ? ranges[0] : ranges[1];
+    PartialAttention a = FusedBlock(qf, kf.narrow(1, 0, r.keys), vf.narrow(1, 0, r.keys), r.causal);
+    return {a.out.reshape({h_q, n, d}).to(q.scalar_type()), a.lse.reshape({h_q, n})};
+  }
+  at::Tensor out = at::empty({h_kv, g, n, d}, f32), lse = at::empty({h_kv, g, n}, f32);
+  out.narrow(2, 0, hidden).zero_();
+  lse.narrow(2, 0, hidden).fill_(-std::numeric_limits<float>::infinity());
+  for (const Range& r : ranges) {
+    if (r.begin == r.end) continue;
+    PartialAttention a = FusedBlock(qf.narrow(2, r.begin, r.end - r.begin),
+                                    kf.narrow(1, 0, r.keys), vf.narrow(1, 0, r.keys), r.causal);
+    out.narrow(2, r.begin, r.end - r.begin).copy_(a.out);
+    lse.narrow(2, r.begin, r.end - r.begin).copy_(a.lse);
+  }
+  return {out.view({h_q, n, d}).to(q.scalar_type()), lse.view({h_q, n})};
+}
+
+PartialAttention AttentionWithLse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  int64_t causal_offset) {
+  // KIV_ATTENTION_REFERENCE=1 forces the unfused path, for A/B runs.
+  static const bool reference = [] {
+    const char* e = std::getenv("KIV_ATTENTION_REFERENCE");
+    return e != nullptr && std::string_view(e) != "0";
+  }();
+  if (!reference && FusedAttentionApplies(q, k, v))
+    return AttentionWithLseFused(q, k, v, causal_offset);
+  return AttentionWithLseReference(q, k, v, causal_offset);
 }
 
 PartialAttention MergeAttention(const PartialAttention& a, const PartialAttention& b) {

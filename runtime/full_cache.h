@@ -34,10 +34,29 @@ inline constexpr int64_t kNoCausalMask = std::numeric_limits<int64_t>::max();
 //   exp(score(i, j) - lse_i) v_j, accumulated in float32 and returned in q's dtype.
 // - A query that sees no key (T = 0, or all masked) gets out = 0 and lse = -inf, so merging it
 //   with anything leaves the other part unchanged.
-// Queries are processed in blocks (the float32 scores of one block are 4 MB on the CPU, 128 MB on
-// a GPU), and keys that no query of a block can see are skipped.
+// Runs AttentionWithLseFused where FusedAttentionApplies, else AttentionWithLseReference;
+// KIV_ATTENTION_REFERENCE=1 in the environment (read once) forces the reference, for A/B runs.
 PartialAttention AttentionWithLse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   int64_t causal_offset = kNoCausalMask);
+
+// The contract above with LibTorch operations: queries in blocks (the float32 scores of one block
+// are 4 MB on the CPU, 128 MB on a GPU), keys that no query of a block can see skipped.
+PartialAttention AttentionWithLseReference(const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v,
+                                           int64_t causal_offset = kNoCausalMask);
+
+// The contract above with ATen's fused attention kernels, which return the log-sum-exp: on CUDA
+// the memory-efficient (CUTLASS) kernel, on the CPU the flash kernel; inputs converted to float32
+// first. Equal to the reference up to summation order. One kernel call for a chunk after stored
+// keys (T = offset + n), at most two otherwise; rows that see no key are filled without a kernel.
+// Requires FusedAttentionApplies(q, k, v).
+PartialAttention AttentionWithLseFused(const at::Tensor& q, const at::Tensor& k,
+                                       const at::Tensor& v,
+                                       int64_t causal_offset = kNoCausalMask);
+
+// Whether AttentionWithLseFused takes these inputs: CPU or CUDA, floating point, head dimension
+// a multiple of 8 in [8, 256].
+bool FusedAttentionApplies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // The attention over the union of two disjoint key sets from the attentions over each:
 // lse = logaddexp(a.lse, b.lse), out = exp(a.lse - lse) a.out + exp(b.lse - lse) b.out
