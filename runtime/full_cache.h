@@ -61,7 +61,10 @@ bool FusedAttentionApplies(const at::Tensor& q, const at::Tensor& k, const at::T
 // The attention over the union of two disjoint key sets from the attentions over each:
 // lse = logaddexp(a.lse, b.lse), out = exp(a.lse - lse) a.out + exp(b.lse - lse) b.out
 // (in float32, returned in a.out's dtype). Equal to one softmax over the union up to rounding.
+// Computed as lse = logaddexp(a.lse, b.lse), out = lerp(b.out, a.out, sigmoid(a.lse - b.lse));
+// MergeAttentionReference is the formula above, kept for the tests.
 PartialAttention MergeAttention(const PartialAttention& a, const PartialAttention& b);
+PartialAttention MergeAttentionReference(const PartialAttention& a, const PartialAttention& b);
 
 class FullCache : public KvCache {
  public:

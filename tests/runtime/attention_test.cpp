@@ -1,6 +1,7 @@
-// AttentionWithLse's fused path (ATen's flash kernel on the CPU) against the reference path, on
-// random tensors. The CUDA branch of the fused path (the CUTLASS memory-efficient kernel) shares
-// the row split tested here; only the kernel call differs, and that needs a GPU.
+// AttentionWithLse's fused path (ATen's flash kernel on the CPU) against the reference path, and
+// MergeAttention against its reference formula, on random tensors. The CUDA branch of the fused
+// path (the CUTLASS memory-efficient kernel) shares the row split tested here; only the kernel
+// call differs, and that needs a GPU.
 
 // LibTorch before doctest: c10's logging defines a CHECK of its own, and doctest's must win.
 #include <torch/torch.h>
@@ -119,4 +120,55 @@ TEST_CASE("AttentionWithLseFused: no keys, no queries, and the dispatcher") {
   torch::Tensor q12 = torch::randn({2, 3, 12}), k12 = torch::randn({1, 5, 12});
   CHECK(torch::equal(kiv::AttentionWithLse(q12, k12, k12, 2).out,
                      kiv::AttentionWithLseReference(q12, k12, k12, 2).out));
+}
+
+// The merge's weights are sigmoid(a.lse - b.lse) and its complement, the reference's
+// exp(a.lse - lse) and exp(b.lse - lse): equal in exact arithmetic. In float32 the reference's
+// a.lse - lse carries lse's rounding, eps * |lse| (lse up to about 60 here: 7e-6 relative in the
+// weight), while a.lse - b.lse is exact or nearly so (Sterbenz) and lerp rounds twice: measured
+// against float64, the new merge errs 4e-7, the reference 6e-6 (|out| up to about 4). So the new
+// one is held to 1e-6 of float64, and the two to each other within the reference's own 2e-5.
+TEST_CASE("MergeAttention equals the reference formula, empty parts included") {
+  torch::manual_seed(12);
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    CAPTURE(dtype == torch::kFloat);
+    kiv::PartialAttention a{torch::randn({9, 300, 64}).to(dtype), torch::randn({9, 300}) * 20};
+    kiv::PartialAttention b{torch::randn({9, 300, 64}).to(dtype), torch::randn({9, 300}) * 20};
+    // Rows 0-9: a empty; 10-19: b empty; 20-29: both empty (their outs are 0 by contract).
+    a.lse.narrow(1, 0, 10).fill_(-kInf);
+    a.out.narrow(1, 0, 10).zero_();
+    b.lse.narrow(1, 10, 10).fill_(-kInf);
+    b.out.narrow(1, 10, 10).zero_();
+    a.lse.narrow(1, 20, 10).fill_(-kInf);
+    a.out.narrow(1, 20, 10).zero_();
+    b.lse.narrow(1, 20, 10).fill_(-kInf);
+    b.out.narrow(1, 20, 10).zero_();
+    kiv::PartialAttention want = kiv::MergeAttentionReference(a, b);
+    kiv::PartialAttention got = kiv::MergeAttention(a, b);
+    CHECK((got.out.scalar_type() == dtype));
+    CHECK(torch::equal(got.lse, want.lse));
+    const float diff =
+        (got.out.to(torch::kFloat) - want.out.to(torch::kFloat)).abs().max().item<float>();
+    // Against float64 arithmetic: which of the two is closer to the exact merge.
+    torch::Tensor la = a.lse.to(torch::kDouble), lb = b.lse.to(torch::kDouble);
+    torch::Tensor l = torch::logaddexp(la, lb);
+    torch::Tensor safe = torch::where(torch::isinf(l), torch::zeros_like(l), l);
+    torch::Tensor exact = a.out.to(torch::kDouble) * torch::exp(la - safe).unsqueeze(-1) +
+                          b.out.to(torch::kDouble) * torch::exp(lb - safe).unsqueeze(-1);
+    const double err_got = (got.out.to(torch::kDouble) - exact).abs().max().item<double>();
+    const double err_want = (want.out.to(torch::kDouble) - exact).abs().max().item<double>();
+    MESSAGE("merge max |out diff| " << diff << "; vs float64: new " << err_got << ", reference "
+                                    << err_want);
+    if (dtype == torch::kFloat) {
+      CHECK(err_got <= 1e-6);
+      CHECK(diff <= 2e-5f);
+    } else {
+      // One bf16 ulp at |out| < 4 is 2^-6.
+      CHECK(diff <= 1.0f / 64);
+    }
+    CHECK(torch::equal(got.out.narrow(1, 0, 10), b.out.narrow(1, 0, 10)));
+    CHECK(torch::equal(got.out.narrow(1, 10, 10), a.out.narrow(1, 10, 10)));
+    CHECK(got.out.narrow(1, 20, 10).abs().max().item<float>() == 0.0f);
+    CHECK(torch::all(got.lse.narrow(1, 20, 10) == -kInf).item<bool>());
+  }
 }
