@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs THERE, after tools/gpu/device_setup.sh: the GPU tests of the layer, scan, encode, merge and
-# attention kernels and of the cache, one tiered session's logits eager against graphed (byte for
-# byte), and decode speed at 4K and 32K with the fused layer kernels and without
-# (KIV_UNFUSED_LAYER=1). Logs and JSON to $OUT.
+# attention kernels, of the prefill attention and of the cache, one tiered session's logits eager
+# against graphed (byte for byte), and decode speed at 4K and 32K with the fused layer kernels and
+# without (KIV_UNFUSED_LAYER=1). Logs and JSON to $OUT.
 #
 #   bash tools/gpu/quick_check.sh [MODEL_DIR] [extra kiv bench speed arguments]
 set -uo pipefail
@@ -16,7 +16,7 @@ MODEL=${1:-/tmp/kiv-random-smollm2}; shift || true
   --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1 || { echo "no model"; exit 1; }
 status=0
 for t in kernels/kernels_layer_test kernels/kernels_scan_test kernels/kernels_encode_test kernels/kernels_merge_test \
-         kernels/kernels_attention_test runtime/runtime_tiered_cache_test; do
+         kernels/kernels_attention_test runtime/runtime_attention_test runtime/runtime_tiered_cache_test; do
   log=$OUTDIR/$(basename "$t").log
   if "$B/tests/$t" >"$log" 2>&1; then echo "$t: passed"; else echo "$t: FAILED"; status=1; grep -B2 -A8 ERROR "$log" | head -30; fi
 done

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs THERE, after tools/gpu/device_setup.sh: one call's worth of evidence for a change to the
+# GPU path, packed so that it fits the device tool's few returned files.
+#
+#   bash tools/gpu/check.sh [STEPS]        STEPS: a comma list of
+#     quick     tools/gpu/quick_check.sh (every GPU test, eager == graphed logits, 4K/32K decode)
+#     prefill   256K prefill with KIV_PROFILE=1, fused attention and KIV_ATTENTION_REFERENCE=1
+#     1m        kiv bench speed at 4K and 1M (decode median, prefill seconds, GPU memory)
+#   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
+#
+# Writes $OUT/check.log (the summary: what passed, the printed speed lines) and
+# $OUT/check.tgz (every log and JSON). Exit status: nonzero when a test failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source tools/gpu/env.sh
+B=$KIV_BUILD_DIR
+STEPS=${1:-quick,1m}
+OUTDIR=${OUT:-$KIV_GPU/check}
+mkdir -p "$OUTDIR"
+work=$(mktemp -d)
+MODEL=/tmp/kiv-random-smollm2
+FLAGS=(--no-scan-norms --evict-batch 16)
+status=0
+log() { echo "$@" | tee -a "$OUTDIR/check.log"; }
+has() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
+
+log "# check.sh $STEPS at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+if has quick; then
+  OUT=$work/quick bash tools/gpu/quick_check.sh "$MODEL" "${FLAGS[@]}" 2>&1 | tee -a "$OUTDIR/check.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+[ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
+  --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1
+if has prefill; then
+  for mode in fused reference; do
+    env_set=""; [ "$mode" = reference ] && env_set="KIV_ATTENTION_REFERENCE=1"
+    env KIV_PROFILE=1 $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 262144 \
+      --full-max 0 --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/prefill-256k-$mode.json" \
+      >"$work/prefill-256k-$mode.log" 2>&1
+    rm -rf "$work/ks"
+    grep -E "^kiv" "$work/prefill-256k-$mode.log" | sed "s/^/$mode /" | tee -a "$OUTDIR/check.log"
+  done
+fi
+if has 1m; then
+  "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,1048576 --full-max 0 --no-reopen \
+    "${FLAGS[@]}" --dir "$work/ks" --out "$work/speed-1m.json" >"$work/speed-1m.log" 2>&1
+  rm -rf "$work/ks"
+  grep -E "^(kiv|full)|GPU|memory" "$work/speed-1m.log" | tee -a "$OUTDIR/check.log"
+fi
+tar czf "$OUTDIR/check.tgz" -C "$work" . && rm -rf "$work"
+log "# status $status"
+exit "$status"
