@@ -29,6 +29,8 @@ using index::kRecordDim;
 constexpr uint32_t kScoreTile = 32;  // candidates per score block: one warp's worth of columns
 constexpr uint32_t kScoreThreads = 256;
 constexpr uint32_t kQueryChunk = 32;  // queries held in shared memory at once
+constexpr uint32_t kScoreWarps = kScoreThreads / 32;
+constexpr uint32_t kQueriesPerThread = kQueryChunk / kScoreWarps;
 constexpr uint32_t kSelectThreads = 512;
 constexpr uint32_t kSelectWarps = kSelectThreads / 32;
 constexpr uint32_t kItemsPerThread = kGatherMaxCandidates / kSelectThreads;
@@ -39,7 +41,6 @@ constexpr uint32_t kScoreLoads =
     (kScoreTile * 2 * kMaxKeyWords + kScoreThreads - 1) / kScoreThreads;
 constexpr uint32_t kGatherLoads =
     (kGatherSlices * kRecordWords + kSelectThreads - 1) / kSelectThreads;
-constexpr uint32_t kQueriesPerPass = 4;  // queries whose logits the select kernel holds at once
 // Selection key: weight bits (non-negative floats order as their bits) above the inverted
 // candidate index, so a larger key is a larger weight, or an equal weight at a lower index.
 constexpr uint32_t kIndexBits = 12;
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(kScoreThreads)
   __shared__ uint32_t ids[kScoreTile];
   __shared__ uint32_t raw[kScoreTile * 2][kMaxKeyWords];  // key part of each record slice
   __shared__ float key[kScoreTile * 2][kRecordDim + 1];   // +1: rows in different banks
-  __shared__ float qs[kQueryChunk][2 * kRecordDim];
+  __shared__ __align__(16) float qs[kQueryChunk][2 * kRecordDim];
   const uint32_t p = blockIdx.y, i0 = blockIdx.x * kScoreTile, tid = threadIdx.x;
   const uint32_t c = pr.num_candidates, d = pr.head_dim, slices = d / kRecordDim, g = pr.group;
   const uint32_t kb = pr.codec.key_bits, key_words = 2 * kb + 1;
@@ -191,101 +192,72 @@ __global__ void __launch_bounds__(kScoreThreads)
       }
       __syncthreads();
     }
-    // One thread per (query, candidate); a warp shares the query, so its reads broadcast.
-    for (uint32_t x = tid; x < jn * kScoreTile; x += kScoreThreads) {
-      const uint32_t jj = x / kScoreTile, i = x % kScoreTile;
-      if (i >= tile) continue;
-      float logit = 0.0f;
+    // Lane i of warp w: candidate i against queries w, w + 8, w + 16, w + 24 of the chunk, four
+    // chains in flight. Each key element is read once for the four, the queries four elements at
+    // a time (one broadcast read a warp); every dot is still its own chain over e, as the CPU's.
+    if (lane < tile) {
+      float logit[kQueriesPerThread] = {};
       for (uint32_t s = 0; s < slices; ++s) {
-        const float* qv = &qs[jj][s * kRecordDim];
-        const float* kv = key[i * slices + s];
-        float dot = 0.0f;
-        for (uint32_t e = 0; e < kRecordDim; ++e) dot = __fadd_rn(dot, __fmul_rn(qv[e], kv[e]));
-        logit = __fadd_rn(logit, __fmul_rn(dot, inv_sqrt_d));
+        const float* kv = key[lane * slices + s];
+        float dot[kQueriesPerThread] = {};
+        for (uint32_t e = 0; e < kRecordDim; e += 4) {
+          const float k0 = kv[e], k1 = kv[e + 1], k2 = kv[e + 2], k3 = kv[e + 3];
+#pragma unroll
+          for (uint32_t u = 0; u < kQueriesPerThread; ++u) {
+            const uint32_t jj = warp + u * kScoreWarps;
+            if (jj >= jn) break;
+            const float4 q4 = *reinterpret_cast<const float4*>(&qs[jj][s * kRecordDim + e]);
+            dot[u] = __fadd_rn(dot[u], __fmul_rn(q4.x, k0));
+            dot[u] = __fadd_rn(dot[u], __fmul_rn(q4.y, k1));
+            dot[u] = __fadd_rn(dot[u], __fmul_rn(q4.z, k2));
+            dot[u] = __fadd_rn(dot[u], __fmul_rn(q4.w, k3));
+          }
+        }
+#pragma unroll
+        for (uint32_t u = 0; u < kQueriesPerThread; ++u)
+          logit[u] = __fadd_rn(logit[u], __fmul_rn(dot[u], inv_sqrt_d));
       }
-      logits[(size_t{p} * g + j0 + jj) * c + i0 + i] = logit;
+#pragma unroll
+      for (uint32_t u = 0; u < kQueriesPerThread; ++u) {
+        const uint32_t jj = warp + u * kScoreWarps;
+        if (jj < jn) logits[(size_t{p} * g + j0 + jj) * c + i0 + lane] = logit[u];
+      }
     }
   }
-}
-
-// Scratch of GroupWeightKeys's block reductions.
-struct WeightScratch {
-  float part[kSelectWarps][kQueriesPerPass];
-  float total[kQueriesPerPass];
-};
-
-// Block-wide max (kMax) or sum of v[jj] for each jj, into every thread's v[jj].
-template <bool kMax>
-__device__ __forceinline__ void BlockReduce(float (&v)[kQueriesPerPass], WeightScratch* ws) {
-  const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-#pragma unroll
-  for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
-    float x = v[jj];
-    for (int o = 16; o > 0; o >>= 1) {
-      const float y = __shfl_xor_sync(0xFFFFFFFFu, x, o);
-      x = kMax ? fmaxf(x, y) : x + y;
-    }
-    if (lane == 0) ws->part[warp][jj] = x;
-  }
-  __syncthreads();
-  if (tid < kQueriesPerPass) {
-    float x = ws->part[0][tid];
-    for (uint32_t w = 1; w < kSelectWarps; ++w)
-      x = kMax ? fmaxf(x, ws->part[w][tid]) : x + ws->part[w][tid];
-    ws->total[tid] = x;
-  }
-  __syncthreads();
-#pragma unroll
-  for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) v[jj] = ws->total[jj];
-  __syncthreads();  // ws is reused by the next reduction
 }
 
 // The group weight of each candidate this thread holds (candidate tid + r · kSelectThreads), as
 // a selection key: Σ_j exp(l_ji − max_j) / Σ_i exp(l_ji − max_j), summed in query order as
 // RerankTopK does, but in float (RerankTopK's exp and row sums are double): the weights agree to
-// a few float roundings, which only a near-tie at the k-th place can notice. The logits of
-// kQueriesPerPass queries are loaded at once, one round trip.
+// a few float roundings, which only a near-tie at the k-th place can notice. First one warp per
+// query finds its maximum and normaliser (`stats`, g entries); then every thread sums its
+// candidates' weights over the queries, with no barrier between queries. (Block-wide reductions
+// for each query took 0.35 ms for a prefill block of g = 192 queries.)
 __device__ void GroupWeightKeys(const float* lg, uint32_t g, uint32_t c, uint32_t used,
-                                WeightScratch* ws, uint64_t (&keys)[kItemsPerThread]) {
-  const uint32_t tid = threadIdx.x;
+                                float2* stats, uint64_t (&keys)[kItemsPerThread]) {
+  const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  for (uint32_t j = warp; j < g; j += kSelectWarps) {
+    const float* row = lg + size_t{j} * c;
+    float mx = -INFINITY;
+#pragma unroll 8
+    for (uint32_t i = lane; i < used; i += 32) mx = fmaxf(mx, row[i]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, o));
+    float total = 0.0f;
+#pragma unroll 8
+    for (uint32_t i = lane; i < used; i += 32) total += expf(row[i] - mx);
+    for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xFFFFFFFFu, total, o);
+    if (lane == 0) stats[j] = make_float2(mx, total);
+  }
+  __syncthreads();
   float w[kItemsPerThread] = {};
-  for (uint32_t j0 = 0; j0 < g; j0 += kQueriesPerPass) {
-    const uint32_t jn = min(kQueriesPerPass, g - j0);
-    float l[kQueriesPerPass][kItemsPerThread];
+  for (uint32_t j = 0; j < g; ++j) {
+    const float2 st = stats[j];
+    const float* row = lg + size_t{j} * c;
 #pragma unroll
-    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj)
-#pragma unroll
-      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
-        const uint32_t i = tid + r * kSelectThreads;  // rows past `used` are read, then ignored
-        l[jj][r] = jj < jn && i < c ? lg[size_t{j0 + jj} * c + i] : -INFINITY;
-      }
-    float total[kQueriesPerPass];
-#pragma unroll
-    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
-      total[jj] = -INFINITY;
-#pragma unroll
-      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
-        if (tid + r * kSelectThreads >= used) l[jj][r] = -INFINITY;
-        total[jj] = fmaxf(total[jj], l[jj][r]);
-      }
+    for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+      const uint32_t i = tid + r * kSelectThreads;
+      if (i < used) w[r] += __fdiv_rn(expf(row[i] - st.x), st.y);
     }
-    BlockReduce<true>(total, ws);  // each query's maximum
-#pragma unroll
-    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
-      const float mx = total[jj];
-      total[jj] = 0.0f;
-#pragma unroll
-      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
-        l[jj][r] = l[jj][r] == -INFINITY ? 0.0f : expf(l[jj][r] - mx);
-        total[jj] += l[jj][r];
-      }
-    }
-    BlockReduce<false>(total, ws);  // each query's softmax normaliser
-#pragma unroll
-    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj)
-      if (jj < jn)
-#pragma unroll
-        for (uint32_t r = 0; r < kItemsPerThread; ++r) w[r] += __fdiv_rn(l[jj][r], total[jj]);
   }
 #pragma unroll
   for (uint32_t r = 0; r < kItemsPerThread; ++r) {
@@ -373,7 +345,7 @@ __device__ void DecodeSlices(const RerankGatherParams& pr, uint32_t p, uint32_t 
 // One block per problem: weights, top-k, ids ascending, then the winners' records decoded.
 __global__ void __launch_bounds__(kSelectThreads)
     RerankSelectKernel(RerankGatherParams pr, const float* logits) {
-  __shared__ WeightScratch weight_scratch;
+  __shared__ float2 stats[kGatherMaxGroup];
   __shared__ uint32_t hist[256], shared3[3], picked_count;
   __shared__ uint32_t picked[kGatherMaxTopK], sorted[kGatherMaxTopK];
   __shared__ uint32_t raw[kGatherSlices][kRecordWords];
@@ -384,7 +356,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   const bool aligned = ((reinterpret_cast<uintptr_t>(base) | pr.record_stride_bytes) & 3) == 0;
   if (tid == 0) picked_count = 0;
   uint64_t keys[kItemsPerThread];
-  GroupWeightKeys(logits + size_t{p} * g * c, g, c, used, &weight_scratch, keys);
+  GroupWeightKeys(logits + size_t{p} * g * c, g, c, used, stats, keys);
   // With m = used every candidate is chosen: threshold 0 takes them all.
   const uint64_t threshold = m < used ? RadixSelect(keys, used, m, hist, shared3) : 0;
   const uint32_t* cand = pr.candidates + size_t{p} * c;

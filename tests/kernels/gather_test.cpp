@@ -73,20 +73,22 @@ struct Case {
   Place place;
   uint32_t base_offset, stride_pad;  // misaligned or padded record placement
   bool rotate_on_host, bf16_out, with_counts;
+  uint32_t group = 3;  // queries per problem: a decode step's GQA group, or a prefill block's
 };
 
 std::string Describe(const Case& cs) {
   return "codec " + std::to_string(cs.codec_id) + ", d " + std::to_string(cs.head_dim) + ", " +
          PlaceName(cs.place) + ", offset " + std::to_string(cs.base_offset) + ", stride pad " +
          std::to_string(cs.stride_pad) + (cs.rotate_on_host ? ", host-rotated q" : "") +
-         (cs.bf16_out ? ", bf16 out" : "") + (cs.with_counts ? ", counts" : "");
+         (cs.bf16_out ? ", bf16 out" : "") + (cs.with_counts ? ", counts" : "") + ", g " +
+         std::to_string(cs.group);
 }
 
 void RunCase(const Case& cs) {
   INFO(Describe(cs));
   RecordCodec codec;
   REQUIRE(RecordCodec::FromId(cs.codec_id, &codec));
-  const uint32_t P = 3, g = 3, N = 2500, c = 1000, k = 64, d = cs.head_dim, slices = d / 64;
+  const uint32_t P = 3, g = cs.group, N = 2500, c = 1000, k = 64, d = cs.head_dim, slices = d / 64;
   const uint64_t stride = slices * kRecordBytes + cs.stride_pad;
   RecordBuffer buf(cs.base_offset + P * N * stride, cs.place);
   Rng rng{1000 + cs.codec_id * 10 + d + uint32_t(cs.place)};
@@ -212,6 +214,9 @@ TEST_CASE("RerankGather chooses as RerankTopK and decodes as RecordCodec::Decode
         if (id == 4) cs.base_offset = 1, cs.stride_pad = 3;  // byte-aligned records
         RunCase(cs);
       }
+  // A prefill block's re-rank: g · 64 queries, in several of the score kernel's query chunks.
+  for (uint32_t d : {64u, 128u})
+    for (uint32_t g : {37u, 192u}) RunCase(Case{3, d, Place::kMappedHost, 0, 0, false, false, true, g});
 }
 
 TEST_CASE("RerankGather breaks equal weights toward the lower candidate index") {

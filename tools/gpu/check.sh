@@ -4,7 +4,8 @@
 #
 #   bash tools/gpu/check.sh [STEPS]        STEPS: a comma list of
 #     quick     tools/gpu/quick_check.sh (every GPU test, eager == graphed logits, 4K/32K decode)
-#     prefill   256K prefill with KIV_PROFILE=1, fused attention and KIV_ATTENTION_REFERENCE=1
+#     prefill   256K prefill with KIV_PROFILE=1 (per-phase seconds of the cache)
+#     prefill-ab  the same with the fused attention and with KIV_ATTENTION_REFERENCE=1
 #     1m        kiv bench speed at 4K and 1M (decode median, prefill seconds, GPU memory)
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #
@@ -31,8 +32,9 @@ if has quick; then
 fi
 [ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
   --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1
-if has prefill; then
-  for mode in fused reference; do
+if has prefill || has prefill-ab; then
+  modes=fused; has prefill-ab && modes="fused reference"
+  for mode in $modes; do
     env_set=""; [ "$mode" = reference ] && env_set="KIV_ATTENTION_REFERENCE=1"
     env KIV_PROFILE=1 $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 262144 \
       --full-max 0 --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/prefill-256k-$mode.json" \
