@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <string_view>
 #include <initializer_list>
 
 #include "kernels/layer.h"
@@ -260,6 +261,13 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& c) {
 }
 
 at::ScalarType DefaultDtype(c10::Device device) {
+  // KIV_DTYPE=float32 or bfloat16 overrides the device's default (for A/B runs of precision).
+  if (const char* e = std::getenv("KIV_DTYPE"); e != nullptr && *e != '\0') {
+    const std::string_view v(e);
+    if (v == "float32") return at::kFloat;
+    if (v == "bfloat16") return at::kBFloat16;
+    TORCH_CHECK(false, "KIV_DTYPE=", v, ": expected float32 or bfloat16");
+  }
   return device.is_cuda() ? at::kBFloat16 : at::kFloat;
 }
 

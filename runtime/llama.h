@@ -32,7 +32,8 @@ class KvCache;
 // float32 values bit for bit.
 at::Tensor RopeInverseFrequencies(const ModelConfig& config);
 
-// The dtype kiv runs a model in on `device`: float32 on the CPU, bfloat16 on CUDA.
+// The dtype kiv runs a model in on `device`: float32 on the CPU, bfloat16 on CUDA; the environment
+// variable KIV_DTYPE (float32 or bfloat16) overrides it.
 at::ScalarType DefaultDtype(c10::Device device);
 
 class LlamaModel {

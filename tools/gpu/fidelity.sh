@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs THERE, after tools/gpu/device_setup.sh with both model halves (the two back-to-back calls of
+# tools/gpu/README.md): kiv's fidelity on CUDA with the real SmolLM2-135M-Instruct weights.
+#
+#   bash tools/gpu/fidelity.sh [PARTS]     PARTS: a comma list of
+#     kl            KL against the full cache (bf16, defaults, no codec arm, no recall)
+#     needle        the needle grid (bf16, defaults)
+#     needle-fp32   the needle grid with the model in float32 (KIV_DTYPE=float32), as on the CPU
+#   default: kl,needle,needle-fp32
+#
+# JSON and logs to $OUT (or .gpu/fidelity): kl.json, needle.json, needle-fp32.json and one
+# fidelity.log with every run's summary lines.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source tools/gpu/env.sh
+B=$KIV_BUILD_DIR
+OUTDIR=${OUT:-$KIV_GPU/fidelity}
+mkdir -p "$OUTDIR"
+PARTS=${1:-kl,needle,needle-fp32}
+MODEL=$KIV_CACHE/models/SmolLM2-135M-Instruct
+[ -f "$MODEL/.complete" ] || { echo "fidelity: no model at $MODEL (carry both halves)"; exit 1; }
+F=(--model "$MODEL" --text-dir "$KIV_CACHE/text/austen" --device cuda)
+has() { case ",$PARTS," in *",$1,"*) return 0 ;; esac; return 1; }
+status=0
+run() {  # name, env assignment or "", kiv bench fidelity arguments...
+  local name=$1 env_set=$2; shift 2
+  echo "== $name ($env_set $*)" >>"$OUTDIR/fidelity.log"
+  if ! env $env_set "$B/cli/kiv" bench fidelity "${F[@]}" "$@" --out "$OUTDIR/$name.json" \
+      2>>"$OUTDIR/fidelity.log"; then
+    echo "$name: FAILED"; status=1
+  fi
+}
+has kl && run kl "" --parts kl --no-codec-arm --no-recall
+has needle && run needle "" --parts needle
+has needle-fp32 && run needle-fp32 "KIV_DTYPE=float32" --parts needle
+tail -40 "$OUTDIR/fidelity.log"
+exit "$status"
