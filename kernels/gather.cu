@@ -34,6 +34,7 @@ constexpr uint32_t kQueriesPerThread = kQueryChunk / kScoreWarps;
 constexpr uint32_t kSelectThreads = 512;
 constexpr uint32_t kSelectWarps = kSelectThreads / 32;
 constexpr uint32_t kItemsPerThread = kGatherMaxCandidates / kSelectThreads;
+constexpr uint32_t kQueriesPerPass = 4;  // queries whose logits GroupWeightKeys loads at once
 constexpr uint32_t kGatherSlices = 128;  // 104-byte records decoded per round of the select kernel
 constexpr uint32_t kRecordWords = kRecordBytes / 4;
 constexpr uint32_t kMaxKeyWords = (8 * 11 + 4) / 4;  // key codes + scale + min at 11 bits
@@ -236,27 +237,58 @@ __global__ void __launch_bounds__(kScoreThreads)
 __device__ void GroupWeightKeys(const float* lg, uint32_t g, uint32_t c, uint32_t used,
                                 float2* stats, uint64_t (&keys)[kItemsPerThread]) {
   const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  // A row's values in rounds of 32 a lane, every load of a round issued before any is used: one
+  // round trip a round (1,024 candidates), and the second pass finds them in L1.
+  constexpr uint32_t kRound = 32;
   for (uint32_t j = warp; j < g; j += kSelectWarps) {
     const float* row = lg + size_t{j} * c;
     float mx = -INFINITY;
-#pragma unroll 8
-    for (uint32_t i = lane; i < used; i += 32) mx = fmaxf(mx, row[i]);
+    for (uint32_t base = 0; base < used; base += 32 * kRound) {
+      float v[kRound];
+#pragma unroll
+      for (uint32_t u = 0; u < kRound; ++u) {
+        const uint32_t i = base + u * 32 + lane;
+        v[u] = i < used ? row[i] : -INFINITY;
+      }
+#pragma unroll
+      for (uint32_t u = 0; u < kRound; ++u) mx = fmaxf(mx, v[u]);
+    }
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, o));
     float total = 0.0f;
-#pragma unroll 8
-    for (uint32_t i = lane; i < used; i += 32) total += expf(row[i] - mx);
+    for (uint32_t base = 0; base < used; base += 32 * kRound) {
+      float v[kRound];
+#pragma unroll
+      for (uint32_t u = 0; u < kRound; ++u) {
+        const uint32_t i = base + u * 32 + lane;
+        v[u] = i < used ? row[i] : -INFINITY;
+      }
+#pragma unroll
+      for (uint32_t u = 0; u < kRound; ++u)
+        if (base + u * 32 + lane < used) total += expf(v[u] - mx);
+    }
     for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xFFFFFFFFu, total, o);
     if (lane == 0) stats[j] = make_float2(mx, total);
   }
   __syncthreads();
+  // The weights, kQueriesPerPass queries' logits loaded at once (one round trip for them).
   float w[kItemsPerThread] = {};
-  for (uint32_t j = 0; j < g; ++j) {
-    const float2 st = stats[j];
-    const float* row = lg + size_t{j} * c;
+  for (uint32_t j0 = 0; j0 < g; j0 += kQueriesPerPass) {
+    const uint32_t jn = min(kQueriesPerPass, g - j0);
+    float l[kQueriesPerPass][kItemsPerThread];
 #pragma unroll
-    for (uint32_t r = 0; r < kItemsPerThread; ++r) {
-      const uint32_t i = tid + r * kSelectThreads;
-      if (i < used) w[r] += __fdiv_rn(expf(row[i] - st.x), st.y);
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj)
+#pragma unroll
+      for (uint32_t r = 0; r < kItemsPerThread; ++r) {
+        const uint32_t i = tid + r * kSelectThreads;
+        l[jj][r] = jj < jn && i < used ? lg[size_t{j0 + jj} * c + i] : 0.0f;
+      }
+#pragma unroll
+    for (uint32_t jj = 0; jj < kQueriesPerPass; ++jj) {
+      if (jj >= jn) break;
+      const float2 st = stats[j0 + jj];
+#pragma unroll
+      for (uint32_t r = 0; r < kItemsPerThread; ++r)
+        if (tid + r * kSelectThreads < used) w[r] += __fdiv_rn(expf(l[jj][r] - st.x), st.y);
     }
   }
 #pragma unroll

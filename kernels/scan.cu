@@ -512,7 +512,7 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
   if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
 
-// Grid (tiles_per_problem, problems).
+// Grid (blocks, problems); in the small mode each block compacts tiles until one lies past n.
 __global__ void __launch_bounds__(kThreads)
     Pass1Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores, Workspace ws) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
@@ -522,10 +522,14 @@ __global__ void __launch_bounds__(kThreads)
     HistPass<1>(p, n, tokens.stride, scores, ws);
     return;
   }
-  // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it.
-  CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
-              ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
-              ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
+  // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it. Tiles until one lies
+  // past the tokens held (the grid is a resident wave, not one block per tile of the capacity).
+  while (CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
+                     ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
+                     ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next) *
+             uint64_t{kTileTokens} <
+         n) {
+  }
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -541,17 +545,22 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Large mode (and c >= n): selected[p][*] = the indices with key > K and the first state.k with
-// key == K, in index order. Grid (tiles_per_problem, problems).
+// key == K, in index order. Grid (blocks, problems), each block compacting tiles until one lies
+// past n.
 __global__ void __launch_bounds__(kThreads)
     CompactKernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
                   uint32_t* selected, uint32_t* counts, Workspace ws) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   PassState* state = &ws.states[p];
   if (state->mode != kModeLarge) return;
-  const uint32_t tile =
-      CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, state->k, selected + size_t{p} * c,
-                  nullptr, ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next);
-  if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
+  for (;;) {
+    const uint32_t tile = CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix,
+                                      state->k, selected + size_t{p} * c, nullptr,
+                                      ws.tiles + size_t{p} * ws.tiles_per_problem,
+                                      &state->tile_next);
+    if (tile == 0 && threadIdx.x == 0 && counts) counts[p] = min(c, n);
+    if (uint64_t{tile} * kTileTokens >= n) break;
+  }
 }
 
 // Position of bit i of a signature in a query blob's half (the k order of MmaScanKernel): within
@@ -814,7 +823,12 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // 8 per SM.
     const uint32_t scan_blocks =
         std::clamp((uint32_t(sms) * kScanBlocksPerSm + groups - 1) / groups, 1u, scan_rounds);
-    const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u, rounds);
+    const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 4 + count - 1) / count, 1u, rounds);
+    // The compactions hand tiles out in order and loop until one lies past the tokens held: a
+    // wave of blocks that stay resident, not one block per tile of the capacity (at 1M tokens of
+    // capacity that was 256 blocks a problem, nearly all of them returning at once at 4K).
+    const uint32_t compact_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u,
+                                               ws.tiles_per_problem);
     const int rc = a.words == 1 ? LaunchScanWords<1>(chunk, groups, scan_blocks, a, ws, stream)
                    : a.words == 2
                        ? LaunchScanWords<2>(chunk, groups, scan_blocks, a, ws, stream)
@@ -823,14 +837,14 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).
     if (a.n_device || a.c < a.n) {
-      Pass1Kernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(first, tokens, a.c,
-                                                                              a.scores, ws);
+      Pass1Kernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c,
+                                                                         a.scores, ws);
       KIV_CUDA_CALL(cudaGetLastError());
       Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c, a.scores,
                                                                      a.selected, a.counts, ws);
       KIV_CUDA_CALL(cudaGetLastError());
     }
-    CompactKernel<<<dim3(ws.tiles_per_problem, count), kThreads, 0, stream>>>(
+    CompactKernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(
         first, tokens, a.c, a.scores, a.selected, a.counts, ws);
     KIV_CUDA_CALL(cudaGetLastError());
   }
