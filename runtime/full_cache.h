@@ -34,7 +34,8 @@ inline constexpr int64_t kNoCausalMask = std::numeric_limits<int64_t>::max();
 //   exp(score(i, j) - lse_i) v_j, accumulated in float32 and returned in q's dtype.
 // - A query that sees no key (T = 0, or all masked) gets out = 0 and lse = -inf, so merging it
 //   with anything leaves the other part unchanged.
-// Runs AttentionWithLseFused where FusedAttentionApplies, else AttentionWithLseReference;
+// Runs AttentionWithLseFused on CUDA for 64 or more queries per head where
+// FusedAttentionApplies (prefill chunks), else AttentionWithLseReference (decode steps, the CPU);
 // KIV_ATTENTION_REFERENCE=1 in the environment (read once) forces the reference, for A/B runs.
 PartialAttention AttentionWithLse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   int64_t causal_offset = kNoCausalMask);

@@ -120,6 +120,14 @@ TEST_CASE("AttentionWithLseFused: no keys, no queries, and the dispatcher") {
   torch::Tensor q12 = torch::randn({2, 3, 12}), k12 = torch::randn({1, 5, 12});
   CHECK(torch::equal(kiv::AttentionWithLse(q12, k12, k12, 2).out,
                      kiv::AttentionWithLseReference(q12, k12, k12, 2).out));
+  // On the CPU the dispatcher keeps the reference even where the fused kernel applies (a chunk of
+  // 128 queries at d 64): every CPU fidelity number was measured on it.
+  torch::Tensor q64 = torch::randn({6, 128, 64}), k64 = torch::randn({2, 300, 64});
+  REQUIRE(kiv::FusedAttentionApplies(q64, k64, k64));
+  const kiv::PartialAttention cpu = kiv::AttentionWithLse(q64, k64, k64, 172);
+  const kiv::PartialAttention ref = kiv::AttentionWithLseReference(q64, k64, k64, 172);
+  CHECK(torch::equal(cpu.out, ref.out));
+  CHECK(torch::equal(cpu.lse, ref.lse));
 }
 
 // The merge's weights are sigmoid(a.lse - b.lse) and its complement, the reference's
