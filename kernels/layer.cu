@@ -110,6 +110,30 @@ __global__ void SwiGluKernel(SwiGluParams p) {
   }
 }
 
+// Block b < q_heads: q's head b to float; then kv_heads blocks of k rows, then of v rows.
+__global__ void DecodeKvWriteKernel(DecodeKvWriteParams p) {
+  const uint32_t b = blockIdx.x, d = p.head_dim;
+  if (b < p.q_heads) {
+    for (uint32_t i = threadIdx.x; i < d; i += blockDim.x)
+      p.q_out[uint64_t{b} * d + i] = Read(p.q, p.dtype, b * p.q_stride + i);
+    return;
+  }
+  const int64_t row = *p.row;
+  if (row < 0 || uint64_t(row) >= p.hot_rows) return;
+  const bool is_v = b >= p.q_heads + p.kv_heads;
+  const uint32_t h = b - p.q_heads - (is_v ? p.kv_heads : 0);
+  const void* src = is_v ? p.v : p.k;
+  void* dst = is_v ? p.hot_v : p.hot_k;
+  const uint64_t from = h * (is_v ? p.v_stride : p.k_stride);
+  const uint64_t to = h * p.hot_stride + uint64_t(row) * d;
+  for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
+    if (p.dtype == DType::kBFloat16)
+      static_cast<__nv_bfloat16*>(dst)[to + i] = static_cast<const __nv_bfloat16*>(src)[from + i];
+    else
+      static_cast<float*>(dst)[to + i] = static_cast<const float*>(src)[from + i];
+  }
+}
+
 int Refuse(std::string* error, const std::string& why) {
   if (error) *error = why;
   return int(cudaErrorInvalidValue);
@@ -165,6 +189,22 @@ int LaunchSwiGlu(const SwiGluParams& p, CUstream_st* stream, std::string* error)
   const uint32_t threads = 256;
   const uint64_t blocks = std::min<uint64_t>((total + threads - 1) / threads, 65535);
   SwiGluKernel<<<uint32_t(blocks), threads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+int LaunchDecodeKvWrite(const DecodeKvWriteParams& p, CUstream_st* stream, std::string* error) {
+  if (!p.q || !p.k || !p.v || !p.hot_k || !p.hot_v || !p.row || !p.q_out)
+    return Refuse(error, "DecodeKvWrite: a null pointer");
+  if (p.head_dim == 0 || p.head_dim > 1024)
+    return Refuse(error, "DecodeKvWrite: head_dim = " + std::to_string(p.head_dim) +
+                             ", not in 1..1024");
+  if (p.hot_stride < p.hot_rows * p.head_dim)
+    return Refuse(error, "DecodeKvWrite: hot_stride = " + std::to_string(p.hot_stride) +
+                             " is less than hot_rows * head_dim");
+  const uint64_t blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
+  if (blocks == 0) return 0;
+  if (blocks > 65535) return Refuse(error, "DecodeKvWrite: more than 65535 heads");
+  DecodeKvWriteKernel<<<uint32_t(blocks), std::min(p.head_dim, 256u), 0, stream>>>(p);
   return int(cudaGetLastError());
 }
 

@@ -69,6 +69,25 @@ struct AddRmsNormParams {
 };
 int LaunchAddRmsNorm(const AddRmsNormParams& p, CUstream_st* stream, std::string* error = nullptr);
 
+// A captured decode step's writes before its cold step, in one kernel instead of three: the new
+// token's k and v rows into the hot tier's buffers at the row a device word holds (as
+// index_copy_ with a device index), and q in float32 (exact from bf16) for the scan and re-rank.
+struct DecodeKvWriteParams {
+  const void* q = nullptr;         // [q_heads][head_dim]: head h at h · q_stride elements
+  const void* k = nullptr;         // [kv_heads][head_dim]: head h at h · k_stride
+  const void* v = nullptr;         // [kv_heads][head_dim]: head h at h · v_stride
+  void* hot_k = nullptr;           // [kv_heads][hot_rows][head_dim]: head h at h · hot_stride
+  void* hot_v = nullptr;           // the same layout and strides as hot_k
+  const int64_t* row = nullptr;    // device: the row to write; outside [0, hot_rows) nothing is
+  float* q_out = nullptr;          // [q_heads][head_dim] contiguous
+  DType dtype = DType::kFloat32;   // of q, k, v and the hot buffers
+  uint32_t q_heads = 0, kv_heads = 0, head_dim = 0;
+  uint64_t q_stride = 0, k_stride = 0, v_stride = 0, hot_stride = 0;  // elements
+  uint64_t hot_rows = 0;
+};
+int LaunchDecodeKvWrite(const DecodeKvWriteParams& p, CUstream_st* stream,
+                        std::string* error = nullptr);
+
 // silu(gate) · up from the output of the concatenated gate/up projection.
 struct SwiGluParams {
   const void* gate_up = nullptr;  // [rows][2 · inter]: gate, then up; row stride in_stride elements
@@ -132,6 +151,22 @@ inline void SwiGluReference(const float* gate_up, float* out, uint32_t rows, uin
       const float g = gate_up[uint64_t{t} * 2 * inter + i];
       const float up = gate_up[uint64_t{t} * 2 * inter + inter + i];
       out[uint64_t{t} * inter + i] = T(T(g / (1.0f + std::exp(-g))) * up);
+    }
+}
+
+// DecodeKvWrite on float values (the copy is exact in either dtype): q heads into q_out, the k and
+// v rows into hot_k / hot_v at `row` (nothing when it is outside [0, hot_rows)).
+inline void DecodeKvWriteReference(const float* q, const float* k, const float* v, float* hot_k,
+                                   float* hot_v, int64_t row, float* q_out,
+                                   const DecodeKvWriteParams& p) {
+  const uint32_t d = p.head_dim;
+  for (uint32_t h = 0; h < p.q_heads; ++h)
+    for (uint32_t i = 0; i < d; ++i) q_out[uint64_t{h} * d + i] = q[h * p.q_stride + i];
+  if (row < 0 || uint64_t(row) >= p.hot_rows) return;
+  for (uint32_t h = 0; h < p.kv_heads; ++h)
+    for (uint32_t i = 0; i < d; ++i) {
+      hot_k[h * p.hot_stride + uint64_t(row) * d + i] = k[h * p.k_stride + i];
+      hot_v[h * p.hot_stride + uint64_t(row) * d + i] = v[h * p.v_stride + i];
     }
 }
 

@@ -615,7 +615,10 @@ __global__ void __launch_bounds__(kThreads)
     float dot[kPer];
 #pragma unroll
     for (uint32_t u = 0; u < kPer; ++u) dot[u] = 0.0f;
+    // Unrolled so that several row loads are in flight: with one query (a decode step) each
+    // iteration otherwise waited a round trip to L2 for its row element.
     if (vec4) {  // dim % 4 == 0, rows and queries 16-byte aligned
+#pragma unroll 8
       for (uint32_t e = 0; e < dim; e += 4) {
         const float4 r = *reinterpret_cast<const float4*>(row + e);
 #pragma unroll
@@ -630,6 +633,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     } else {
+#pragma unroll 8
       for (uint32_t e = 0; e < dim; ++e) {
         const float r = row[e];
 #pragma unroll

@@ -18,6 +18,7 @@
 #include "kernels/attention.h"
 #include "kernels/device.h"
 #include "kernels/encode.h"
+#include "kernels/layer.h"
 #include "kernels/scan.h"
 #endif
 #if KIV_TORCH_CUDA
@@ -438,6 +439,43 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
   return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts,
                   out_dtype == torch::kBFloat16)
       .out.view({Hkv * g, 1, d});
+}
+
+torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Tensor& k,
+                                         const torch::Tensor& v, const torch::Tensor& hot_k,
+                                         const torch::Tensor& hot_v,
+                                         const torch::Tensor& row) const {
+#ifdef KIV_HAVE_KERNELS
+  const auto dtype = q.scalar_type();
+  const int64_t d = shape_.head_dim;
+  const bool rows_contiguous = q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.size(1) == 1 &&
+                               k.size(1) == 1 && v.size(1) == 1 && q.stride(2) == 1 &&
+                               k.stride(2) == 1 && v.stride(2) == 1 && hot_k.stride(2) == 1 &&
+                               hot_k.stride(1) == d && hot_v.strides() == hot_k.strides();
+  const bool alike = (dtype == torch::kBFloat16 || dtype == torch::kFloat32) &&
+                     k.scalar_type() == dtype && v.scalar_type() == dtype &&
+                     hot_k.scalar_type() == dtype && hot_v.scalar_type() == dtype &&
+                     row.scalar_type() == torch::kInt64 && row.numel() == 1 && q.is_cuda() &&
+                     k.device() == q.device() && hot_k.device() == q.device() &&
+                     row.device() == q.device();
+  if (!rows_contiguous || !alike || q.size(2) != d || hot_k.size(2) != d) return {};
+  torch::Tensor qf = torch::empty({q.size(0), 1, d}, q.options().dtype(torch::kFloat32));
+  kernels::DecodeKvWriteParams p;
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
+  p.hot_k = hot_k.data_ptr(), p.hot_v = hot_v.data_ptr();
+  p.row = row.data_ptr<int64_t>(), p.q_out = Ptr<float>(qf);
+  p.dtype = dtype == torch::kBFloat16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat32;
+  p.q_heads = uint32_t(q.size(0)), p.kv_heads = uint32_t(k.size(0)), p.head_dim = uint32_t(d);
+  p.q_stride = uint64_t(q.stride(0)), p.k_stride = uint64_t(k.stride(0));
+  p.v_stride = uint64_t(v.stride(0)), p.hot_stride = uint64_t(hot_k.stride(0));
+  p.hot_rows = uint64_t(hot_k.size(1));
+  std::string error;
+  Check(kernels::LaunchDecodeKvWrite(p, CurrentStream(), &error), error, "LaunchDecodeKvWrite");
+  return qf;
+#else
+  (void)q, (void)k, (void)v, (void)hot_k, (void)hot_v, (void)row;
+  return {};
+#endif
 }
 
 // queries: [reps][H_kv][G][d] float, contiguous. Problem p = (rep, kv-head) re-ranks with its G

@@ -156,6 +156,15 @@ class GpuColdTier {
                                     const at::Tensor& hot_v, const DeviceCounts& counts,
                                     at::ScalarType out_dtype = at::kFloat);
 
+  // A captured decode step's writes before AttendDecodeCapturable, in one kernel: k and v
+  // ([H_kv, 1, d]) into the hot buffers ([H_kv, rows, d], rows of d contiguous) at the row that
+  // `row` (one int64 on the device) holds, as index_copy_(1, row, ·) writes them; returns q
+  // ([H_q, 1, d]) in float32. An undefined tensor, with nothing written, where the layouts do not
+  // fit the kernel (rows of d contiguous elements, one dtype): the caller copies with LibTorch.
+  at::Tensor WriteDecodeKv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& hot_k, const at::Tensor& hot_v,
+                           const at::Tensor& row) const;
+
  private:
   // bf16_out: the attention's out is bf16 (AttendDecode's out_dtype), else float32.
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,

@@ -178,13 +178,18 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     TORCH_CHECK(q.size(1) == 1, "a captured decode step takes one token, not ", q.size(1));
     const int64_t H = shape_.num_kv_heads, row_at = StepRowOffset(), rows = DecodeHotRows();
     const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
-    hot_k_buf_[layer].index_copy_(1, row, k);
-    hot_v_buf_[layer].index_copy_(1, row, v);
+    // One kernel for the two row writes and q's float copy where the layouts allow.
+    torch::Tensor qf = gpu_cold_->WriteDecodeKv(q, k, v, hot_k_buf_[layer], hot_v_buf_[layer], row);
+    if (!qf.defined()) {
+      hot_k_buf_[layer].index_copy_(1, row, k);
+      hot_v_buf_[layer].index_copy_(1, row, v);
+      qf = q;
+    }
     GpuColdTier::DeviceCounts counts;
     counts.hot = reinterpret_cast<const uint32_t*>(step_.data_ptr<int32_t>());
     counts.cold = counts.hot + H;
     return gpu_cold_
-        ->AttendDecodeCapturable(layer, q, hot_k_buf_[layer].narrow(1, 0, rows),
+        ->AttendDecodeCapturable(layer, qf, hot_k_buf_[layer].narrow(1, 0, rows),
                                  hot_v_buf_[layer].narrow(1, 0, rows), counts, DecodeOutDtype(q))
         .to(q.dtype());  // nothing to do when the kernel wrote q's dtype
   }
