@@ -234,34 +234,36 @@ __global__ void __launch_bounds__(kScoreThreads)
 // query finds its maximum and normaliser (`stats`, g entries); then every thread sums its
 // candidates' weights over the queries, with no barrier between queries. (Block-wide reductions
 // for each query took 0.35 ms for a prefill block of g = 192 queries.)
+// A row's values in rounds of kRound a lane (lane + 32u past `base`; −inf past `used`), every
+// load of a round issued before any is used: one round trip a round of 1,024 candidates.
+constexpr uint32_t kRound = 32;
+__device__ __forceinline__ void LoadRound(const float* row, uint32_t base, uint32_t used,
+                                          float (&v)[kRound]) {
+  const uint32_t lane = threadIdx.x % 32;
+#pragma unroll
+  for (uint32_t u = 0; u < kRound; ++u) {
+    const uint32_t i = base + u * 32 + lane;
+    v[u] = i < used ? row[i] : -INFINITY;
+  }
+}
+
 __device__ void GroupWeightKeys(const float* lg, uint32_t g, uint32_t c, uint32_t used,
                                 float2* stats, uint64_t (&keys)[kItemsPerThread]) {
   const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  // A row's values in rounds of 32 a lane, every load of a round issued before any is used: one
-  // round trip a round (1,024 candidates), and the second pass finds them in L1.
-  constexpr uint32_t kRound = 32;
   for (uint32_t j = warp; j < g; j += kSelectWarps) {
     const float* row = lg + size_t{j} * c;
     float mx = -INFINITY;
     for (uint32_t base = 0; base < used; base += 32 * kRound) {
       float v[kRound];
-#pragma unroll
-      for (uint32_t u = 0; u < kRound; ++u) {
-        const uint32_t i = base + u * 32 + lane;
-        v[u] = i < used ? row[i] : -INFINITY;
-      }
+      LoadRound(row, base, used, v);
 #pragma unroll
       for (uint32_t u = 0; u < kRound; ++u) mx = fmaxf(mx, v[u]);
     }
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, o));
-    float total = 0.0f;
+    float total = 0.0f;  // the second pass finds the row in L1
     for (uint32_t base = 0; base < used; base += 32 * kRound) {
       float v[kRound];
-#pragma unroll
-      for (uint32_t u = 0; u < kRound; ++u) {
-        const uint32_t i = base + u * 32 + lane;
-        v[u] = i < used ? row[i] : -INFINITY;
-      }
+      LoadRound(row, base, used, v);
 #pragma unroll
       for (uint32_t u = 0; u < kRound; ++u)
         if (base + u * 32 + lane < used) total += expf(v[u] - mx);
