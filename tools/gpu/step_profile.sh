@@ -68,7 +68,14 @@ case "$mode" in
       --log-file "$OUTDIR/nodes.csv" "$B/cli/kiv" run "${F[@]}" --max-new 2 --session "$session" x \
       >/dev/null 2>&1
     echo "== whole graph (one row per replay; ns) =="
-    grep -i "gpu__time_duration" "$OUTDIR/graph.csv" | tail -6 | awk -F'","' '{print $NF}'
+    python3 - "$OUTDIR/graph.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+head = rows[0]
+ki, ti = head.index("Kernel Name"), head.index("gpu__time_duration.sum")
+for r in rows[1:]:
+    if r[ki] == "graph": print(r[ti])
+PY
     echo "== nodes, summed per kernel over the profiled replays =="
     summary "$OUTDIR/nodes.csv" | tee "$OUTDIR/nodes-summary.txt"
     ;;
