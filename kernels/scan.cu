@@ -494,20 +494,28 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
   __syncthreads();
   const uint32_t key_k = local.prefix, wanted_equal = local.k;
   uint32_t* out = selected + size_t{p} * c;
-  uint32_t run_above = 0, run_equal = 0;  // over the rounds before this one
-  for (uint32_t round = 0; round < total; round += kThreads) {
-    const uint32_t i = round + threadIdx.x;
-    const uint32_t key = i < total ? cand_key[i] : 0;
-    const bool above = i < total && key > key_k, equal = i < total && key == key_k;
-    unsigned long long mine = (static_cast<unsigned long long>(above) << 32) | equal, aggregate;
-    Scan(scan_storage).ExclusiveSum(mine, mine, aggregate);
-    const uint32_t rank_above = run_above + uint32_t(mine >> 32);
-    const uint32_t rank_equal = run_equal + uint32_t(mine);
-    if (above) out[rank_above + min(rank_equal, wanted_equal)] = cand_index[i];
-    if (equal && rank_equal < wanted_equal) out[rank_above + rank_equal] = cand_index[i];
-    run_above += uint32_t(aggregate >> 32);
-    run_equal += uint32_t(aggregate);
-    __syncthreads();  // scan_storage is reused
+  // Each thread a contiguous run of the candidates: its counts, one block scan of them, then its
+  // run written in order (one scan in all, where a scan per 256 candidates cost ~0.5 µs each).
+  const uint32_t per = (total + kThreads - 1) / kThreads;
+  const uint32_t begin = min(total, threadIdx.x * per), end = min(total, begin + per);
+  uint32_t above = 0, equal = 0;
+  for (uint32_t i = begin; i < end; ++i) {
+    const uint32_t key = cand_key[i];
+    above += key > key_k;
+    equal += key == key_k;
+  }
+  unsigned long long mine = (static_cast<unsigned long long>(above) << 32) | equal;
+  Scan(scan_storage).ExclusiveSum(mine, mine);
+  uint32_t rank_above = uint32_t(mine >> 32), rank_equal = uint32_t(mine);
+  for (uint32_t i = begin; i < end; ++i) {
+    const uint32_t key = cand_key[i];
+    if (key > key_k) {
+      out[rank_above + min(rank_equal, wanted_equal)] = cand_index[i];
+      ++rank_above;
+    } else if (key == key_k) {
+      if (rank_equal < wanted_equal) out[rank_above + rank_equal] = cand_index[i];
+      ++rank_equal;
+    }
   }
   if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
 }
