@@ -25,13 +25,12 @@ status=0
 log() { echo "$@" | tee -a "$OUTDIR/check.log"; }
 has() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
 
-log "# check.sh $STEPS at $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+log "# check.sh $STEPS on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
 if has quick; then
   OUT=$work/quick bash tools/gpu/quick_check.sh "$MODEL" "${FLAGS[@]}" 2>&1 | tee -a "$OUTDIR/check.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
-[ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
-  --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1
+kiv_random_model same "$MODEL" >/dev/null 2>&1
 if has prefill || has prefill-ab; then
   modes=fused; has prefill-ab && modes="fused reference"
   for mode in $modes; do

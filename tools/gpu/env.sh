@@ -48,6 +48,13 @@ if [ -z "${TORCH_PREFIX:-}" ]; then
   TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null || true)
   export TORCH_PREFIX
 fi
+# Random weights of a model's shape in DIR unless it has them already (speed does not depend on the
+# weights): kiv_random_model SHAPE DIR [TOKENIZER_DIR], SHAPE as make_random_model.py --shape
+# takes it (same, 1b); the tokenizer from .gpu/tokenizer unless given.
+kiv_random_model() {
+  [ -f "$2/model.safetensors" ] || python3 "$KIV_ROOT/tools/gpu/make_random_model.py" \
+    --shape "$1" --tokenizer-from "${3:-$KIV_GPU/tokenizer}" --out "$2"
+}
 # Tokenizers and transformers: never reach for the network (there is none there).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 # Multi-GPU kinds: keep NVLink multicast off (KINDS.md); harmless on one GPU.

@@ -12,8 +12,7 @@ B=$KIV_BUILD_DIR
 OUTDIR=${OUT:-$KIV_GPU/quick}
 mkdir -p "$OUTDIR"
 MODEL=${1:-/tmp/kiv-random-smollm2}; shift || true
-[ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
-  --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null 2>&1 || { echo "no model"; exit 1; }
+kiv_random_model same "$MODEL" >/dev/null 2>&1 || { echo "no model"; exit 1; }
 status=0
 for t in kernels/kernels_layer_test kernels/kernels_scan_test kernels/kernels_encode_test kernels/kernels_merge_test kernels/kernels_gather_test \
          kernels/kernels_attention_test runtime/runtime_attention_test runtime/runtime_tiered_cache_test; do

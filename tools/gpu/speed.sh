@@ -28,7 +28,7 @@ if [ ! -f "$SMOL/.complete" ]; then
   [ -f "$TOK/tokenizer.json" ] || { echo "speed: no model and no .gpu/tokenizer (carry it)"; exit 1; }
   SMOL=/tmp/kiv-random-smollm2
   echo "speed: SmolLM2's real weights are not here: random weights of its shape in $SMOL"
-  [ -f "$SMOL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same --tokenizer-from "$TOK" --out "$SMOL" || exit 1
+  kiv_random_model same "$SMOL" "$TOK" || exit 1
 fi
 if [ "$which" = smollm2 ] || [ "$which" = both ]; then
   echo "== kiv bench speed: SmolLM2-135M =="
@@ -39,7 +39,7 @@ fi
 if [ "$which" = 1b ] || [ "$which" = both ]; then
   echo "== kiv bench speed: random-weight Llama 1B =="
   R1B=/tmp/kiv-random-1b
-  [ -f "$R1B/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape 1b --tokenizer-from "$TOK" --out "$R1B" || status=1
+  kiv_random_model 1b "$R1B" "$TOK" || status=1
   "$B/cli/kiv" bench speed --model "$R1B" --contexts "$CONTEXTS" --full-max "$FULL_MAX" \
     --dir /tmp/kiv-speed "$@" --out "$OUTDIR/speed-1b.json" || status=1
   rm -rf /tmp/kiv-speed

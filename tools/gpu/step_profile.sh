@@ -24,8 +24,7 @@ OUTDIR=${OUT:-$KIV_GPU/step-profile}
 mkdir -p "$OUTDIR"
 command -v ncu >/dev/null || { echo "step_profile: no ncu on this machine"; exit 1; }
 MODEL=/tmp/kiv-random-smollm2
-[ -f "$MODEL/model.safetensors" ] || python3 tools/gpu/make_random_model.py --shape same \
-  --tokenizer-from "$KIV_GPU/tokenizer" --out "$MODEL" >/dev/null || exit 1
+kiv_random_model same "$MODEL" >/dev/null || exit 1
 TEXT=$KIV_GPU/text/austen
 mode=${1:-decode}
 bytes=${2:-}
