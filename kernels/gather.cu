@@ -227,13 +227,6 @@ __global__ void __launch_bounds__(kScoreThreads)
   }
 }
 
-// The group weight of each candidate this thread holds (candidate tid + r · kSelectThreads), as
-// a selection key: Σ_j exp(l_ji − max_j) / Σ_i exp(l_ji − max_j), summed in query order as
-// RerankTopK does, but in float (RerankTopK's exp and row sums are double): the weights agree to
-// a few float roundings, which only a near-tie at the k-th place can notice. First one warp per
-// query finds its maximum and normaliser (`stats`, g entries); then every thread sums its
-// candidates' weights over the queries, with no barrier between queries. (Block-wide reductions
-// for each query took 0.35 ms for a prefill block of g = 192 queries.)
 // A row's values in rounds of kRound a lane (lane + 32u past `base`; −inf past `used`), every
 // load of a round issued before any is used: one round trip a round of 1,024 candidates.
 constexpr uint32_t kRound = 32;
@@ -247,6 +240,13 @@ __device__ __forceinline__ void LoadRound(const float* row, uint32_t base, uint3
   }
 }
 
+// The group weight of each candidate this thread holds (candidate tid + r · kSelectThreads), as
+// a selection key: Σ_j exp(l_ji − max_j) / Σ_i exp(l_ji − max_j), summed in query order as
+// RerankTopK does, but in float (RerankTopK's exp and row sums are double): the weights agree to
+// a few float roundings, which only a near-tie at the k-th place can notice. First one warp per
+// query finds its maximum and normaliser (`stats`, g entries); then every thread sums its
+// candidates' weights over the queries, with no barrier between queries. (Block-wide reductions
+// for each query took 0.35 ms for a prefill block of g = 192 queries.)
 __device__ void GroupWeightKeys(const float* lg, uint32_t g, uint32_t c, uint32_t used,
                                 float2* stats, uint64_t (&keys)[kItemsPerThread]) {
   const uint32_t tid = threadIdx.x, warp = tid / 32, lane = tid % 32;

@@ -532,11 +532,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   // Every key >= b0 << 21: key > b0 << 21, and all of those equal to it. Tiles until one lies
   // past the tokens held (the grid is a resident wave, not one block per tile of the capacity).
-  while (CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
-                     ws.cand_index + size_t{p} * kCandidates, ws.cand_key + size_t{p} * kCandidates,
-                     ws.tiles + size_t{p} * ws.tiles_per_problem, &state->tile_next) *
-             uint64_t{kTileTokens} <
-         n) {
+  for (;;) {
+    const uint32_t tile = CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix, ~0u,
+                                      ws.cand_index + size_t{p} * kCandidates,
+                                      ws.cand_key + size_t{p} * kCandidates,
+                                      ws.tiles + size_t{p} * ws.tiles_per_problem,
+                                      &state->tile_next);
+    if (uint64_t{tile} * kTileTokens >= n) break;
   }
 }
 
