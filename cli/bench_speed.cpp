@@ -90,6 +90,9 @@ struct Point {
   uint64_t archive_bytes = 0;
   uint64_t cold_tokens = 0;
   uint64_t whole_step_captures = 0;  // so far in the arm: 0 when no step ran as one graph
+  // The point's decode steps (warm-up included): GPU scans whose guessed threshold held, and
+  // those that fell back to the full select (kernels/scan.h).
+  uint64_t scan_guess_held = 0, scan_guess_missed = 0;
 };
 
 // Grows one session through the contexts; false after saying why.
@@ -119,6 +122,7 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
       prefill_s += Seconds(t0, Clock::now());
       fed = context;
     }
+    const SessionStats before = s.stats();
     std::vector<double> ms;
     const size_t want = size_t{o.warmup} + 1 + o.decode_steps;
     for (int call = 0; call < 16 && ms.size() < want; ++call) {  // a stop token ends a call
@@ -151,12 +155,17 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.archive_bytes = st.archive_bytes;
     p.cold_tokens = st.cold_tokens;
     p.whole_step_captures = st.whole_step_captures;
+    p.scan_guess_held = st.scan_guess_held - before.scan_guess_held;
+    p.scan_guess_missed = st.scan_guess_missed - before.scan_guess_missed;
     std::cerr << label << ": " << context << " tokens: prefill " << prefill_s << " s, decode "
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
               << " tokens/s)";
     if (p.gpu_used_bytes > 0) std::cerr << ", GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use";
     if (p.whole_step_captures > 0)
       std::cerr << ", whole-step graphs captured " << p.whole_step_captures;
+    if (p.scan_guess_held + p.scan_guess_missed > 0)
+      std::cerr << ", scan guesses held " << p.scan_guess_held << " missed "
+                << p.scan_guess_missed;
     std::cerr << '\n';
     points->push_back(p);
   }
@@ -179,6 +188,7 @@ void WritePoints(JsonWriter& w, const std::vector<Point>& points) {
     w.Field("gpu_used_bytes", p.gpu_used_bytes).Field("cache_device_bytes", p.cache_device_bytes);
     w.Field("host_rss_bytes", p.host_rss).Field("archive_bytes", p.archive_bytes);
     w.Field("cold_tokens", p.cold_tokens).Field("whole_step_captures", p.whole_step_captures);
+    w.Field("scan_guess_held", p.scan_guess_held).Field("scan_guess_missed", p.scan_guess_missed);
     if (p.cold_tokens > 0)
       w.Field("archive_bytes_per_cold_token", double(p.archive_bytes) / double(p.cold_tokens));
     w.EndObject();

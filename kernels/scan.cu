@@ -59,6 +59,12 @@ constexpr uint32_t kHistWords = kBins0 + kBins1 + kBins2;
 // bin b0 (2 mantissa bits wide) holds a few thousand; more than this takes the large mode.
 constexpr uint32_t kCandidates = 16384;
 constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
+// The guess for the next call sits this fraction of |z| below this call's threshold z (in units
+// of the query's scale · sqrt(Σ qq²)): at 1M Gaussian-like scores, c = 342 lie above z ≈ 3.4 and
+// about 5,600 above 0.75 z, well inside [c, kCandidates] however the next query moves the tail.
+constexpr float kGuessMargin = 0.25f;
+// The guess scan's gather key when a problem has no guess: above every non-NaN score's key.
+constexpr uint32_t kNoGather = 0xFFFFFFFFu;
 
 // Per problem, in the workspace.
 struct PassState {
@@ -68,8 +74,11 @@ struct PassState {
   uint32_t tile_next;  // compaction: the next tile id to hand out
   uint32_t mode;       // kModeSmall or kModeLarge, set by the scan's last block
   uint32_t count;      // bucket size after ChooseBin; the candidates' count in the small mode
+  uint32_t appended;   // guess: the tokens that scored at or above the guess (some may not fit)
+  float unit;          // guess: the query's scale · sqrt(Σ qq²), the guess's unit
+  uint32_t pad[2];
 };
-static_assert(sizeof(PassState) == 32);
+static_assert(sizeof(PassState) == 48);
 
 struct Workspace {
   PassState* states;          // [P]
@@ -93,6 +102,13 @@ struct TokenCount {
   const uint32_t* device;
   __device__ __forceinline__ uint32_t Get() const { return device ? min(*device, stride) : stride; }
 };
+
+// Whether a problem's guess held: at least c tokens scored at or above it (so the c largest are
+// among them) and they all fit the candidate buffer. Every kernel after the guess scan asks.
+__device__ __forceinline__ bool GuessHeld(const PassState* state, uint32_t c, uint32_t n) {
+  const uint32_t appended = state->appended;
+  return c < n && appended >= c && appended <= kCandidates;
+}
 
 uint32_t TilesPerProblem(uint32_t n) { return (n + kTileTokens - 1) / kTileTokens; }
 
@@ -123,6 +139,18 @@ size_t ClearedBytes(uint32_t num_problems, uint32_t n) {
 
 __device__ __forceinline__ uint32_t DeviceKey(float score) {
   return ScoreKeyFromBits(__float_as_uint(score));
+}
+
+// The float whose key is `key` (ScoreKeyFromBits inverted; −0 comes back as +0).
+__device__ __forceinline__ float ScoreOfKey(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+// The next call's guess from this call's threshold key: its score in the query's unit, lowered
+// by kGuessMargin of its size. NaN (no guess) where the unit is zero (a zero query).
+__device__ void WriteGuess(float* guess, uint32_t key_k, float unit) {
+  const float z = ScoreOfKey(key_k) / unit;
+  *guess = unit > 0.0f && isfinite(z) ? z - kGuessMargin * fabsf(z) : __uint_as_float(0x7FC00000u);
 }
 
 // True in every thread of the block that finished last among the grid's blocks of this problem.
@@ -187,6 +215,117 @@ __device__ __forceinline__ void MmaS8(int32_t (&d)[4], uint32_t a0, uint32_t a1,
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ uint32_t WarpSum(uint32_t x) {
+#pragma unroll
+  for (uint32_t offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
+  return x;
+}
+
+// One level of a radix select in one block over `total` items: the histogram of bits
+// [kShift, kShift + log2 kBins) of the keys of the items that are `in` and whose bits from kFixed
+// up equal state->prefix's (kFixed = 32: all of them), then ChooseBin. key_of(i, &in) gives item
+// i's key.
+template <uint32_t kBins, uint32_t kShift, uint32_t kFixed, typename KeyOf>
+__device__ void BlockRadixLevel(uint32_t total, KeyOf key_of, uint32_t* hist, PassState* state) {
+  for (uint32_t i = threadIdx.x; i < kBins; i += kThreads) hist[i] = 0;
+  __syncthreads();
+  uint32_t want = 0;
+  if constexpr (kFixed < 32) want = state->prefix >> kFixed;
+  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
+    bool in = true;
+    const uint32_t key = key_of(i, &in);
+    if constexpr (kFixed < 32) in = in && (key >> kFixed) == want;
+    if (in) atomicAdd(hist + ((key >> kShift) & (kBins - 1)), 1u);
+  }
+  __syncthreads();
+  ChooseBin<kBins, kShift, false>(hist, state);
+  __syncthreads();
+}
+
+// Shared memory of FinishFromGuess: every candidate's key, a histogram, the chosen indices.
+constexpr uint32_t kFinishSharedWords = kCandidates + kBins0 + kScanGuessMaxC;
+
+// The guess held, one block: the c largest are among the `appended` gathered tokens, which are in
+// no order. Their keys go to shared memory once (every load in flight together); the threshold key
+// by three histogram levels over them; where more tokens tie at it than are wanted, the lowest
+// indices among the tied by three more levels over their inverted indices; then each chosen token
+// finds its place in index order by counting the chosen below it. `shared`: kFinishSharedWords.
+__device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uint32_t* selected,
+                                uint32_t* counts, float* guess, uint32_t* guess_counts,
+                                uint32_t* shared) {
+  uint32_t* keys = shared;                   // [kCandidates]
+  uint32_t* hist = keys + kCandidates;       // [kBins0]
+  uint32_t* chosen = hist + kBins0;          // [kScanGuessMaxC]
+  __shared__ PassState local, tie;
+  __shared__ uint32_t chosen_count, equal_count;
+  const uint32_t* cand_index = ws.cand_index + size_t{p} * kCandidates;
+  const uint32_t* cand_key = ws.cand_key + size_t{p} * kCandidates;
+  if (threadIdx.x == 0) {
+    local = ws.states[p];
+    local.prefix = 0;
+    local.k = c;
+    chosen_count = 0;
+    equal_count = 0;
+  }
+  __syncthreads();
+  const uint32_t total = local.appended;  // <= kCandidates, >= c: the guess held
+  constexpr uint32_t kLoads = 8;
+  for (uint32_t base = threadIdx.x; base < total; base += kLoads * kThreads) {
+    uint32_t v[kLoads];
+#pragma unroll
+    for (uint32_t u = 0; u < kLoads; ++u)
+      if (base + u * kThreads < total) v[u] = __ldcg(cand_key + base + u * kThreads);
+#pragma unroll
+    for (uint32_t u = 0; u < kLoads; ++u)
+      if (base + u * kThreads < total) keys[base + u * kThreads] = v[u];
+  }
+  __syncthreads();
+  auto key = [&](uint32_t i, bool*) { return keys[i]; };
+  BlockRadixLevel<kBins0, 21, 32>(total, key, hist, &local);
+  BlockRadixLevel<kBins1, 10, 21>(total, key, hist, &local);
+  BlockRadixLevel<kBins2, 0, 10>(total, key, hist, &local);
+  const uint32_t key_k = local.prefix, wanted_equal = local.k;
+  uint32_t equal = 0;
+  for (uint32_t i = threadIdx.x; i < total; i += kThreads) equal += keys[i] == key_k;
+  equal = WarpSum(equal);
+  if (threadIdx.x % 32 == 0 && equal != 0) atomicAdd(&equal_count, equal);
+  __syncthreads();
+  uint32_t index_limit = ~0u;  // the tied tokens kept: index <= index_limit
+  if (equal_count > wanted_equal) {
+    if (threadIdx.x == 0) tie = PassState{0, wanted_equal, {}, 0, 0, 0, 0, 0.0f, {}};
+    __syncthreads();
+    auto tied = [&](uint32_t i, bool* in) {
+      *in = keys[i] == key_k;
+      return *in ? ~__ldcg(cand_index + i) : 0u;  // the largest is the lowest index
+    };
+    BlockRadixLevel<kBins0, 21, 32>(total, tied, hist, &tie);
+    BlockRadixLevel<kBins1, 10, 21>(total, tied, hist, &tie);
+    BlockRadixLevel<kBins2, 0, 10>(total, tied, hist, &tie);
+    index_limit = ~tie.prefix;
+  }
+  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
+    const uint32_t k = keys[i];
+    if (k < key_k) continue;
+    const uint32_t index = __ldcg(cand_index + i);
+    if (k > key_k || index <= index_limit) {
+      const uint32_t at = atomicAdd(&chosen_count, 1u);
+      if (at < kScanGuessMaxC) chosen[at] = index;
+    }
+  }
+  __syncthreads();
+  uint32_t* out = selected + size_t{p} * c;
+  for (uint32_t i = threadIdx.x; i < c; i += kThreads) {
+    const uint32_t index = chosen[i];
+    uint32_t rank = 0;
+    for (uint32_t j = 0; j < c; ++j) rank += chosen[j] < index;
+    out[rank] = index;
+  }
+  if (threadIdx.x == 0 && counts) counts[p] = c;
+  if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit);
+  if (threadIdx.x == 0 && guess_counts) atomicAdd(guess_counts, 1u);
+  __syncthreads();  // `shared` is free again
+}
+
 // Tokens a warp scores per round: kM tiles of 16 (their signatures all in flight at once).
 template <uint32_t kWords>
 constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
@@ -201,14 +340,35 @@ constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
 // column 4t + i is bit t + 8i of the piece, 16 + 4t + i is bit t + 4 + 8i, so a thread's a
 // register is (piece >> t) & 0x01010101 — each byte one bit, 0 or 1 — with no lookups at all.
 // Then S = 2 · (256 · Σ hi·b + Σ lo·b) − Σ qq = Σ qq · (±1), exactly the CPU's integer.
-template <uint32_t kWords, uint32_t kNT>
+//
+// kGuess (the guess scan, ScanSelectArgs::guess): no scores and no histogram; each token whose
+// key is at or above its problem's guessed key goes to the candidate buffer, unordered (a warp's
+// tokens of one problem take their places with one atomic). Otherwise (the full scan, after a
+// guess scan when `guess` is set) the problems whose guesses held are finished first, problem j
+// by block j of the group (FinishFromGuess), and a group whose guesses all held returns then.
+template <uint32_t kWords, uint32_t kNT, bool kGuess>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
-                  float* scores, Workspace ws) {
+                  float* scores, Workspace ws, float* guess, uint32_t* guess_counts,
+                  uint32_t* selected, uint32_t* counts) {
   constexpr uint32_t kBits = kWords * 64, kPieces = kWords * 2, kM = kScanTiles<kWords>;
   const uint32_t n = tokens.Get(), share = chunk.share;
-  extern __shared__ uint32_t hists[];  // share × kBins0
+  // share × kBins0 histograms; with a guess, FinishFromGuess's kFinishSharedWords before them.
+  extern __shared__ uint32_t hists[];
   const uint32_t local = blockIdx.y * share;  // the group's first problem in the chunk
+  if constexpr (!kGuess) {
+    if (guess) {
+      bool all_held = true;
+      for (uint32_t j = 0; j < share; ++j) {
+        const uint32_t p = chunk.first + local + j;
+        const bool held = GuessHeld(&ws.states[p], c, n);
+        if (held && j % gridDim.x == blockIdx.x)
+          FinishFromGuess(p, c, ws, selected, counts, guess, guess_counts, hists);
+        all_held = all_held && held;
+      }
+      if (all_held) return;
+    }
+  }
   const ScanProblem pr = chunk.problems[local];
   const bool has_norms = pr.norms != nullptr;
   const uint32_t lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -217,6 +377,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   // The epilogue's problem: 4z + t (columns 2t, 2t + 1 of tile z).
   int32_t sum[kNT];
   float scale[kNT];
+  uint32_t gather_key[kNT];  // kGuess: the epilogue problem's guessed key
 #pragma unroll
   for (uint32_t z = 0; z < kNT; ++z) {
     const uint32_t j = 4 * z + g / 2;
@@ -230,9 +391,26 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     const uint8_t* blob = mine < share ? chunk.problems[local + mine].query : nullptr;
     sum[z] = blob ? __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits)) : 0;
     scale[z] = blob ? __ldg(reinterpret_cast<const float*>(blob + 2 * kBits + 4)) : 0.0f;
+    gather_key[z] = kNoGather;
+    if constexpr (kGuess) {
+      if (blob) {
+        const uint32_t p = chunk.first + local + mine;
+        const unsigned long long squares =
+            __ldg(reinterpret_cast<const unsigned long long*>(blob + 2 * kBits + 8));
+        const float unit = __fmul_rn(scale[z], __fsqrt_rn(__ull2float_rn(squares)));
+        const float z_guess = guess[p];
+        if (n <= kCandidates)
+          gather_key[z] = 0;  // every token: the buffer holds them all
+        else if (z_guess == z_guess && unit > 0.0f && isfinite(unit))
+          gather_key[z] = DeviceKey(__fmul_rn(z_guess, unit));
+        if (blockIdx.x == 0 && threadIdx.x < 4) ws.states[p].unit = unit;  // g = 0: lanes 0-3
+      }
+    }
   }
-  for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
-  __syncthreads();
+  if constexpr (!kGuess) {
+    for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
+    __syncthreads();
+  }
   constexpr uint32_t kWarps = kThreads / 32, kRound = 16 * kM;
   const uint32_t step = gridDim.x * kWarps * kRound;
   for (uint32_t base = (blockIdx.x * kWarps + threadIdx.x / 32) * kRound; base < n; base += step) {
@@ -276,41 +454,74 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
         for (uint32_t z = 0; z < kNT; ++z) MmaS8(acc[z], a0, a1, a2, a3, b[z][kc][0], b[z][kc][1]);
       }
+      if constexpr (kGuess) {
 #pragma unroll
-      for (uint32_t z = 0; z < kNT; ++z) {
-        const uint32_t j = 4 * z + t;
-        if (j >= share) continue;
-        float* out = scores + size_t{chunk.first + local + j} * tokens.stride;
+        for (uint32_t z = 0; z < kNT; ++z) {
+          const uint32_t j = 4 * z + t, p = chunk.first + local + j;
 #pragma unroll
-        for (uint32_t h = 0; h < 2; ++h) {
-          const uint32_t tok = base + 16 * m + 8 * h + g;
-          if (tok >= n) continue;
-          const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
-          const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
-          const float score = has_norms ? __fmul_rn(norm[m][h], plain) : plain;
-          out[tok] = score;
-          atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
+          for (uint32_t h = 0; h < 2; ++h) {
+            const uint32_t tok = base + 16 * m + 8 * h + g;
+            uint32_t key = 0;
+            bool take = false;
+            if (j < share && tok < n) {
+              const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
+              const float plain = __fmul_rn(float(S), scale[z]);
+              key = DeviceKey(has_norms ? __fmul_rn(norm[m][h], plain) : plain);
+              take = key >= gather_key[z];
+            }
+            const uint32_t taken = __ballot_sync(0xFFFFFFFFu, take);
+            if (taken == 0) continue;  // the usual case: the guess is far in the tail
+            const uint32_t mates = taken & (0x11111111u << t);  // lanes of problem j
+            const uint32_t leader = mates ? __ffs(int(mates)) - 1 : lane;
+            uint32_t at = 0;
+            if (take && lane == leader) at = atomicAdd(&ws.states[p].appended, __popc(mates));
+            at = __shfl_sync(0xFFFFFFFFu, at, leader) + __popc(mates & ((1u << lane) - 1));
+            if (take && at < kCandidates) {
+              ws.cand_index[size_t{p} * kCandidates + at] = tok;
+              ws.cand_key[size_t{p} * kCandidates + at] = key;
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (uint32_t z = 0; z < kNT; ++z) {
+          const uint32_t j = 4 * z + t;
+          if (j >= share) continue;
+          float* out = scores + size_t{chunk.first + local + j} * tokens.stride;
+#pragma unroll
+          for (uint32_t h = 0; h < 2; ++h) {
+            const uint32_t tok = base + 16 * m + 8 * h + g;
+            if (tok >= n) continue;
+            const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
+            const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
+            const float score = has_norms ? __fmul_rn(norm[m][h], plain) : plain;
+            out[tok] = score;
+            atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
+          }
         }
       }
     }
   }
-  for (uint32_t j = 0; j < share; ++j) {
-    const uint32_t p = chunk.first + local + j;
-    FlushHistogram<kBins0>(hists + j * kBins0, ws.hists + size_t{p} * kHistWords);
-    if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
-    PassState* state = &ws.states[p];
-    if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
-      if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n};
-      continue;
-    }
-    if (threadIdx.x == 0) state->k = c;
-    __syncthreads();
-    ChooseBin<kBins0, 21, true>(ws.hists + size_t{p} * kHistWords, state);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      const uint32_t candidates = (c - state->k) + state->count;  // above b0, and in b0
-      state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
-      state->count = candidates;
+  if constexpr (!kGuess) {
+    for (uint32_t j = 0; j < share; ++j) {
+      const uint32_t p = chunk.first + local + j;
+      FlushHistogram<kBins0>(hists + j * kBins0, ws.hists + size_t{p} * kHistWords);
+      if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
+      PassState* state = &ws.states[p];
+      if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
+        if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, {}};
+        continue;
+      }
+      if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n)) atomicAdd(guess_counts + 1, 1u);
+      if (threadIdx.x == 0) state->k = c;
+      __syncthreads();
+      ChooseBin<kBins0, 21, true>(ws.hists + size_t{p} * kHistWords, state);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        const uint32_t candidates = (c - state->k) + state->count;  // above b0, and in b0
+        state->mode = candidates <= kCandidates ? kModeSmall : kModeLarge;
+        state->count = candidates;
+      }
     }
   }
 }
@@ -358,12 +569,6 @@ __device__ __forceinline__ uint32_t Above(unsigned long long d) {
   return uint32_t(d >> 31) & 0x7FFFFFFF;
 }
 __device__ __forceinline__ uint32_t Equal(unsigned long long d) { return uint32_t(d) & 0x7FFFFFFF; }
-
-__device__ __forceinline__ uint32_t WarpSum(uint32_t x) {
-#pragma unroll
-  for (uint32_t offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
-  return x;
-}
 
 // Counts (above, equal) of all tiles before `tile` by decoupled look-back (warp 0 only); publishes
 // this tile's inclusive counts.
@@ -464,7 +669,7 @@ __device__ uint32_t CompactTile(uint32_t n, const float* scores, uint32_t key_k,
 // Small mode, one block: the threshold's low 21 bits from the candidates (every score with key
 // >= b0 << 21, in index order), then the selection written from them in index order.
 __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const Workspace& ws,
-                                     uint32_t* selected, uint32_t* counts) {
+                                     uint32_t* selected, uint32_t* counts, float* guess) {
   using Scan = cub::BlockScan<unsigned long long, kThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ uint32_t hist[kBins1];
@@ -518,6 +723,7 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
     }
   }
   if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
+  if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit);
 }
 
 // Grid (blocks, problems); in the small mode each block compacts tiles until one lies past n.
@@ -526,6 +732,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   if (c >= n) return;  // the scan chose "take all": the compaction alone
   PassState* state = &ws.states[p];
+  if (GuessHeld(state, c, n)) return;  // Pass2 finishes from the guess scan's tokens
   if (state->mode == kModeLarge) {
     HistPass<1>(p, n, tokens.stride, scores, ws);
     return;
@@ -544,13 +751,15 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void __launch_bounds__(kThreads)
     Pass2Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
-                uint32_t* selected, uint32_t* counts, Workspace ws) {
+                uint32_t* selected, uint32_t* counts, Workspace ws, float* guess) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   if (c >= n) return;
-  if (ws.states[p].mode == kModeLarge) {
+  if (GuessHeld(&ws.states[p], c, n)) {
+    return;  // the full scan's blocks finished it
+  } else if (ws.states[p].mode == kModeLarge) {
     HistPass<2>(p, n, tokens.stride, scores, ws);
   } else if (blockIdx.x == 0) {
-    FinishFromCandidates(p, n, c, ws, selected, counts);
+    FinishFromCandidates(p, n, c, ws, selected, counts, guess);
   }
 }
 
@@ -559,10 +768,12 @@ __global__ void __launch_bounds__(kThreads)
 // past n.
 __global__ void __launch_bounds__(kThreads)
     CompactKernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores,
-                  uint32_t* selected, uint32_t* counts, Workspace ws) {
+                  uint32_t* selected, uint32_t* counts, Workspace ws, float* guess) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   PassState* state = &ws.states[p];
-  if (state->mode != kModeLarge) return;
+  if (GuessHeld(state, c, n) || state->mode != kModeLarge) return;
+  if (guess && c < n && blockIdx.x == 0 && threadIdx.x == 0)
+    WriteGuess(guess + p, state->prefix, state->unit);
   for (;;) {
     const uint32_t tile = CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix,
                                       state->k, selected + size_t{p} * c, nullptr,
@@ -613,6 +824,7 @@ __global__ void __launch_bounds__(kThreads)
   float* dots = shared + size_t{kQueryChunk} * dim;  // [kQueryChunk][kBits]
   __shared__ float top[kThreads / 32];
   __shared__ int32_t sums[kThreads / 32];
+  __shared__ unsigned long long squares[kThreads / 32];
   const uint32_t i = threadIdx.x % kBits, h = threadIdx.x / kBits;
   const float* q = queries + size_t{blockIdx.x} * g * dim;
   const float* row = projection + size_t{i} * dim;
@@ -679,21 +891,33 @@ __global__ void __launch_bounds__(kThreads)
   const float r = zero ? 0.0f : __fdiv_rn(float(index::kScanQueryMax), m);
   uint8_t* blob = blobs + size_t{blockIdx.x} * (2 * size_t{bits} + 16);  // ScanQueryBytes
   int32_t part = 0;
+  unsigned long long square = 0;
   if (h == 0) {
     const int32_t qq = zero ? 0 : __float2int_rn(__fmul_rn(acc, r));
     SplitQuery(qq, &blob[FragmentPosition(i)], &blob[bits + FragmentPosition(i)]);
     part = qq;
+    square = static_cast<unsigned long long>(int64_t{qq} * qq);
   }
-  for (uint32_t o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xFFFFFFFFu, part, o);
-  if (threadIdx.x % 32 == 0) sums[threadIdx.x / 32] = part;
+  for (uint32_t o = 16; o > 0; o /= 2) {
+    part += __shfl_xor_sync(0xFFFFFFFFu, part, o);
+    square += __shfl_xor_sync(0xFFFFFFFFu, square, o);
+  }
+  if (threadIdx.x % 32 == 0) {
+    sums[threadIdx.x / 32] = part;
+    squares[threadIdx.x / 32] = square;
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t total = 0;
-    for (uint32_t w = 0; w < kThreads / 32; ++w) total += sums[w];
+    unsigned long long total_squares = 0;
+    for (uint32_t w = 0; w < kThreads / 32; ++w) {
+      total += sums[w];
+      total_squares += squares[w];
+    }
     *reinterpret_cast<int32_t*>(blob + 2 * bits) = total;
     *reinterpret_cast<float*>(blob + 2 * bits + 4) =
         zero ? 0.0f : __fdiv_rn(m, float(index::kScanQueryMax));
-    *reinterpret_cast<uint64_t*>(blob + 2 * bits + 8) = 0;
+    *reinterpret_cast<unsigned long long*>(blob + 2 * bits + 8) = total_squares;
   }
 }
 
@@ -708,25 +932,37 @@ bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 size_t ScanSharedBytes(uint32_t share) { return share * kBins0 * sizeof(uint32_t); }
 constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems' hi and lo each
 
-template <uint32_t kWords, uint32_t kNT>
+template <uint32_t kWords, uint32_t kNT, bool kGuess>
 int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
                const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  const size_t smem = ScanSharedBytes(chunk.share);
+  const size_t smem =
+      kGuess ? 0
+             : std::max(ScanSharedBytes(chunk.share),
+                        a.guess ? sizeof(uint32_t) * kFinishSharedWords : size_t{0});
   // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
   // would pass the 48 KB a launch gets without asking.
   if (smem > 40 * 1024)
-    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT>,
+    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT, kGuess>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  MmaScanKernel<kWords, kNT><<<dim3(blocks, groups), kThreads, smem, stream>>>(
-      chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws);
+  MmaScanKernel<kWords, kNT, kGuess><<<dim3(blocks, groups), kThreads, smem, stream>>>(
+      chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws, a.guess,
+      a.guess ? a.guess_counts : nullptr, a.selected, a.counts);
   return int(cudaGetLastError());
 }
 
-template <uint32_t kWords>
+template <uint32_t kWords, bool kGuess>
 int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
                     const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  return chunk.share <= 4 ? LaunchScan<kWords, 1>(chunk, groups, blocks, a, ws, stream)
-                          : LaunchScan<kWords, 2>(chunk, groups, blocks, a, ws, stream);
+  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, blocks, a, ws, stream)
+                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, blocks, a, ws, stream);
+}
+
+template <bool kGuess>
+int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+                  const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
+  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, blocks, a, ws, stream)
+         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, blocks, a, ws, stream)
+                        : LaunchScanWords<4, kGuess>(chunk, groups, blocks, a, ws, stream);
 }
 
 }  // namespace
@@ -740,8 +976,11 @@ void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob)
     SplitQuery(qq[i], &blob[FragmentPosition(i)], &blob[bits + FragmentPosition(i)]);
     total += qq[i];
   }
+  uint64_t squares = 0;
+  for (uint32_t i = 0; i < bits; ++i) squares += uint64_t(int64_t{qq[i]} * qq[i]);
   std::memcpy(blob + 2 * bits, &total, 4);
   std::memcpy(blob + 2 * bits + 4, &scale, 4);
+  std::memcpy(blob + 2 * bits + 8, &squares, 8);
 }
 
 int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
@@ -796,6 +1035,9 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                              ", needs " + std::to_string(need));
   if (!a.problems || !a.scores || !a.selected || !a.workspace)
     return Refuse(error, "ScanSelect: a null problems, scores, selected or workspace pointer");
+  if (a.guess && a.c > kScanGuessMaxC)
+    return Refuse(error, "ScanSelect: c = " + std::to_string(a.c) + " with a guess (at most " +
+                             std::to_string(kScanGuessMaxC) + ")");
   if (a.share == 0 || a.share > kMaxShare || a.num_problems % a.share != 0)
     return Refuse(error, "ScanSelect: share = " + std::to_string(a.share) + " with " +
                              std::to_string(a.num_problems) + " problems (must divide them, at most " +
@@ -837,16 +1079,23 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // 8 per SM.
     const uint32_t scan_blocks =
         std::clamp((uint32_t(sms) * kScanBlocksPerSm + groups - 1) / groups, 1u, scan_rounds);
-    const uint32_t pass_blocks = std::clamp((uint32_t(sms) * 4 + count - 1) / count, 1u, rounds);
+    // With a guess the passes serve only the problems whose guess missed (rare): a quarter of
+    // the blocks, so that the usual call's launches that return at once cost less.
+    const uint32_t per_sm = a.guess ? 1 : 4;
+    const uint32_t pass_blocks =
+        std::clamp((uint32_t(sms) * per_sm + count - 1) / count, 1u, rounds);
     // The compactions hand tiles out in order and loop until one lies past the tokens held: a
     // wave of blocks that stay resident, not one block per tile of the capacity (at 1M tokens of
     // capacity that was 256 blocks a problem, nearly all of them returning at once at 4K).
-    const uint32_t compact_blocks = std::clamp((uint32_t(sms) * 8 + count - 1) / count, 1u,
-                                               ws.tiles_per_problem);
-    const int rc = a.words == 1 ? LaunchScanWords<1>(chunk, groups, scan_blocks, a, ws, stream)
-                   : a.words == 2
-                       ? LaunchScanWords<2>(chunk, groups, scan_blocks, a, ws, stream)
-                       : LaunchScanWords<4>(chunk, groups, scan_blocks, a, ws, stream);
+    const uint32_t compact_blocks = std::clamp((uint32_t(sms) * 2 * per_sm + count - 1) / count,
+                                               1u, ws.tiles_per_problem);
+    // With a guess, the guess scan first; the full scan then returns at once for every group
+    // whose guesses held (skipped when the host knows that nothing is left to choose).
+    if (a.guess && (a.n_device || a.c < a.n)) {
+      const int rc = LaunchScanAny<true>(chunk, groups, scan_blocks, a, ws, stream);
+      if (rc != 0) return rc;
+    }
+    const int rc = LaunchScanAny<false>(chunk, groups, scan_blocks, a, ws, stream);
     if (rc != 0) return rc;
     // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).
@@ -854,12 +1103,12 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
       Pass1Kernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c,
                                                                          a.scores, ws);
       KIV_CUDA_CALL(cudaGetLastError());
-      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c, a.scores,
-                                                                     a.selected, a.counts, ws);
+      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(
+          first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess);
       KIV_CUDA_CALL(cudaGetLastError());
     }
     CompactKernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(
-        first, tokens, a.c, a.scores, a.selected, a.counts, ws);
+        first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess);
     KIV_CUDA_CALL(cudaGetLastError());
   }
   return 0;

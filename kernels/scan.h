@@ -15,6 +15,13 @@
 // finishes from them; otherwise (heavy ties) two histogram passes and a compaction pass over the
 // scores do. scan.cu has the kernels and the numbers measured on an H100.
 //
+// A decode step can skip the scores altogether (ScanSelectArgs::guess): each problem keeps, from
+// one call to the next, a guessed threshold below the last call's c-th largest score. A first scan
+// writes no scores and no histogram; it only gathers the tokens that score above the guess. When
+// at least c and at most 16384 of them did, the c largest are among them, and one block finishes
+// from them; otherwise (the first call, a jump in the scores) the path above runs for that
+// problem. The selection is the same either way: only the time differs.
+//
 // Plain C++: no CUDA headers. Streams travel as `CUstream_st*` (what cudaStream_t is); launchers
 // return a cudaError_t as int (0 = cudaSuccess) and put the reason for a refused shape in `*error`.
 #pragma once
@@ -41,7 +48,7 @@ inline uint32_t ScoreKey(float score) { return ScoreKeyFromBits(std::bit_cast<ui
 // qq = 256 · hi + lo, laid out for the tensor-core product (scan.cu, MmaScanKernel):
 //   [0, bits)          hi, int8, bit i at its fragment position (a permutation of each 32 bits)
 //   [bits, 2 · bits)   lo, the same
-//   [2 · bits]         int32 Σ_i qq_i, then float scale, then 8 zero bytes
+//   [2 · bits]         int32 Σ_i qq_i, then float scale, then uint64 Σ_i qq_i² (the guess's unit)
 // ScanQueryBytes(bits) bytes each (a multiple of 16).
 size_t ScanQueryBytes(uint32_t bits);
 
@@ -85,13 +92,26 @@ struct ScanSelectArgs {
   uint32_t* counts = nullptr;             // [P] uint32, device: min(c, n); may be null
   void* workspace = nullptr;              // ScanSelectWorkspaceBytes(P, n) bytes, device
   size_t workspace_bytes = 0;
+  // Optional [P] float, device, kept by the caller from one call to the next for the same P
+  // problems (a layer's decode steps): each problem's guessed threshold, in units of its query's
+  // scale · sqrt(Σ qq²), read by the scan and rewritten by the finish. Fill with NaN (no guess)
+  // before the first call. Needs c <= kScanGuessMaxC. Null: no guessing (prefill's problems change
+  // from call to call).
+  float* guess = nullptr;
+  // Optional [2] uint32, device, with a guess: += the problems (with c < n) whose guess held
+  // ([0]) and did not ([1]) this call.
+  uint32_t* guess_counts = nullptr;
 };
+
+// The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.
+inline constexpr uint32_t kScanGuessMaxC = 1024;
 
 // Device scratch for ScanSelect (histograms, pass states, compaction tile states). Cleared by
 // each call on its stream, so one workspace serves calls on one stream one after another.
 size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n);
 
-// Scan + select for every problem: 4 kernels and one memset on `stream`, no host sync.
+// Scan + select for every problem: 4 kernels and one memset on `stream` (5 kernels with a guess),
+// no host sync.
 // Entries of `selected` past min(c, n) are left as they were (n: *n_device when given). With
 // n_device the launch shapes depend only on the capacity n, so the call may be captured.
 int ScanSelect(const ScanSelectArgs& args, CUstream_st* stream, std::string* error = nullptr);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -358,10 +360,25 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
   most.num_q_heads = most.num_kv_heads * g * std::max<uint32_t>(1, options.prefill_block);
   attn_done_ = torch::zeros({int64_t(kernels::SparseAttentionDoneCount(most))},
                             torch::TensorOptions().dtype(torch::kInt32).device(device_));
+  const char* guess = std::getenv("KIV_SCAN_GUESS");
+  if (guess == nullptr || std::string(guess) != "0")
+    scan_guess_ = torch::full({int64_t(L), int64_t(H) * g}, std::nanf(""),
+                              torch::TensorOptions().dtype(torch::kFloat32).device(device_));
+  scan_guess_counts_ =
+      torch::zeros({2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
 #endif
 }
 
 GpuColdTier::~GpuColdTier() = default;
+
+GpuColdTier::GuessCounts GpuColdTier::ScanGuessCounts() const {
+  GuessCounts out;
+  if (!scan_guess_counts_.defined()) return out;
+  const torch::Tensor host = scan_guess_counts_.to(torch::kCPU);
+  out.held = uint32_t(host[0].item<int32_t>());
+  out.missed = uint32_t(host[1].item<int32_t>());
+  return out;
+}
 
 PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
                                      int64_t per_query_begin) {
@@ -535,6 +552,13 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   args.counts = Ptr<uint32_t>(counts);
   args.workspace = workspace.data_ptr();
   args.workspace_bytes = size_t(workspace.numel());
+  // A decode step's per-query scans guess from the layer's previous step: the same H_q problems
+  // in the same order every step.
+  if (per_query && reps == 1 && scan_guess_.defined() && c <= kernels::kScanGuessMaxC &&
+      tables == uint32_t(scan_guess_.size(1))) {
+    args.guess = Ptr<float>(scan_guess_) + size_t(layer) * tables;
+    args.guess_counts = Ptr<uint32_t>(scan_guess_counts_);
+  }
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   if (regroup) {  // [H_kv][reps] → [reps][H_kv]
     selected = selected.view({int64_t(Hkv), int64_t(reps), int64_t(c)}).transpose(0, 1)

@@ -165,6 +165,15 @@ class GpuColdTier {
                            const at::Tensor& hot_k, const at::Tensor& hot_v,
                            const at::Tensor& row) const;
 
+  // A decode step's scans guess each query head's threshold from the layer's previous step
+  // (kernels/scan.h, ScanSelectArgs::guess): how many of those (layer, query head) scans found
+  // their guess held and how many fell back to the full select, so far. Waits for the device.
+  // KIV_SCAN_GUESS=0 turns the guessing off (every scan takes the full select).
+  struct GuessCounts {
+    uint64_t held = 0, missed = 0;
+  };
+  GuessCounts ScanGuessCounts() const;
+
  private:
   // bf16_out: the attention's out is bf16 (AttendDecode's out_dtype), else float32.
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
@@ -183,6 +192,10 @@ class GpuColdTier {
   // The attention kernel's done-counters (kernels/attention.h), enough for Retrieve's largest
   // launch: zeroed once here, every launch leaves them zero, so captured steps replay with them.
   at::Tensor attn_done_;  // int32 device
+  // [L][H_q] float device: each decode scan's guessed threshold, NaN until its first step; empty
+  // with KIV_SCAN_GUESS=0.
+  at::Tensor scan_guess_;
+  at::Tensor scan_guess_counts_;  // [2] int32 device: held, missed
 };
 
 }  // namespace kiv

@@ -237,6 +237,7 @@ SessionStats Session::stats() const {
     s.hot_tokens = impl_->tiered->hot_tokens();
     s.cold_tokens = impl_->tiered->cold_tokens();
     s.cache_device_bytes = impl_->tiered->device_bytes();
+    std::tie(s.scan_guess_held, s.scan_guess_missed) = impl_->tiered->scan_guess_counts();
   } else {
     s.hot_tokens = s.context_tokens;
   }

@@ -48,6 +48,9 @@ struct SessionStats {
   uint32_t turns = 0;
   bool resumed = false;
   uint64_t whole_step_captures = 0;  // CUDA graphs of a whole decode step captured so far
+  // Decode scans on the GPU (one per layer and query head a step) whose guessed threshold held,
+  // and those that fell back to the full select (kernels/scan.h), so far.
+  uint64_t scan_guess_held = 0, scan_guess_missed = 0;
 };
 
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

@@ -926,6 +926,12 @@ void TieredCache::ReserveHot(int64_t rows) {
   hot_v_buf_ = v;
 }
 
+std::pair<uint64_t, uint64_t> TieredCache::scan_guess_counts() const {
+  if (!gpu_cold_) return {0, 0};
+  const GpuColdTier::GuessCounts c = gpu_cold_->ScanGuessCounts();
+  return {c.held, c.missed};
+}
+
 uint64_t TieredCache::device_bytes() const {
   uint64_t bytes = gpu_index_ ? gpu_index_->device_bytes() : 0;
   return bytes + uint64_t(hot_k_buf_.nbytes() + hot_v_buf_.nbytes());

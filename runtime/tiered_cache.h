@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "index/record.h"
@@ -78,6 +79,9 @@ class TieredCache : public KvCache {
   // Bytes the cache holds on its device: the hot tier, and on CUDA the resident signatures and
   // norms (as allocated). Pinned host records are not counted (they are host memory).
   uint64_t device_bytes() const;
+  // Decode scans on the GPU whose guessed threshold held / missed so far (GpuColdTier::
+  // ScanGuessCounts; waits for the device). Zeros without the GPU cold tier.
+  std::pair<uint64_t, uint64_t> scan_guess_counts() const;
   const RecallStats& recall() const { return recall_; }  // with options.measure_recall
   const std::vector<int64_t>& hot_token_ids() const { return hot_ids_; }
   TieredCacheOptions& options() { return options_; }

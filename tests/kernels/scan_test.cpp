@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -117,6 +118,34 @@ Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint
   return pr;
 }
 
+// New queries for the same signatures and norms: a decode step after the one `pr` was made for.
+void NewQueries(Problems* pr, uint64_t seed) {
+  uint64_t state = seed;
+  const index::SignatureProjection projection(7, pr->bits, 64);
+  pr->blobs.clear();
+  for (uint32_t p = 0; p < pr->count; ++p) {
+    for (uint32_t e = 0; e < 64; ++e) pr->queries[size_t{p} * 64 + e] = Uniform(&state);
+    index::BuildGroupTable(projection, &pr->queries[size_t{p} * 64], 1, &pr->tables[p]);
+    const std::vector<uint8_t> blob = HostBlob(projection, &pr->queries[size_t{p} * 64], 1);
+    pr->blobs.insert(pr->blobs.end(), blob.begin(), blob.end());
+  }
+}
+
+// The state a caller keeps between guessing calls (ScanSelectArgs::guess, guess_counts).
+struct Guesses {
+  explicit Guesses(uint32_t count)
+      : values(std::vector<float>(count, std::nanf(""))), counts(std::vector<uint32_t>(2, 0)) {}
+  void Set(float z) {
+    const std::vector<float> all(values.Download().size(), z);
+    REQUIRE(cudaMemcpy(values.get(), all.data(), all.size() * sizeof(float),
+                       cudaMemcpyHostToDevice) == cudaSuccess);
+  }
+  uint32_t held() const { return counts.Download()[0]; }
+  uint32_t missed() const { return counts.Download()[1]; }
+  DeviceArray<float> values;
+  DeviceArray<uint32_t> counts;
+};
+
 size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
   size_t bad = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -133,7 +162,10 @@ size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
 // device memory, as a captured decode step does; the tokens past it must not count.
 // share > 1: groups of `share` problems scan the first one's signatures and norms (group 1
 // without norms), as a GQA group's per-query scans do.
-void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t share = 1) {
+// guesses: the call guesses with them (and then writes no scores where a guess holds, so only
+// the selections are compared).
+void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t share = 1,
+                     Guesses* guesses = nullptr) {
   CAPTURE(pr.bits);
   CAPTURE(pr.n);
   CAPTURE(pr.count);
@@ -171,6 +203,10 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
   args.counts = counts.get();
   args.workspace = workspace.get();
   args.workspace_bytes = workspace_bytes;
+  if (guesses) {
+    args.guess = guesses->values.get();
+    args.guess_counts = guesses->counts.get();
+  }
   std::string error;
   REQUIRE_MESSAGE(kernels::ScanSelect(args, nullptr, &error) == 0, error);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
@@ -184,7 +220,8 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
                           no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
                           pr.tables[p], want_scores.data());
     size_t first = 0;
-    const size_t bad = BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
+    const size_t bad =
+        guesses ? 0 : BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
     CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
                                 << got_scores[p * cap + first] << " vs " << want_scores[first]);
     const size_t m = index::SelectLargest(want_scores.data(), n, c, want.data());
@@ -376,6 +413,98 @@ TEST_CASE("device query blobs feed the scan: the runtime's per-query decode path
   CheckScanSelect(pr, 342);  // ceil(1024 / 3)
 }
 
+TEST_CASE("scan + select with a guess: the same selections, whether the guess holds or not") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  // A decode step's shape: 3 kv-heads × 3 query heads, C / g = 342, a group's scans sharing reads.
+  Problems pr = MakeProblems(128, 100000, 9, Data::kRandom, 21);
+  Guesses guesses(9);
+  CheckScanSelect(pr, 342, 0, 3, &guesses);  // no guess yet: every problem takes the full select
+  CHECK(guesses.held() == 0);
+  CHECK(guesses.missed() == 9);
+  for (uint64_t step = 1; step <= 3; ++step) {  // later steps: new queries, the guesses hold
+    NewQueries(&pr, 100 + step);
+    CheckScanSelect(pr, 342, 0, 3, &guesses);
+  }
+  CHECK(guesses.held() == 27);
+  CHECK(guesses.missed() == 9);
+  guesses.Set(1e30f);  // above every score: fewer than c tokens at or above it
+  CheckScanSelect(pr, 342, 0, 3, &guesses);
+  CHECK(guesses.missed() == 18);
+  guesses.Set(-1e30f);  // below every score: more tokens than the candidate buffer holds
+  CheckScanSelect(pr, 342, 0, 3, &guesses);
+  CHECK(guesses.missed() == 27);
+  NewQueries(&pr, 200);  // the last call (a miss) set the guesses again: they hold
+  CheckScanSelect(pr, 342, 0, 3, &guesses);
+  CHECK(guesses.held() == 36);
+  // A launch sized for a capacity, the count in device memory; then fewer tokens than c (the
+  // "take all" path, which guesses nothing).
+  Problems big = MakeProblems(128, 200000, 9, Data::kRandom, 22);
+  Guesses grown(9);
+  for (uint32_t held : {50000u, 50000u, 120000u, 300u}) {
+    NewQueries(&big, held);
+    CheckScanSelect(big, 342, held, 3, &grown);
+  }
+  CHECK(grown.held() == 18);
+  CHECK(grown.missed() == 9);
+  // At most 16384 tokens: every token is a candidate, so the guess holds from the first call; ties
+  // (few distinct signatures, one signature, ±0 scores) go to the lower indices among them.
+  for (Data data : {Data::kRandom, Data::kFew, Data::kSame, Data::kZeros}) {
+    for (uint32_t c : {1u, 10u, 342u, 1024u}) {
+      Guesses small(6);
+      CheckScanSelect(MakeProblems(128, 16384, 6, data, c), c, 0, 3, &small);
+      CHECK(small.held() == 6);
+      CHECK(small.missed() == 0);
+    }
+  }
+  // Heavy ties (24 distinct scores): whichever way the second call's guess goes, the same
+  // selection.
+  Guesses ties(3);
+  for (int i = 0; i < 2; ++i)
+    CheckScanSelect(MakeProblems(128, 100000, 3, Data::kFew, 5), 342, 0, 1, &ties);
+  CHECK(ties.held() + ties.missed() == 6);
+  // Two product tiles (share > 4).
+  Guesses wide(8);
+  Problems w = MakeProblems(128, 50000, 8, Data::kRandom, 23);
+  for (uint64_t step = 0; step < 3; ++step) {
+    NewQueries(&w, 300 + step);
+    CheckScanSelect(w, 342, 0, 8, &wide);
+  }
+  CHECK(wide.held() == 16);
+  for (uint32_t bits : {64u, 256u}) {
+    Guesses other(4);
+    Problems q = MakeProblems(bits, 70000, 4, Data::kRandom, bits);
+    for (uint64_t step = 0; step < 3; ++step) {
+      NewQueries(&q, bits + step);
+      CheckScanSelect(q, 1000, 0, 1, &other);
+    }
+    CHECK(other.held() == 8);
+  }
+  // A guess needs c <= kScanGuessMaxC.
+  std::string error;
+  kernels::ScanSelectArgs args;
+  std::vector<kernels::ScanProblem> problems(1);
+  DeviceArray<uint64_t> sigs(pr.sigs);
+  DeviceArray<uint8_t> blobs(pr.blobs);
+  DeviceArray<float> scores(100000);
+  DeviceArray<uint32_t> selected(2000);
+  DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(1, 100000));
+  problems[0] = {sigs.get(), nullptr, blobs.get()};
+  args.problems = problems.data();
+  args.num_problems = 1;
+  args.n = 100000;
+  args.c = kernels::kScanGuessMaxC + 1;
+  args.scores = scores.get();
+  args.selected = selected.get();
+  args.workspace = workspace.get();
+  args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(1, 100000);
+  args.guess = guesses.values.get();
+  CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+  CHECK(error.find("with a guess") != std::string::npos);
+}
+
 TEST_CASE("refused shapes name the value") {
   std::string error;
   kernels::ScanSelectArgs args;
@@ -397,9 +526,19 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
   // (problems, share, c): 3 kv-heads with one summed query each; a decode step's 9 query heads
   // each with its own query (C / g = 342), without and with a group's scans sharing one read;
   // a prefill chunk's 16 blocks × 3 kv-heads, without and with 8 blocks sharing a read.
-  const uint32_t configs[][3] = {{3, 1, 1024},  {9, 1, 1024},  {9, 1, 342},
-                                 {9, 3, 342},   {48, 1, 1024}, {48, 8, 1024}};
-  for (const auto& [count, share, c] : configs) {
+  // The last: the decode step's shape with a guess (held on every timed call: the queries do
+  // not change).
+  const uint32_t configs[][4] = {{3, 1, 1024, 0},  {9, 1, 1024, 0}, {9, 1, 342, 0},
+                                 {9, 3, 342, 0},   {48, 1, 1024, 0}, {48, 8, 1024, 0},
+                                 {9, 3, 342, 1}};
+  // KIV_SCAN_TIMING_CONFIGS=3,6 runs only those (tools/gpu/scan_profile.sh, to profile a few).
+  const char* only = std::getenv("KIV_SCAN_TIMING_CONFIGS");
+  int index = -1;
+  for (const auto& [count, share, c, guess] : configs) {
+    ++index;
+    if (only && ("," + std::string(only) + ",").find("," + std::to_string(index) + ",") ==
+                    std::string::npos)
+      continue;
     const uint32_t n = 1u << 20, iterations = 50;
     Problems pr = MakeProblems(128, n, count, Data::kRandom, count);
     DeviceArray<uint64_t> sigs(pr.sigs);
@@ -423,6 +562,11 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     args.counts = counts.get();
     args.workspace = workspace.get();
     args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(count, n);
+    Guesses guesses(count);
+    if (guess) {
+      args.guess = guesses.values.get();
+      args.guess_counts = guesses.counts.get();
+    }
     for (int i = 0; i < 5; ++i) REQUIRE(kernels::ScanSelect(args, nullptr) == 0);
     cudaEvent_t start, stop;
     REQUIRE(cudaEventCreate(&start) == cudaSuccess);
@@ -438,7 +582,12 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     const double us = double(ms) * 1000.0 / iterations;
     const double read_bytes = double(count / share) * n * (16 + 4);  // signatures + norms, once
     MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
-                                      << ": " << us << " us per call, "
-                                      << read_bytes / (us * 1e3) << " GB/s of signatures + norms");
+                                      << (guess ? ", guessing" : "") << ": " << us
+                                      << " us per call, " << read_bytes / (us * 1e3)
+                                      << " GB/s of signatures + norms");
+    if (guess) {
+      MESSAGE("  guesses held " << guesses.held() << ", missed " << guesses.missed());
+      CHECK(guesses.missed() == count);  // the first call's only
+    }
   }
 }

@@ -5,6 +5,9 @@
 # Output to $OUT (or .gpu/scan-profile).
 #
 #   bash tools/gpu/scan_profile.sh
+#   bash tools/gpu/scan_profile.sh durations 3,6   only the kernels' durations, of the timing
+#                                                  test's configurations 3 and 6 (0-based), each
+#                                                  kernel (template arguments apart) its median
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
@@ -13,6 +16,30 @@ OUTDIR=${OUT:-$KIV_GPU/scan-profile}
 mkdir -p "$OUTDIR"
 "$T" -tc='*timing*' 2>&1 | grep "MESSAGE" | sed 's/.*MESSAGE: //'
 command -v ncu >/dev/null || { echo "no ncu"; exit 0; }
+if [ "${1:-}" = durations ]; then
+  export KIV_SCAN_TIMING_CONFIGS=${2:?which configurations}
+  ncu --metrics gpu__time_duration.sum --csv "$T" -tc='*timing*' >"$OUTDIR/ncu-durations.csv" 2>/dev/null
+  python3 - "$OUTDIR/ncu-durations.csv" "$KIV_SCAN_TIMING_CONFIGS" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head, rows = rows[0], rows[1:]
+ki, vi = head.index("Kernel Name"), head.index("Metric Value")
+configs = sys.argv[2].split(",")
+# Each configuration: 55 calls in order; a call's kernels are those between two memsets' worth of
+# the same first kernel, so split the launches into len(configs) equal runs.
+per_config = len(rows) // len(configs)
+for i, cfg in enumerate(configs):
+    part = rows[i * per_config:(i + 1) * per_config]
+    names = {}
+    for r in part:
+        names.setdefault(r[ki].split("(")[0], []).append(float(r[vi].replace(",", "")) / 1e3)
+    print(f"configuration {cfg}: {len(part)} launches")
+    for name, v in names.items():
+        v.sort()
+        print(f"  {name[:90]:90s} x{len(v):4d}  median {v[len(v)//2]:7.1f} us")
+PY
+  exit 0
+fi
 # Per kernel durations: the timing test's configurations run 55 calls each, in order.
 ncu --metrics gpu__time_duration.sum --csv "$T" -tc='*timing*' >"$OUTDIR/ncu-durations.csv" 2>/dev/null
 python3 - "$OUTDIR/ncu-durations.csv" <<'PY'
