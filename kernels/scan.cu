@@ -59,9 +59,12 @@ constexpr uint32_t kHistWords = kBins0 + kBins1 + kBins2;
 // bin b0 (2 mantissa bits wide) holds a few thousand; more than this takes the large mode.
 constexpr uint32_t kCandidates = 16384;
 constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
-// The guess for the next call sits this fraction of |z| below this call's threshold z (in units
-// of the query's scale · sqrt(Σ qq²)): at 1M Gaussian-like scores, c = 342 lie above z ≈ 3.4 and
-// about 5,600 above 0.75 z, well inside [c, kCandidates] however the next query moves the tail.
+// The guess for the next call (in units of the query's scale · sqrt(Σ qq²)): where this call's
+// guess gathered at least kGuessTarget · c tokens, the score of about the (kGuessTarget · c)-th
+// largest (at 1M Gaussian-like scores with c = 342: z ≈ 2.8 against the c-th's 3.4, 18 % of room
+// for the next query's tail to move); otherwise (the full select ran, or too few were gathered)
+// kGuessMargin of |z| below this call's c-th (about 16 c of them at 1M).
+constexpr uint32_t kGuessTarget = 8;
 constexpr float kGuessMargin = 0.25f;
 // The guess scan's gather key when a problem has no guess: above every non-NaN score's key.
 constexpr uint32_t kNoGather = 0xFFFFFFFFu;
@@ -146,11 +149,11 @@ __device__ __forceinline__ float ScoreOfKey(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
 }
 
-// The next call's guess from this call's threshold key: its score in the query's unit, lowered
-// by kGuessMargin of its size. NaN (no guess) where the unit is zero (a zero query).
-__device__ void WriteGuess(float* guess, uint32_t key_k, float unit) {
-  const float z = ScoreOfKey(key_k) / unit;
-  *guess = unit > 0.0f && isfinite(z) ? z - kGuessMargin * fabsf(z) : __uint_as_float(0x7FC00000u);
+// The next call's guess from a key of this call: its score in the query's unit, lowered by
+// `margin` of its size. NaN (no guess) where the unit is zero (a zero query).
+__device__ void WriteGuess(float* guess, uint32_t key, float unit, float margin = kGuessMargin) {
+  const float z = ScoreOfKey(key) / unit;
+  *guess = unit > 0.0f && isfinite(z) ? z - margin * fabsf(z) : __uint_as_float(0x7FC00000u);
 }
 
 // True in every thread of the block that finished last among the grid's blocks of this problem.
@@ -168,10 +171,10 @@ __device__ bool LastBlockOfProblem(uint32_t* done) {
 // The bin (counting from the top) where the running count of `hist` reaches state->k: fixes the
 // bin's bits in state->prefix, leaves in state->k how many of that bin are still wanted and in
 // state->count how many the bin holds. kGlobal: `hist` is global memory other blocks wrote.
-template <uint32_t kBins, uint32_t kShift, bool kGlobal>
+template <uint32_t kBins, uint32_t kShift, bool kGlobal, uint32_t kBlock = kThreads>
 __device__ void ChooseBin(const uint32_t* hist, PassState* state) {
-  constexpr uint32_t kPer = kBins / kThreads;
-  using Scan = cub::BlockScan<uint32_t, kThreads>;
+  constexpr uint32_t kPer = kBins / kBlock;
+  using Scan = cub::BlockScan<uint32_t, kBlock>;
   __shared__ typename Scan::TempStorage scan_storage;
   const uint32_t k = state->k;
   uint32_t counts[kPer], sum = 0;
@@ -221,114 +224,229 @@ __device__ __forceinline__ uint32_t WarpSum(uint32_t x) {
   return x;
 }
 
-// One level of a radix select in one block over `total` items: the histogram of bits
-// [kShift, kShift + log2 kBins) of the keys of the items that are `in` and whose bits from kFixed
-// up equal state->prefix's (kFixed = 32: all of them), then ChooseBin. key_of(i, &in) gives item
-// i's key.
-template <uint32_t kBins, uint32_t kShift, uint32_t kFixed, typename KeyOf>
-__device__ void BlockRadixLevel(uint32_t total, KeyOf key_of, uint32_t* hist, PassState* state) {
-  for (uint32_t i = threadIdx.x; i < kBins; i += kThreads) hist[i] = 0;
-  __syncthreads();
-  uint32_t want = 0;
-  if constexpr (kFixed < 32) want = state->prefix >> kFixed;
-  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
-    bool in = true;
-    const uint32_t key = key_of(i, &in);
-    if constexpr (kFixed < 32) in = in && (key >> kFixed) == want;
-    if (in) atomicAdd(hist + ((key >> kShift) & (kBins - 1)), 1u);
+// The k-th largest key of the `in` items among `total` (key_of(i, &in) gives item i's), in one
+// block, and in *left how many items equal to it are among the k largest. A radix select over
+// the keys' own range [lo, hi], found first: each level spreads 2,048 bins across what is left of
+// the range, so they fill evenly where a fixed radix's top bits would crowd a few bins (the
+// candidates of a guess share their exponent) and serialise the shared atomics. Three levels at
+// most (21 + 11 bits of range, then the rest). With also_k (<= total), *also gets the lower edge
+// of the first level's bin that holds the also_k-th largest: that key or a little below it.
+template <uint32_t kBlock, typename KeyOf>
+__device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32_t* hist,
+                                uint32_t* left, uint32_t also_k = 0, uint32_t* also = nullptr) {
+  constexpr uint32_t kBins = 2048;
+  __shared__ uint32_t range_lo, range_hi;
+  __shared__ PassState pick;
+  if (threadIdx.x == 0) {
+    range_lo = ~0u;
+    range_hi = 0;
   }
   __syncthreads();
-  ChooseBin<kBins, kShift, false>(hist, state);
+  uint32_t lo = ~0u, hi = 0;
+  for (uint32_t i = threadIdx.x; i < total; i += kBlock) {
+    bool in = true;
+    const uint32_t key = key_of(i, &in);
+    if (in) {
+      lo = min(lo, key);
+      hi = max(hi, key);
+    }
+  }
+  lo = __reduce_min_sync(0xFFFFFFFFu, lo);
+  hi = __reduce_max_sync(0xFFFFFFFFu, hi);
+  if (threadIdx.x % 32 == 0) {
+    atomicMin(&range_lo, lo);
+    atomicMax(&range_hi, hi);
+  }
   __syncthreads();
+  lo = range_lo;
+  hi = range_hi;
+  for (;;) {
+    const uint32_t wide = (hi - lo) >> 11;
+    const uint32_t shift = wide ? 32 - __clz(wide) : 0;  // (hi − lo) >> shift < kBins
+    for (uint32_t i = threadIdx.x; i < kBins; i += kBlock) hist[i] = 0;
+    if (threadIdx.x == 0) pick = PassState{0, k, {}, 0, 0, 0, 0, 0.0f, {}};
+    __syncthreads();
+    for (uint32_t i = threadIdx.x; i < total; i += kBlock) {
+      bool in = true;
+      const uint32_t key = key_of(i, &in);
+      if (in && key >= lo && key <= hi) atomicAdd(hist + ((key - lo) >> shift), 1u);
+    }
+    __syncthreads();
+    ChooseBin<kBins, 0, false, kBlock>(hist, &pick);  // the bin (from the top) holding the k-th
+    __syncthreads();
+    const uint32_t bin = pick.prefix;
+    k = pick.k;
+    if (also_k != 0) {  // the first level: the same histogram, the also_k-th
+      __syncthreads();  // pick was read
+      if (threadIdx.x == 0) pick = PassState{0, also_k, {}, 0, 0, 0, 0, 0.0f, {}};
+      __syncthreads();
+      ChooseBin<kBins, 0, false, kBlock>(hist, &pick);
+      __syncthreads();
+      *also = lo + (pick.prefix << shift);
+      also_k = 0;
+    }
+    lo += bin << shift;
+    hi = uint32_t(min(uint64_t{hi}, uint64_t{lo} + (uint64_t{1} << shift) - 1));
+    __syncthreads();  // pick and hist are rewritten by the next level
+    if (shift == 0) {
+      *left = k;
+      return lo;
+    }
+  }
 }
 
 // Shared memory of FinishFromGuess: every candidate's key, a histogram, the chosen indices.
-constexpr uint32_t kFinishSharedWords = kCandidates + kBins0 + kScanGuessMaxC;
+constexpr uint32_t kFinishSharedWords = kCandidates + kBins0 + kScanGuessMaxC + 4;
 
 // The guess held, one block: the c largest are among the `appended` gathered tokens, which are in
 // no order. Their keys go to shared memory once (every load in flight together); the threshold key
-// by three histogram levels over them; where more tokens tie at it than are wanted, the lowest
-// indices among the tied by three more levels over their inverted indices; then each chosen token
-// finds its place in index order by counting the chosen below it. `shared`: kFinishSharedWords.
+// by BlockSelect over them; where more tokens tie at it than are wanted, the lowest indices among
+// the tied by BlockSelect over their inverted indices; then each chosen token finds its place in
+// index order by counting the chosen below it. `shared`: kFinishSharedWords.
+template <uint32_t kBlock>
 __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uint32_t* selected,
                                 uint32_t* counts, float* guess, uint32_t* guess_counts,
                                 uint32_t* shared) {
   uint32_t* keys = shared;                   // [kCandidates]
   uint32_t* hist = keys + kCandidates;       // [kBins0]
-  uint32_t* chosen = hist + kBins0;          // [kScanGuessMaxC]
-  __shared__ PassState local, tie;
+  uint32_t* chosen = hist + kBins0;          // [kScanGuessMaxC + 4]
+  __shared__ PassState local;
   __shared__ uint32_t chosen_count, equal_count;
   const uint32_t* cand_index = ws.cand_index + size_t{p} * kCandidates;
   const uint32_t* cand_key = ws.cand_key + size_t{p} * kCandidates;
   if (threadIdx.x == 0) {
     local = ws.states[p];
-    local.prefix = 0;
-    local.k = c;
     chosen_count = 0;
     equal_count = 0;
   }
   __syncthreads();
   const uint32_t total = local.appended;  // <= kCandidates, >= c: the guess held
   constexpr uint32_t kLoads = 8;
-  for (uint32_t base = threadIdx.x; base < total; base += kLoads * kThreads) {
+  for (uint32_t base = threadIdx.x; base < total; base += kLoads * kBlock) {
     uint32_t v[kLoads];
 #pragma unroll
     for (uint32_t u = 0; u < kLoads; ++u)
-      if (base + u * kThreads < total) v[u] = __ldcg(cand_key + base + u * kThreads);
+      if (base + u * kBlock < total) v[u] = __ldcg(cand_key + base + u * kBlock);
 #pragma unroll
     for (uint32_t u = 0; u < kLoads; ++u)
-      if (base + u * kThreads < total) keys[base + u * kThreads] = v[u];
+      if (base + u * kBlock < total) keys[base + u * kBlock] = v[u];
   }
   __syncthreads();
   auto key = [&](uint32_t i, bool*) { return keys[i]; };
-  BlockRadixLevel<kBins0, 21, 32>(total, key, hist, &local);
-  BlockRadixLevel<kBins1, 10, 21>(total, key, hist, &local);
-  BlockRadixLevel<kBins2, 0, 10>(total, key, hist, &local);
-  const uint32_t key_k = local.prefix, wanted_equal = local.k;
+  uint32_t wanted_equal = 0;
+  // The next call's guess: about the (kGuessTarget · c)-th largest when that many were gathered.
+  const uint32_t target = kGuessTarget * c;
+  uint32_t target_key = 0;
+  const uint32_t key_k = BlockSelect<kBlock>(total, c, key, hist, &wanted_equal,
+                                             total >= target ? target : 0, &target_key);
   uint32_t equal = 0;
-  for (uint32_t i = threadIdx.x; i < total; i += kThreads) equal += keys[i] == key_k;
+  for (uint32_t i = threadIdx.x; i < total; i += kBlock) equal += keys[i] == key_k;
   equal = WarpSum(equal);
   if (threadIdx.x % 32 == 0 && equal != 0) atomicAdd(&equal_count, equal);
   __syncthreads();
   uint32_t index_limit = ~0u;  // the tied tokens kept: index <= index_limit
   if (equal_count > wanted_equal) {
-    if (threadIdx.x == 0) tie = PassState{0, wanted_equal, {}, 0, 0, 0, 0, 0.0f, {}};
-    __syncthreads();
     auto tied = [&](uint32_t i, bool* in) {
       *in = keys[i] == key_k;
       return *in ? ~__ldcg(cand_index + i) : 0u;  // the largest is the lowest index
     };
-    BlockRadixLevel<kBins0, 21, 32>(total, tied, hist, &tie);
-    BlockRadixLevel<kBins1, 10, 21>(total, tied, hist, &tie);
-    BlockRadixLevel<kBins2, 0, 10>(total, tied, hist, &tie);
-    index_limit = ~tie.prefix;
+    uint32_t one = 0;
+    index_limit = ~BlockSelect<kBlock>(total, wanted_equal, tied, hist, &one);
   }
-  for (uint32_t i = threadIdx.x; i < total; i += kThreads) {
-    const uint32_t k = keys[i];
-    if (k < key_k) continue;
-    const uint32_t index = __ldcg(cand_index + i);
-    if (k > key_k || index <= index_limit) {
-      const uint32_t at = atomicAdd(&chosen_count, 1u);
-      if (at < kScanGuessMaxC) chosen[at] = index;
+  // Whole warps go round together: the chosen of a warp take their places with one atomic.
+  const uint32_t lane = threadIdx.x % 32;
+  for (uint32_t i = threadIdx.x; i < (total + 31) / 32 * 32; i += kBlock) {
+    bool pick = false;
+    uint32_t index = 0;
+    if (i < total && keys[i] >= key_k) {
+      index = __ldcg(cand_index + i);
+      pick = keys[i] > key_k || index <= index_limit;
     }
+    const uint32_t picked = __ballot_sync(0xFFFFFFFFu, pick);
+    if (picked == 0) continue;
+    uint32_t at = 0;
+    if (lane == 0) at = atomicAdd(&chosen_count, __popc(picked));
+    at = __shfl_sync(0xFFFFFFFFu, at, 0) + __popc(picked & ((1u << lane) - 1));
+    if (pick && at < kScanGuessMaxC) chosen[at] = index;
   }
+  // Pad to a multiple of 4 with indices no chosen one is above, for 16-byte reads.
+  if (threadIdx.x < 4) chosen[c + threadIdx.x] = ~0u;  // chosen has kScanGuessMaxC + 4 words
   __syncthreads();
   uint32_t* out = selected + size_t{p} * c;
-  for (uint32_t i = threadIdx.x; i < c; i += kThreads) {
+  const uint4* four = reinterpret_cast<const uint4*>(chosen);
+  for (uint32_t i = threadIdx.x; i < c; i += kBlock) {
     const uint32_t index = chosen[i];
-    uint32_t rank = 0;
-    for (uint32_t j = 0; j < c; ++j) rank += chosen[j] < index;
-    out[rank] = index;
+    uint32_t rank[4] = {};
+#pragma unroll 4
+    for (uint32_t j = 0; j < (c + 3) / 4; ++j) {
+      const uint4 x = four[j];  // the same address in every lane: a broadcast
+      rank[0] += x.x < index;
+      rank[1] += x.y < index;
+      rank[2] += x.z < index;
+      rank[3] += x.w < index;
+    }
+    out[rank[0] + rank[1] + rank[2] + rank[3]] = index;
   }
   if (threadIdx.x == 0 && counts) counts[p] = c;
-  if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit);
+  if (threadIdx.x == 0 && guess) {
+    if (total >= target)
+      WriteGuess(guess + p, target_key, local.unit, 0.0f);
+    else
+      WriteGuess(guess + p, key_k, local.unit);
+  }
   if (threadIdx.x == 0 && guess_counts) atomicAdd(guess_counts, 1u);
   __syncthreads();  // `shared` is free again
 }
 
-// Tokens a warp scores per round: kM tiles of 16 (their signatures all in flight at once).
+// Tokens a warp scores per round: kM tiles of 16.
 template <uint32_t kWords>
 constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
+
+// A chunk of the scan's input in shared memory: a round of every warp of a block, its signatures
+// and then its norms. kScanStages of them are in flight a block.
+constexpr uint32_t kScanStages = 4;
+template <uint32_t kWords>
+struct ScanStage {
+  static constexpr uint32_t kRound = 16 * kScanTiles<kWords>, kChunk = kThreads / 32 * kRound;
+  static constexpr uint32_t kSigBytes = kChunk * kWords * 8;
+  static constexpr uint32_t kBytes = kSigBytes + kChunk * 4;  // + norms: 16-byte multiples
+};
+
+// cp.async of kBytes (4, 8 or 16, both addresses aligned to it) into shared memory, and its
+// groups (PTX ISA, "cp.async"): L2 only (.cg) for 16 bytes, the others through L1 (.ca).
+template <uint32_t kBytes>
+__device__ __forceinline__ void CpAsync(void* shared_to, const void* global_from) {
+  const uint32_t to = uint32_t(__cvta_generic_to_shared(shared_to));
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(global_from));
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(to), "l"(global_from),
+                 "n"(kBytes));
+}
+// The least v = 256 · acc_hi + acc_lo whose score (2v − Σ qq) · scale, without norms, has a key
+// at or above `key`: the score is non-decreasing in v (float(S) is exact for |S| < 2^24, and
+// rounding a product keeps order), so the tokens with v >= the result are exactly those with
+// key >= `key`. INT32_MAX: none (no v reaches the key); INT32_MIN: all.
+__device__ int32_t LeastGatheredV(uint32_t key, int32_t sum, float scale) {
+  auto reaches = [&](int64_t v) {
+    return DeviceKey(__fmul_rn(float(2 * v - sum), scale)) >= key;
+  };
+  constexpr int64_t kLimit = 1 << 23;  // |v| <= 257 · 127 · 256 < 2^23 (256 bits)
+  if (!reaches(kLimit)) return INT32_MAX;
+  if (reaches(-kLimit)) return INT32_MIN;
+  int64_t lo = -kLimit, hi = kLimit;  // reaches(lo) is false, reaches(hi) true
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    (reaches(mid) ? hi : lo) = mid;
+  }
+  return int32_t(hi);
+}
+
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <uint32_t kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
 
 // scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
 // mode. A block serves `share` problems (blockIdx.y · share + j) that read the same signatures
@@ -343,29 +461,26 @@ constexpr uint32_t kScanTiles = kWords == 4 ? 2 : 4;
 //
 // kGuess (the guess scan, ScanSelectArgs::guess): no scores and no histogram; each token whose
 // key is at or above its problem's guessed key goes to the candidate buffer, unordered (a warp's
-// tokens of one problem take their places with one atomic). Otherwise (the full scan, after a
-// guess scan when `guess` is set) the problems whose guesses held are finished first, problem j
-// by block j of the group (FinishFromGuess), and a group whose guesses all held returns then.
+// tokens of one problem take their places with one atomic); without norms the test is on the
+// product's integer, against the least one whose score reaches the guess (found once). Otherwise
+// (the full scan) a group whose guesses all held (FinishGuessKernel finished them) returns at once.
 template <uint32_t kWords, uint32_t kNT, bool kGuess>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
-                  float* scores, Workspace ws, float* guess, uint32_t* guess_counts,
-                  uint32_t* selected, uint32_t* counts) {
+                  float* scores, Workspace ws, const float* guess, uint32_t* guess_counts) {
   constexpr uint32_t kBits = kWords * 64, kPieces = kWords * 2, kM = kScanTiles<kWords>;
   const uint32_t n = tokens.Get(), share = chunk.share;
-  // share × kBins0 histograms; with a guess, FinishFromGuess's kFinishSharedWords before them.
-  extern __shared__ uint32_t hists[];
+  // ScanStage<kWords>::kBytes · kScanStages of staging, then share × kBins0 histograms.
+  extern __shared__ __align__(16) uint8_t scan_shared[];
+  uint8_t* stage = scan_shared;
+  uint32_t* hists =
+      reinterpret_cast<uint32_t*>(scan_shared + ScanStage<kWords>::kBytes * kScanStages);
   const uint32_t local = blockIdx.y * share;  // the group's first problem in the chunk
   if constexpr (!kGuess) {
     if (guess) {
       bool all_held = true;
-      for (uint32_t j = 0; j < share; ++j) {
-        const uint32_t p = chunk.first + local + j;
-        const bool held = GuessHeld(&ws.states[p], c, n);
-        if (held && j % gridDim.x == blockIdx.x)
-          FinishFromGuess(p, c, ws, selected, counts, guess, guess_counts, hists);
-        all_held = all_held && held;
-      }
+      for (uint32_t j = 0; j < share; ++j)
+        all_held = all_held && GuessHeld(&ws.states[chunk.first + local + j], c, n);
       if (all_held) return;
     }
   }
@@ -378,6 +493,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   int32_t sum[kNT];
   float scale[kNT];
   uint32_t gather_key[kNT];  // kGuess: the epilogue problem's guessed key
+  int32_t gather_v[kNT];     // kGuess without norms: the least 256 · acc_hi + acc_lo that reaches it
 #pragma unroll
   for (uint32_t z = 0; z < kNT; ++z) {
     const uint32_t j = 4 * z + g / 2;
@@ -404,6 +520,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
         else if (z_guess == z_guess && unit > 0.0f && isfinite(unit))
           gather_key[z] = DeviceKey(__fmul_rn(z_guess, unit));
         if (blockIdx.x == 0 && threadIdx.x < 4) ws.states[p].unit = unit;  // g = 0: lanes 0-3
+        gather_v[z] = LeastGatheredV(gather_key[z], sum[z], scale[z]);
       }
     }
   }
@@ -411,44 +528,62 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     for (uint32_t i = threadIdx.x; i < share * kBins0; i += kThreads) hists[i] = 0;
     __syncthreads();
   }
-  constexpr uint32_t kWarps = kThreads / 32, kRound = 16 * kM;
-  const uint32_t step = gridDim.x * kWarps * kRound;
-  for (uint32_t base = (blockIdx.x * kWarps + threadIdx.x / 32) * kRound; base < n; base += step) {
-    uint64_t w[kM][2][kWords];  // tile m, row g (h = 0) and g + 8 (h = 1)
-    float norm[kM][2];
+  // The signatures (and norms) stream through shared memory, kScanStages chunks of kChunk
+  // tokens in flight a block (cp.async): chunk blockIdx.x + it · gridDim.x goes to buffer
+  // it % kScanStages; warp w scores the chunk's tokens [w · kRound, (w + 1) · kRound).
+  using Stage = ScanStage<kWords>;
+  constexpr uint32_t kRound = Stage::kRound, kChunk = Stage::kChunk;
+  const uint32_t chunks = (n + kChunk - 1) / kChunk, warp = threadIdx.x / 32;
+  auto issue = [&](uint32_t it) {
+    const uint32_t ch = blockIdx.x + it * gridDim.x;
+    if (ch < chunks) {
+      const uint32_t first = ch * kChunk, valid = min(kChunk, n - first);
+      uint8_t* sig = stage + (it % kScanStages) * Stage::kBytes;
+      const uint8_t* from =
+          reinterpret_cast<const uint8_t*>(pr.signatures + size_t{first} * kWords);
+      constexpr uint32_t kPiece = kWords == 1 ? 8 : 16, kPer = kWords * 8 / kPiece;
+      for (uint32_t i = threadIdx.x; i < valid * kPer; i += kThreads)
+        CpAsync<kPiece>(sig + i * kPiece, from + i * kPiece);
+      if (has_norms)
+        for (uint32_t i = threadIdx.x; i < valid; i += kThreads)
+          CpAsync<4>(sig + Stage::kSigBytes + 4 * i, pr.norms + first + i);
+    }
+    CpAsyncCommit();
+  };
+#pragma unroll
+  for (uint32_t s = 0; s + 1 < kScanStages; ++s) issue(s);
+  for (uint32_t it = 0; blockIdx.x + it * gridDim.x < chunks; ++it) {
+    issue(it + kScanStages - 1);
+    CpAsyncWait<kScanStages - 1>();  // this thread's copies of chunk `it` are in
+    __syncthreads();                 // and everyone's
+    const uint32_t base = (blockIdx.x + it * gridDim.x) * kChunk + warp * kRound;
+    const uint8_t* buffer = stage + (it % kScanStages) * Stage::kBytes;
+    const uint64_t* sig = reinterpret_cast<const uint64_t*>(buffer) + size_t{warp} * kRound * kWords;
+    const float* norms = reinterpret_cast<const float*>(buffer + Stage::kSigBytes) + warp * kRound;
 #pragma unroll
     for (uint32_t m = 0; m < kM; ++m) {
+      uint64_t w[2][kWords];  // row g (h = 0) and g + 8 (h = 1) of tile m; garbage past n
+      float norm[2];
 #pragma unroll
       for (uint32_t h = 0; h < 2; ++h) {
-        const uint32_t tok = base + 16 * m + 8 * h + g;
-        if (tok < n) {
-          if constexpr (kWords == 1) {
-            w[m][h][0] = __ldcs(reinterpret_cast<const unsigned long long*>(pr.signatures) + tok);
-          } else {
-            const ulonglong2* v =
-                reinterpret_cast<const ulonglong2*>(pr.signatures + size_t{tok} * kWords);
-#pragma unroll
-            for (uint32_t i = 0; i < kWords / 2; ++i) {
-              const ulonglong2 x = __ldcs(v + i);
-              w[m][h][2 * i] = x.x;
-              w[m][h][2 * i + 1] = x.y;
-            }
-          }
-          norm[m][h] = has_norms ? __ldcs(pr.norms + tok) : 1.0f;
+        const uint32_t row = 16 * m + 8 * h + g;
+        if constexpr (kWords == 1) {
+          w[h][0] = sig[row];
         } else {
 #pragma unroll
-          for (uint32_t i = 0; i < kWords; ++i) w[m][h][i] = 0;
-          norm[m][h] = 1.0f;
+          for (uint32_t i = 0; i < kWords / 2; ++i) {
+            const ulonglong2 x = reinterpret_cast<const ulonglong2*>(sig + row * kWords)[i];
+            w[h][2 * i] = x.x;
+            w[h][2 * i + 1] = x.y;
+          }
         }
+        norm[h] = has_norms ? norms[row] : 1.0f;
       }
-    }
-#pragma unroll
-    for (uint32_t m = 0; m < kM; ++m) {
       int32_t acc[kNT][4] = {};
 #pragma unroll
       for (uint32_t kc = 0; kc < kPieces; ++kc) {
-        const uint32_t p0 = uint32_t(w[m][0][kc / 2] >> (32 * (kc % 2)));
-        const uint32_t p1 = uint32_t(w[m][1][kc / 2] >> (32 * (kc % 2)));
+        const uint32_t p0 = uint32_t(w[0][kc / 2] >> (32 * (kc % 2)));
+        const uint32_t p1 = uint32_t(w[1][kc / 2] >> (32 * (kc % 2)));
         const uint32_t a0 = (p0 >> t) & 0x01010101u, a1 = (p1 >> t) & 0x01010101u;
         const uint32_t a2 = (p0 >> (t + 4)) & 0x01010101u, a3 = (p1 >> (t + 4)) & 0x01010101u;
 #pragma unroll
@@ -461,13 +596,18 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
           for (uint32_t h = 0; h < 2; ++h) {
             const uint32_t tok = base + 16 * m + 8 * h + g;
+            const int32_t v = 256 * acc[z][2 * h] + acc[z][2 * h + 1];
             uint32_t key = 0;
             bool take = false;
             if (j < share && tok < n) {
-              const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
-              const float plain = __fmul_rn(float(S), scale[z]);
-              key = DeviceKey(has_norms ? __fmul_rn(norm[m][h], plain) : plain);
-              take = key >= gather_key[z];
+              if (has_norms) {
+                const float plain = __fmul_rn(float(2 * v - sum[z]), scale[z]);
+                key = DeviceKey(__fmul_rn(norm[h], plain));
+                take = key >= gather_key[z];
+              } else {
+                take = v >= gather_v[z];  // ⇔ key >= gather_key[z]; the key only when taken
+                if (take) key = DeviceKey(__fmul_rn(float(2 * v - sum[z]), scale[z]));
+              }
             }
             const uint32_t taken = __ballot_sync(0xFFFFFFFFu, take);
             if (taken == 0) continue;  // the usual case: the guess is far in the tail
@@ -494,13 +634,14 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
             if (tok >= n) continue;
             const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
             const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
-            const float score = has_norms ? __fmul_rn(norm[m][h], plain) : plain;
+            const float score = has_norms ? __fmul_rn(norm[h], plain) : plain;
             out[tok] = score;
             atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
           }
         }
       }
     }
+    __syncthreads();  // the buffer is free for chunk it + kScanStages
   }
   if constexpr (!kGuess) {
     for (uint32_t j = 0; j < share; ++j) {
@@ -726,6 +867,17 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
   if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit);
 }
 
+// A block of kFinishThreads per problem: FinishFromGuess where the guess held, else nothing.
+constexpr uint32_t kFinishThreads = 1024;
+__global__ void __launch_bounds__(kFinishThreads)
+    FinishGuessKernel(uint32_t first, TokenCount tokens, uint32_t c, Workspace ws,
+                      uint32_t* selected, uint32_t* counts, float* guess, uint32_t* guess_counts) {
+  extern __shared__ __align__(16) uint32_t finish_shared[];
+  const uint32_t p = first + blockIdx.x;
+  if (!GuessHeld(&ws.states[p], c, tokens.Get())) return;
+  FinishFromGuess<kFinishThreads>(p, c, ws, selected, counts, guess, guess_counts, finish_shared);
+}
+
 // Grid (blocks, problems); in the small mode each block compacts tiles until one lies past n.
 __global__ void __launch_bounds__(kThreads)
     Pass1Kernel(uint32_t first, TokenCount tokens, uint32_t c, const float* scores, Workspace ws) {
@@ -932,37 +1084,43 @@ bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 size_t ScanSharedBytes(uint32_t share) { return share * kBins0 * sizeof(uint32_t); }
 constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems' hi and lo each
 
+// A full GPU of blocks (as many a SM as its shared memory lets stay resident, at most
+// kScanBlocksPerSm) over the groups, each looping over chunks of the tokens.
 template <uint32_t kWords, uint32_t kNT, bool kGuess>
-int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
-               const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  const size_t smem =
-      kGuess ? 0
-             : std::max(ScanSharedBytes(chunk.share),
-                        a.guess ? sizeof(uint32_t) * kFinishSharedWords : size_t{0});
+int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t sms, const ScanSelectArgs& a,
+               const Workspace& ws, cudaStream_t stream) {
+  const size_t staging = size_t{ScanStage<kWords>::kBytes} * kScanStages;
+  const size_t smem = kGuess ? staging : staging + ScanSharedBytes(chunk.share);
   // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
   // would pass the 48 KB a launch gets without asking.
   if (smem > 40 * 1024)
     KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT, kGuess>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int per_sm = 0;
+  KIV_CUDA_CALL(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &per_sm, MmaScanKernel<kWords, kNT, kGuess>, kThreads, smem));
+  const uint32_t chunks = (a.n + ScanStage<kWords>::kChunk - 1) / ScanStage<kWords>::kChunk;
+  const uint32_t blocks =
+      std::clamp((sms * uint32_t(std::max(per_sm, 1)) + groups - 1) / groups, 1u, chunks);
   MmaScanKernel<kWords, kNT, kGuess><<<dim3(blocks, groups), kThreads, smem, stream>>>(
       chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws, a.guess,
-      a.guess ? a.guess_counts : nullptr, a.selected, a.counts);
+      a.guess ? a.guess_counts : nullptr);
   return int(cudaGetLastError());
 }
 
 template <uint32_t kWords, bool kGuess>
-int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
                     const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, blocks, a, ws, stream)
-                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, blocks, a, ws, stream);
+  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, sms, a, ws, stream)
+                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, sms, a, ws, stream);
 }
 
 template <bool kGuess>
-int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t blocks,
+int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
                   const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, blocks, a, ws, stream)
-         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, blocks, a, ws, stream)
-                        : LaunchScanWords<4, kGuess>(chunk, groups, blocks, a, ws, stream);
+  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, sms, a, ws, stream)
+         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, sms, a, ws, stream)
+                        : LaunchScanWords<4, kGuess>(chunk, groups, sms, a, ws, stream);
 }
 
 }  // namespace
@@ -1064,8 +1222,6 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
   const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
-  // A scan block scores kThreads / 32 warps × kScanTiles × 16 tokens a round (≥ 256).
-  const uint32_t scan_rounds = (a.n + 255) / 256;
   const TokenCount tokens{a.n, a.n_device};
   const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk
   for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
@@ -1075,10 +1231,6 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     std::copy(a.problems + first, a.problems + first + count, chunk.problems);
     chunk.first = first;
     chunk.share = a.share;
-    // Scan: a full GPU of blocks of 256 over the whole batch; the histogram pass: a full GPU,
-    // 8 per SM.
-    const uint32_t scan_blocks =
-        std::clamp((uint32_t(sms) * kScanBlocksPerSm + groups - 1) / groups, 1u, scan_rounds);
     // With a guess the passes serve only the problems whose guess missed (rare): a quarter of
     // the blocks, so that the usual call's launches that return at once cost less.
     const uint32_t per_sm = a.guess ? 1 : 4;
@@ -1092,10 +1244,17 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // With a guess, the guess scan first; the full scan then returns at once for every group
     // whose guesses held (skipped when the host knows that nothing is left to choose).
     if (a.guess && (a.n_device || a.c < a.n)) {
-      const int rc = LaunchScanAny<true>(chunk, groups, scan_blocks, a, ws, stream);
+      const int rc = LaunchScanAny<true>(chunk, groups, uint32_t(sms), a, ws, stream);
       if (rc != 0) return rc;
+      constexpr size_t kFinishBytes = sizeof(uint32_t) * kFinishSharedWords;
+      KIV_CUDA_CALL(cudaFuncSetAttribute(FinishGuessKernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(kFinishBytes)));
+      FinishGuessKernel<<<count, kFinishThreads, kFinishBytes, stream>>>(
+          first, tokens, a.c, ws, a.selected, a.counts, a.guess, a.guess_counts);
+      KIV_CUDA_CALL(cudaGetLastError());
     }
-    const int rc = LaunchScanAny<false>(chunk, groups, scan_blocks, a, ws, stream);
+    const int rc = LaunchScanAny<false>(chunk, groups, uint32_t(sms), a, ws, stream);
     if (rc != 0) return rc;
     // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).

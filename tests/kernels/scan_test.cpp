@@ -526,15 +526,16 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
   // (problems, share, c): 3 kv-heads with one summed query each; a decode step's 9 query heads
   // each with its own query (C / g = 342), without and with a group's scans sharing one read;
   // a prefill chunk's 16 blocks × 3 kv-heads, without and with 8 blocks sharing a read.
-  // The last: the decode step's shape with a guess (held on every timed call: the queries do
-  // not change).
-  const uint32_t configs[][4] = {{3, 1, 1024, 0},  {9, 1, 1024, 0}, {9, 1, 342, 0},
-                                 {9, 3, 342, 0},   {48, 1, 1024, 0}, {48, 8, 1024, 0},
-                                 {9, 3, 342, 1}};
+  // The last three: the decode step's shape with a guess (held on every timed call: the queries
+  // do not change), with norms and without (kiv's speed runs scan without: --no-scan-norms), and
+  // without a guess and without norms, to compare.
+  const uint32_t configs[][5] = {{3, 1, 1024, 0, 1},  {9, 1, 1024, 0, 1}, {9, 1, 342, 0, 1},
+                                 {9, 3, 342, 0, 1},   {48, 1, 1024, 0, 1}, {48, 8, 1024, 0, 1},
+                                 {9, 3, 342, 1, 1},   {9, 3, 342, 1, 0},   {9, 3, 342, 0, 0}};
   // KIV_SCAN_TIMING_CONFIGS=3,6 runs only those (tools/gpu/scan_profile.sh, to profile a few).
   const char* only = std::getenv("KIV_SCAN_TIMING_CONFIGS");
   int index = -1;
-  for (const auto& [count, share, c, guess] : configs) {
+  for (const auto& [count, share, c, guess, with_norms] : configs) {
     ++index;
     if (only && ("," + std::string(only) + ",").find("," + std::to_string(index) + ",") ==
                     std::string::npos)
@@ -547,7 +548,8 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     DeviceArray<uint32_t> selected(size_t{count} * c), counts(count);
     std::vector<kernels::ScanProblem> problems(count);
     for (size_t p = 0; p < count; ++p)
-      problems[p] = {sigs.get() + p / share * share * n * 2, norms.get() + p / share * share * n,
+      problems[p] = {sigs.get() + p / share * share * n * 2,
+                     with_norms ? norms.get() + p / share * share * n : nullptr,
                      blobs.get() + p * kernels::ScanQueryBytes(128)};
     DeviceArray<unsigned char> workspace(kernels::ScanSelectWorkspaceBytes(count, n));
     kernels::ScanSelectArgs args;
@@ -580,9 +582,11 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
     const double us = double(ms) * 1000.0 / iterations;
-    const double read_bytes = double(count / share) * n * (16 + 4);  // signatures + norms, once
+    const double read_bytes =  // signatures (+ norms), once
+        double(count / share) * n * (16 + (with_norms ? 4 : 0));
     MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
-                                      << (guess ? ", guessing" : "") << ": " << us
+                                      << (guess ? ", guessing" : "")
+                                      << (with_norms ? "" : ", no norms") << ": " << us
                                       << " us per call, " << read_bytes / (us * 1e3)
                                       << " GB/s of signatures + norms");
     if (guess) {
