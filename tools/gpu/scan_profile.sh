@@ -19,10 +19,11 @@ command -v ncu >/dev/null || { echo "no ncu"; exit 0; }
 if [ "${1:-}" = detail ]; then  # detail CONFIGS SKIP COUNT: sections of MmaScan launches
   export KIV_SCAN_TIMING_CONFIGS=${2:?which configurations}
   ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis -k regex:MmaScan \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section InstructionStats \
+    --section SourceCounters -k regex:"${KERNEL:-MmaScan}" \
     --launch-skip "${3:-10}" --launch-count "${4:-2}" "$T" -tc='*timing*' >"$OUTDIR/ncu-detail.txt" 2>&1
-  grep -E "MmaScan|Duration|Throughput|Achieved Occupancy|Registers|Theoretical Occupancy|Stall|Warp Cycles|Issued|Eligible|Active Warps|Block Limit|Executed Ipc|Pipe" \
-    "$OUTDIR/ncu-detail.txt" | cut -c1-150 | head -80
+  grep -E "MmaScan|Finish|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Issued|Eligible|Executed Ipc|Pipe|Executed Instructions|scan.cu:" \
+    "$OUTDIR/ncu-detail.txt" | cut -c1-160 | head -120
   exit 0
 fi
 if [ "${1:-}" = durations ]; then
