@@ -17,6 +17,14 @@
 // never waits. A histogram kernel's last block to finish (a device-wide counter) does the picking,
 // so no launch is spent on it. Compactions keep index order by a decoupled look-back over tiles.
 //
+// With a guess (ScanSelectArgs::guess, a decode step's scans), two kernels come first:
+//   GuessScan    (MmaScanKernel<.., true>) no scores, no histogram: the tokens at or above each
+//                problem's guessed key, unordered, into the candidate buffer
+//   FinishGuess  one block per problem whose guess held (at least c, at most kCandidates
+//                gathered): the selection from them, and the next guess
+// and the four above return at once for the problems whose guess held. docs/performance.md has
+// the times ("The decode select guesses its threshold"); the numbers below predate it.
+//
 // Measured on an H100 SXM (n = 1M, 128 bits, c = 1024, mean of 50 calls): 66 us for P = 3 and
 // 154 us for P = 9, i.e. 0.95 and 1.23 TB/s of signatures + norms. Per stage at P = 3 (event
 // timings, each inflated by a few us): scan 46, pass1 15, pass2 17.5 (the one-block finish),
