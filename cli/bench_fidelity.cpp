@@ -59,6 +59,7 @@ struct Options {
   std::string needle_book = "emma";
   std::vector<uint32_t> needle_lengths = {2048, 4096, 8192};
   std::vector<double> needle_depths = {0.10, 0.25, 0.50, 0.75, 0.90};
+  std::vector<uint32_t> needle_cells;  // empty: every cell of the grid
   uint32_t needle_new = 32;
   uint64_t seed = 0x6b6976;
 };
@@ -473,18 +474,24 @@ int Needle(const Options& o, const Session& probe, const std::string& text, Json
                 std::to_string(longest));
   const Arm arms[] = {Arm::kFull, Arm::kKiv, Arm::kAblation};
   uint32_t passed[3] = {0, 0, 0}, cells = 0, kiv_missed_full = 0, ablation_found = 0, misplaced = 0;
+  uint32_t grid_index = 0;  // the cell's place in the grid: its passkey's salt
   w.Key("needle").BeginObject();
   w.Field("book", o.needle_book).Field("new_tokens", o.needle_new);
   w.Field("depth_over", "the document's tokens that are cold when the question is read");
   w.Key("cells").BeginArray();
   for (uint32_t length : o.needle_lengths) {
     for (size_t di = 0; di < o.needle_depths.size(); ++di) {
-      const NeedleCell c = MakeNeedle(o, probe, hay, length, o.needle_depths[di], cells);
+      const uint32_t index = grid_index++;
+      if (!o.needle_cells.empty() &&
+          std::find(o.needle_cells.begin(), o.needle_cells.end(), index) == o.needle_cells.end())
+        continue;
+      const NeedleCell c = MakeNeedle(o, probe, hay, length, o.needle_depths[di], index);
       ++cells;
       const int64_t from_end = int64_t(c.prompt.size()) - c.needle_token;
       const bool outside = c.needle_token >= 0 && from_end > int64_t(o.flags.session.cache.window);
       misplaced += !outside;
-      w.BeginObject().Field("length", length).Field("depth", c.depth).Field("key", c.key);
+      w.BeginObject().Field("cell", index).Field("length", length).Field("depth", c.depth);
+      w.Field("key", c.key);
       w.Field("prompt_tokens", uint64_t(c.prompt.size())).Field("needle_token", c.needle_token);
       w.Field("needle_outside_hot_window", outside);
       bool pass[3] = {false, false, false};
@@ -643,6 +650,10 @@ void SetupBenchFidelity(CLI::App& bench) {
   sub->add_option("--needle-depths", o->needle_depths, "Needle depths, 0..1")
       ->delimiter(',')
       ->capture_default_str();
+  sub->add_option("--needle-cells", o->needle_cells,
+                  "Only these cells of the grid (0-based, lengths outer, depths inner), each with the "
+                  "passkey it has in the whole grid (default: all)")
+      ->delimiter(',');
   sub->add_option("--needle-new", o->needle_new, "Greedy tokens generated per needle answer")
       ->capture_default_str();
   sub->add_option("-o,--out", o->out, "Write the JSON result here (else to stdout)");
@@ -653,7 +664,8 @@ run takes about an hour; --parts picks what to run.
 Examples:
   kiv bench fidelity --out fidelity.json
   kiv bench fidelity --parts kl --kl-context 4096 --out kl4k.json
-  kiv bench fidelity --parts needle --needle-lengths 4096 --needle-depths 0.25,0.5)");
+  kiv bench fidelity --parts needle --needle-lengths 4096 --needle-depths 0.25,0.5
+  kiv bench fidelity --parts needle --needle-cells 9   # the default grid's 4096 tokens, depth 0.9)");
   OnRun(*sub, [o] { return RunBenchFidelity(*o); });
 }
 
