@@ -6,6 +6,10 @@
 #     kl            KL against the full cache (bf16, defaults, no codec arm, no recall)
 #     needle        the needle grid (bf16, defaults)
 #     needle-fp32   the needle grid with the model in float32 (KIV_DTYPE=float32), as on the CPU
+#     cell-ab       the grid's cells $KIV_NEEDLE_CELLS (default 9: 4096 tokens, depth 0.9, the one
+#                   the CPU passes and CUDA missed) in float32, once as is and once with each of
+#                   KIV_ATTENTION_REFERENCE=1, KIV_UNFUSED_LAYER=1, KIV_SCAN_GUESS=0: which GPU
+#                   path flips it
 #   default: kl,needle,needle-fp32
 #
 # JSON and logs to $OUT (or .gpu/fidelity): kl.json, needle.json, needle-fp32.json and one
@@ -33,5 +37,12 @@ run() {  # name, env assignment or "", kiv bench fidelity arguments...
 has kl && run kl "" --parts kl --no-codec-arm --no-recall
 has needle && run needle "" --parts needle
 has needle-fp32 && run needle-fp32 "KIV_DTYPE=float32" --parts needle
+if has cell-ab; then
+  CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-9}")
+  run cell-fp32 "KIV_DTYPE=float32" "${CELLS[@]}"
+  run cell-fp32-reference "KIV_DTYPE=float32 KIV_ATTENTION_REFERENCE=1" "${CELLS[@]}"
+  run cell-fp32-unfused "KIV_DTYPE=float32 KIV_UNFUSED_LAYER=1" "${CELLS[@]}"
+  run cell-fp32-no-guess "KIV_DTYPE=float32 KIV_SCAN_GUESS=0" "${CELLS[@]}"
+fi
 tail -40 "$OUTDIR/fidelity.log"
 exit "$status"
