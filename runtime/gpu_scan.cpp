@@ -605,6 +605,10 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   rg.workspace = rg_workspace.data_ptr();
   rg.workspace_bytes = size_t(rg_workspace.numel());
   Check(kernels::LaunchRerankGather(rg, CurrentStream(), &error), error, "LaunchRerankGather");
+  if (hot_k && !dc) {  // an eager decode step: its picks, for KIV_TRACE_RETRIEVAL
+    last_decode_ids_ = ids;
+    last_decode_counts_ = picked;
+  }
   // bf16_out: the kernel rounds the output itself, straight into the tensor the caller reads.
   torch::Tensor out =
       torch::empty({int64_t(P) * G, int64_t(d)}, bf16_out ? opts.dtype(torch::kBFloat16) : f32);

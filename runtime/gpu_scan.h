@@ -173,6 +173,11 @@ class GpuColdTier {
     uint64_t held = 0, missed = 0;
   };
   GuessCounts ScanGuessCounts() const;
+  // The last AttendDecode's retrieved token ids ([H_kv][k] int32 device, ascending, then zeros)
+  // and their counts ([H_kv]): for KIV_TRACE_RETRIEVAL (runtime/tiered_cache.cpp). Undefined
+  // before the first one; captured steps (AttendDecodeCapturable) do not set them.
+  const at::Tensor& last_decode_ids() const { return last_decode_ids_; }
+  const at::Tensor& last_decode_counts() const { return last_decode_counts_; }
 
  private:
   // bf16_out: the attention's out is bf16 (AttendDecode's out_dtype), else float32.
@@ -196,6 +201,7 @@ class GpuColdTier {
   // with KIV_SCAN_GUESS=0.
   at::Tensor scan_guess_;
   at::Tensor scan_guess_counts_;  // [2] int32 device: held, missed
+  at::Tensor last_decode_ids_, last_decode_counts_;
 };
 
 }  // namespace kiv

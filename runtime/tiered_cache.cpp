@@ -139,11 +139,36 @@ void TieredCache::CountDecodeRetrievals(uint64_t layers) {
       layers * shape_.num_kv_heads * std::min<uint64_t>(options_.top_k, cold_tokens_);
 }
 
+namespace {
+
+// KIV_TRACE_RETRIEVAL=FILE: each decode step's retrieved cold tokens, one line per layer and
+// kv-head ("t=<tokens before the step> layer=<l> head=<h> ids=<ascending, comma-separated>"),
+// appended to FILE by every tiered cache of the process, on the CPU and on the GPU alike, so that
+// two runs can be compared line by line (tools/trace_diff.py). Steps are not captured in CUDA
+// graphs while it is set (each step's picks are read back to the host).
+FILE* RetrievalTrace() {
+  static FILE* const trace = [] {
+    const char* path = std::getenv("KIV_TRACE_RETRIEVAL");
+    return path != nullptr && *path != '\0' ? std::fopen(path, "a") : nullptr;
+  }();
+  return trace;
+}
+
+void TraceRetrieval(int64_t length, int64_t layer, uint32_t head, const uint32_t* ids, size_t n) {
+  FILE* trace = RetrievalTrace();
+  std::fprintf(trace, "t=%lld layer=%lld head=%u ids=", static_cast<long long>(length),
+               static_cast<long long>(layer), head);
+  for (size_t i = 0; i < n; ++i) std::fprintf(trace, i == 0 ? "%u" : ",%u", ids[i]);
+  std::fputc('\n', trace);
+}
+
+}  // namespace
+
 bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
   captured_step_ = false;
   const uint64_t rows = DecodeHotRows();  // at most, after the step's append
   const uint64_t hot = hot_ids_.size();
-  if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot + 1 > rows ||
+  if (!gpu_cold_ || !options_.retrieval || !status_.ok() || hot + 1 > rows || RetrievalTrace() ||
       cold_tokens_ < options_.candidates || cold_tokens_ < options_.top_k ||
       cold_tokens_ > UINT32_MAX)
     return false;
@@ -208,8 +233,18 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     // A decode step on the GPU: retrieved and hot tokens in one attention kernel.
     if (gpu_cold_ && q.size(1) == 1 && options_.retrieval && cold_tokens_ > 0) {
       CountDecodeRetrievals(1);
-      return gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer], DecodeOutDtype(q))
-          .to(q.dtype());
+      torch::Tensor out =
+          gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer], DecodeOutDtype(q))
+              .to(q.dtype());
+      if (RetrievalTrace()) {
+        const torch::Tensor ids = gpu_cold_->last_decode_ids().to(torch::kCPU).contiguous();
+        const torch::Tensor counts = gpu_cold_->last_decode_counts().to(torch::kCPU);
+        for (int64_t h = 0; h < ids.size(0); ++h)
+          TraceRetrieval(length_, layer, uint32_t(h),
+                         reinterpret_cast<const uint32_t*>(ids[h].data_ptr<int32_t>()),
+                         size_t(counts[h].item<int32_t>()));
+      }
+      return out;
     }
     hot = AttentionWithLse(q, hot_k_[layer], hot_v_[layer], previous);
   }
@@ -266,6 +301,7 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
       const std::vector<uint32_t> picked =
           options_.oracle ? OracleTopK(layer, h, qb)
                           : Retrieve(layer, h, queries.data(), uint32_t(g * m));
+      if (n == 1 && RetrievalTrace()) TraceRetrieval(length_, layer, h, picked.data(), picked.size());
       if (picked.empty()) continue;
       const int64_t r = int64_t(picked.size());
       torch::Tensor ks, vs;

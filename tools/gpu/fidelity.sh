@@ -9,7 +9,8 @@
 #     cell-ab       the grid's cells $KIV_NEEDLE_CELLS (default 9: 4096 tokens, depth 0.9, the one
 #                   the CPU passes and CUDA missed) in float32, once as is and once with each of
 #                   KIV_ATTENTION_REFERENCE=1, KIV_UNFUSED_LAYER=1, KIV_SCAN_GUESS=0: which GPU
-#                   path flips it
+#                   path flips it; then each decode step's picks on CUDA and on the CPU
+#                   (KIV_TRACE_RETRIEVAL), compared by tools/trace_diff.py into fidelity.log
 #   default: kl,needle,needle-fp32
 #
 # JSON and logs to $OUT (or .gpu/fidelity): kl.json, needle.json, needle-fp32.json and one
@@ -43,6 +44,14 @@ if has cell-ab; then
   run cell-fp32-reference "KIV_DTYPE=float32 KIV_ATTENTION_REFERENCE=1" "${CELLS[@]}"
   run cell-fp32-unfused "KIV_DTYPE=float32 KIV_UNFUSED_LAYER=1" "${CELLS[@]}"
   run cell-fp32-no-guess "KIV_DTYPE=float32 KIV_SCAN_GUESS=0" "${CELLS[@]}"
+  # Each decode step's picks on CUDA and on this machine's CPU, compared (tools/trace_diff.py).
+  rm -f "$OUTDIR/cuda.trace" "$OUTDIR/cpu.trace"
+  env KIV_DTYPE=float32 KIV_TRACE_RETRIEVAL="$OUTDIR/cuda.trace" "$B/cli/kiv" bench fidelity \
+    "${F[@]}" "${CELLS[@]}" --out /dev/null 2>>"$OUTDIR/fidelity.log"
+  env KIV_TRACE_RETRIEVAL="$OUTDIR/cpu.trace" "$B/cli/kiv" bench fidelity --model "$MODEL" \
+    --text-dir "$KIV_CACHE/text/austen" --device cpu "${CELLS[@]}" --out /dev/null \
+    2>>"$OUTDIR/fidelity.log"
+  python3 tools/trace_diff.py "$OUTDIR/cpu.trace" "$OUTDIR/cuda.trace" --show 8 >>"$OUTDIR/fidelity.log"
 fi
 tail -40 "$OUTDIR/fidelity.log"
 exit "$status"
