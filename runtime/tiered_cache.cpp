@@ -145,12 +145,18 @@ namespace {
 // kv-head ("t=<tokens before the step> layer=<l> head=<h> ids=<ascending, comma-separated>"),
 // appended to FILE by every tiered cache of the process, on the CPU and on the GPU alike, so that
 // two runs can be compared line by line (tools/trace_diff.py). Steps are not captured in CUDA
-// graphs while it is set (each step's picks are read back to the host).
+// graphs while it is set (each step's picks are read back to the host). Read at every retrieval:
+// setting or clearing it takes effect at the next one.
 FILE* RetrievalTrace() {
-  static FILE* const trace = [] {
-    const char* path = std::getenv("KIV_TRACE_RETRIEVAL");
-    return path != nullptr && *path != '\0' ? std::fopen(path, "a") : nullptr;
-  }();
+  static std::string open_path;
+  static FILE* trace = nullptr;
+  const char* env = std::getenv("KIV_TRACE_RETRIEVAL");
+  const std::string path = env != nullptr ? env : "";
+  if (path != open_path) {
+    if (trace != nullptr) std::fclose(trace);
+    trace = path.empty() ? nullptr : std::fopen(path.c_str(), "a");
+    open_path = path;
+  }
   return trace;
 }
 
@@ -160,6 +166,7 @@ void TraceRetrieval(int64_t length, int64_t layer, uint32_t head, const uint32_t
                static_cast<long long>(layer), head);
   for (size_t i = 0; i < n; ++i) std::fprintf(trace, i == 0 ? "%u" : ",%u", ids[i]);
   std::fputc('\n', trace);
+  std::fflush(trace);
 }
 
 }  // namespace

@@ -6,7 +6,10 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <functional>
+#include <sstream>
 #include <fstream>
 #include <string>
 
@@ -128,7 +131,54 @@ TieredCacheOptions SmallGpuOptions() {
   return o;
 }
 
+// The lines KIV_TRACE_RETRIEVAL wrote to `path` while `run` ran (runtime/tiered_cache.cpp).
+std::vector<std::string> Traced(const std::string& path, const std::function<void()>& run) {
+  std::filesystem::remove(path);
+  setenv("KIV_TRACE_RETRIEVAL", path.c_str(), 1);
+  run();
+  unsetenv("KIV_TRACE_RETRIEVAL");
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  std::filesystem::remove(path);
+  return lines;
+}
+
 }  // namespace
+
+TEST_CASE("KIV_TRACE_RETRIEVAL: each decode step's picks, one line per layer and kv-head") {
+  const auto steps = MakeSteps(300, 5, 12);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kiv-trace-" + std::to_string(getpid()) + ".txt"))
+                               .string();
+  const std::vector<std::string> lines = Traced(path, [&] {
+    TieredCache cache(kShape, SmallK());
+    Run(cache, steps);
+  });
+  // 5 decode steps × 2 layers × 2 kv-heads; prefill chunks are not traced.
+  REQUIRE(lines.size() == 20);
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CAPTURE(lines[i]);
+    const std::string head = "t=" + std::to_string(300 + i / 4) + " layer=" +
+                             std::to_string(i / 2 % 2) + " head=" + std::to_string(i % 2) +
+                             " ids=";
+    REQUIRE(lines[i].rfind(head, 0) == 0);
+    std::vector<long> ids;
+    std::stringstream list(lines[i].substr(head.size()));
+    for (std::string id; std::getline(list, id, ',');) ids.push_back(std::stol(id));
+    CHECK(ids.size() == 8);  // k
+    CHECK(std::is_sorted(ids.begin(), ids.end()));
+    CHECK(std::adjacent_find(ids.begin(), ids.end()) == ids.end());
+    CHECK(ids.front() >= 0);
+    CHECK(ids.back() < long(300 + i / 4));
+  }
+  // Cleared, nothing more is written.
+  const std::vector<std::string> none = Traced(path + ".unused", [] {});
+  TieredCache quiet(kShape, SmallK());
+  Run(quiet, steps);
+  CHECK(none.empty());
+  CHECK_FALSE(std::filesystem::exists(path));
+}
 
 TEST_CASE("equivalence gate: exact cold tokens, k >= cold tokens: full attention") {
   const auto steps = MakeSteps(700, 20, 1);
@@ -512,6 +562,43 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
   CHECK(blocks.stats().scans == blocks_gpu.stats().scans);
   CHECK(blocks_gpu.stats().scans < gpu.stats().scans);
   CHECK(RelError(b_gpu, b_cpu) < 1e-3);
+}
+
+TEST_CASE("on CUDA, KIV_TRACE_RETRIEVAL traces the GPU's decode picks as the CPU path's") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  const auto steps = CudaSteps(8);
+  TieredCacheOptions o = SmallGpuOptions();
+  o.prefill_block = 16;
+  o.max_cold_tokens = 4096;
+  o.reserve_cold_tokens = 3000;
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kiv-trace-cuda-" + std::to_string(getpid()) + ".txt"))
+                               .string();
+  bool on_gpu = false;
+  const std::vector<std::string> gpu = Traced(path, [&] {
+    TieredCache cache(kShape, o, torch::kCUDA, torch::kFloat32);
+    on_gpu = cache.cold_on_gpu();
+    Run(cache, steps);
+  });
+  if (!on_gpu) {
+    MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+    return;
+  }
+  o.gpu_scan = false;
+  const std::vector<std::string> cpu = Traced(path, [&] {
+    TieredCache cache(kShape, o, torch::kCUDA, torch::kFloat32);
+    Run(cache, steps);
+  });
+  REQUIRE(gpu.size() == 30 * 2 * 2);  // decode steps × layers × kv-heads
+  REQUIRE(cpu.size() == gpu.size());
+  size_t same = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) same += gpu[i] == cpu[i];
+  // The same picks but where the re-rank's float and double softmax order a near-tie apart.
+  MESSAGE(same << " of " << gpu.size() << " traced decode picks identical, GPU and CPU");
+  CHECK(same * 10 >= gpu.size() * 9);
 }
 
 TEST_CASE("on CUDA, decode steps captured in one CUDA graph equal the eager steps bit for bit") {
