@@ -131,6 +131,16 @@ TieredCacheOptions SmallGpuOptions() {
   return o;
 }
 
+// The whole cold step's tests: SmallGpuOptions with blocks of 16 (chunks of 100: blocks of 16,
+// the last one short, then 64 one by one) and the index reserved up front (the same answers).
+TieredCacheOptions WholeColdStepOptions() {
+  TieredCacheOptions o = SmallGpuOptions();
+  o.prefill_block = 16;
+  o.max_cold_tokens = 4096;
+  o.reserve_cold_tokens = 3000;
+  return o;
+}
+
 // The lines KIV_TRACE_RETRIEVAL wrote to `path` while `run` ran (runtime/tiered_cache.cpp).
 std::vector<std::string> Traced(const std::string& path, const std::function<void()>& run) {
   std::filesystem::remove(path);
@@ -532,10 +542,7 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
     return;
   }
   const auto steps = CudaSteps(8);
-  TieredCacheOptions o = SmallGpuOptions();
-  o.prefill_block = 16;  // chunks of 100: blocks of 16 (the last one short), then 64 one by one
-  o.max_cold_tokens = 4096;
-  o.reserve_cold_tokens = 3000;  // the index reserved up front: the same answers
+  TieredCacheOptions o = WholeColdStepOptions();
   TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
   if (!gpu.cold_on_gpu()) {
     MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
@@ -570,10 +577,7 @@ TEST_CASE("on CUDA, KIV_TRACE_RETRIEVAL traces the GPU's decode picks as the CPU
     return;
   }
   const auto steps = CudaSteps(8);
-  TieredCacheOptions o = SmallGpuOptions();
-  o.prefill_block = 16;
-  o.max_cold_tokens = 4096;
-  o.reserve_cold_tokens = 3000;
+  TieredCacheOptions o = WholeColdStepOptions();
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("kiv-trace-cuda-" + std::to_string(getpid()) + ".txt"))
                                .string();
