@@ -431,6 +431,12 @@ __device__ __forceinline__ void CpAsync(void* shared_to, const void* global_from
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(to), "l"(global_from),
                  "n"(kBytes));
 }
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <uint32_t kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
 // The least v = 256 · acc_hi + acc_lo whose score (2v − Σ qq) · scale, without norms, has a key
 // at or above `key`: the score is non-decreasing in v (float(S) is exact for |S| < 2^24, and
 // rounding a product keeps order), so the tokens with v >= the result are exactly those with
@@ -448,12 +454,6 @@ __device__ int32_t LeastGatheredV(uint32_t key, int32_t sum, float scale) {
     (reaches(mid) ? hi : lo) = mid;
   }
   return int32_t(hi);
-}
-
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <uint32_t kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
 // scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
@@ -661,7 +661,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
         if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, {}};
         continue;
       }
-      if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n)) atomicAdd(guess_counts + 1, 1u);
+      if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n))
+        atomicAdd(guess_counts + 1, 1u);  // a miss
       if (threadIdx.x == 0) state->k = c;
       __syncthreads();
       ChooseBin<kBins0, 21, true>(ws.hists + size_t{p} * kHistWords, state);
@@ -892,7 +893,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   if (c >= n) return;  // the scan chose "take all": the compaction alone
   PassState* state = &ws.states[p];
-  if (GuessHeld(state, c, n)) return;  // Pass2 finishes from the guess scan's tokens
+  if (GuessHeld(state, c, n)) return;  // FinishGuessKernel finished it
   if (state->mode == kModeLarge) {
     HistPass<1>(p, n, tokens.stride, scores, ws);
     return;
@@ -914,9 +915,8 @@ __global__ void __launch_bounds__(kThreads)
                 uint32_t* selected, uint32_t* counts, Workspace ws, float* guess) {
   const uint32_t p = first + blockIdx.y, n = tokens.Get();
   if (c >= n) return;
-  if (GuessHeld(&ws.states[p], c, n)) {
-    return;  // the full scan's blocks finished it
-  } else if (ws.states[p].mode == kModeLarge) {
+  if (GuessHeld(&ws.states[p], c, n)) return;  // FinishGuessKernel finished it
+  if (ws.states[p].mode == kModeLarge) {
     HistPass<2>(p, n, tokens.stride, scores, ws);
   } else if (blockIdx.x == 0) {
     FinishFromCandidates(p, n, c, ws, selected, counts, guess);

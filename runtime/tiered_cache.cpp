@@ -150,11 +150,11 @@ namespace {
 FILE* RetrievalTrace() {
   static std::string open_path;
   static FILE* trace = nullptr;
-  const char* env = std::getenv("KIV_TRACE_RETRIEVAL");
-  const std::string path = env != nullptr ? env : "";
-  if (path != open_path) {
+  const char* path = std::getenv("KIV_TRACE_RETRIEVAL");
+  if (path == nullptr) path = "";
+  if (open_path != path) {  // compares without building a string: this runs on every decode step
     if (trace != nullptr) std::fclose(trace);
-    trace = path.empty() ? nullptr : std::fopen(path.c_str(), "a");
+    trace = *path == '\0' ? nullptr : std::fopen(path, "a");
     open_path = path;
   }
   return trace;

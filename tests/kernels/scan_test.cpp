@@ -84,10 +84,20 @@ std::vector<uint8_t> HostBlob(const index::SignatureProjection& projection, cons
   return blob;
 }
 
+// pr->tables and pr->blobs from pr->queries: the CPU's scan table and the device's blob of each.
+void BuildTablesAndBlobs(Problems* pr) {
+  const index::SignatureProjection projection(7, pr->bits, 64);
+  pr->blobs.clear();
+  for (uint32_t p = 0; p < pr->count; ++p) {
+    index::BuildGroupTable(projection, &pr->queries[size_t{p} * 64], 1, &pr->tables[p]);
+    const std::vector<uint8_t> blob = HostBlob(projection, &pr->queries[size_t{p} * 64], 1);
+    pr->blobs.insert(pr->blobs.end(), blob.begin(), blob.end());
+  }
+}
+
 Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint64_t seed) {
   Problems pr{bits, bits / 64, n, count, {}, {}, {}, {}, {}};
   uint64_t state = seed;
-  const index::SignatureProjection projection(7, bits, 64);
   pr.sigs.resize(size_t{count} * n * pr.words);
   pr.norms.resize(size_t{count} * n);
   pr.queries.resize(size_t{count} * 64);
@@ -110,25 +120,15 @@ Problems MakeProblems(uint32_t bits, uint32_t n, uint32_t count, Data data, uint
                                           : 0.5f * float(1 + r % 3);
   }
   for (auto& x : pr.queries) x = data == Data::kZeros ? 0.0f : Uniform(&state);
-  for (uint32_t p = 0; p < count; ++p) {
-    index::BuildGroupTable(projection, &pr.queries[size_t{p} * 64], 1, &pr.tables[p]);
-    const std::vector<uint8_t> blob = HostBlob(projection, &pr.queries[size_t{p} * 64], 1);
-    pr.blobs.insert(pr.blobs.end(), blob.begin(), blob.end());
-  }
+  BuildTablesAndBlobs(&pr);
   return pr;
 }
 
 // New queries for the same signatures and norms: a decode step after the one `pr` was made for.
 void NewQueries(Problems* pr, uint64_t seed) {
   uint64_t state = seed;
-  const index::SignatureProjection projection(7, pr->bits, 64);
-  pr->blobs.clear();
-  for (uint32_t p = 0; p < pr->count; ++p) {
-    for (uint32_t e = 0; e < 64; ++e) pr->queries[size_t{p} * 64 + e] = Uniform(&state);
-    index::BuildGroupTable(projection, &pr->queries[size_t{p} * 64], 1, &pr->tables[p]);
-    const std::vector<uint8_t> blob = HostBlob(projection, &pr->queries[size_t{p} * 64], 1);
-    pr->blobs.insert(pr->blobs.end(), blob.begin(), blob.end());
-  }
+  for (auto& x : pr->queries) x = Uniform(&state);
+  BuildTablesAndBlobs(pr);
 }
 
 // The state a caller keeps between guessing calls (ScanSelectArgs::guess, guess_counts).
