@@ -472,6 +472,11 @@ int Needle(const Options& o, const Session& probe, const std::string& text, Json
     return Fail(o.needle_book + " has " + std::to_string(hay.size()) + " tokens after character " +
                 std::to_string(kBookOffset) + "; the longest needle needs " +
                 std::to_string(longest));
+  const size_t grid = o.needle_lengths.size() * o.needle_depths.size();
+  for (uint32_t cell : o.needle_cells)
+    if (cell >= grid)
+      return Fail("--needle-cells " + std::to_string(cell) + ": the grid has " +
+                  std::to_string(grid) + " cells (0 to " + std::to_string(grid - 1) + ")");
   const Arm arms[] = {Arm::kFull, Arm::kKiv, Arm::kAblation};
   uint32_t passed[3] = {0, 0, 0}, cells = 0, kiv_missed_full = 0, ablation_found = 0, misplaced = 0;
   uint32_t grid_index = 0;  // the cell's place in the grid: its passkey's salt

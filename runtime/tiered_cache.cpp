@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <optional>
 #include <cmath>
+#include <cerrno>
 #include <cstring>
 #include <thread>
 
@@ -155,6 +156,9 @@ FILE* RetrievalTrace() {
   if (open_path != path) {  // compares without building a string: this runs on every decode step
     if (trace != nullptr) std::fclose(trace);
     trace = *path == '\0' ? nullptr : std::fopen(path, "a");
+    if (*path != '\0' && trace == nullptr)
+      std::fprintf(stderr, "kiv: KIV_TRACE_RETRIEVAL: cannot open %s for appending: %s\n", path,
+                   std::strerror(errno));
     open_path = path;
   }
   return trace;
