@@ -22,8 +22,11 @@
 //                problem's guessed key, unordered, into the candidate buffer
 //   FinishGuess  one block per problem whose guess held (at least c, at most kCandidates
 //                gathered): the selection from them, and the next guess
-// and the four above return at once for the problems whose guess held. docs/performance.md has
-// the times ("The decode select guesses its threshold"); the numbers below predate it.
+// and the four above return at once for the problems whose guess held. Captured in a CUDA graph
+// (ScanSelectArgs::conditional), the four go into the body of a conditional node instead, which
+// the finish's last block turns on only when a guess of the chunk missed: a replay whose guesses
+// all held launches the guess scan and the finish alone. docs/performance.md has the times ("The
+// decode select guesses its threshold"); the numbers below predate it.
 //
 // Measured on an H100 SXM (n = 1M, 128 bits, c = 1024, mean of 50 calls): 66 us for P = 3 and
 // 154 us for P = 9, i.e. 0.95 and 1.23 TB/s of signatures + norms. Per stage at P = 3 (event
@@ -42,6 +45,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <cub/block/block_load.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda/atomic>
@@ -87,7 +93,10 @@ struct PassState {
   uint32_t count;      // bucket size after ChooseBin; the candidates' count in the small mode
   uint32_t appended;   // guess: the tokens that scored at or above the guess (some may not fit)
   float unit;          // guess: the query's scale · sqrt(Σ qq²), the guess's unit
-  uint32_t pad[2];
+  // A chunk's first problem only, in a captured call (ScanSelectArgs::conditional): how many of
+  // FinishGuessKernel's blocks have finished, and how many of their problems missed.
+  uint32_t finished;
+  uint32_t missed;
 };
 static_assert(sizeof(PassState) == 48);
 
@@ -272,7 +281,7 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     const uint32_t wide = (hi - lo) >> 11;
     const uint32_t shift = wide ? 32 - __clz(wide) : 0;  // (hi − lo) >> shift < kBins
     for (uint32_t i = threadIdx.x; i < kBins; i += kBlock) hist[i] = 0;
-    if (threadIdx.x == 0) pick = PassState{0, k, {}, 0, 0, 0, 0, 0.0f, {}};
+    if (threadIdx.x == 0) pick = PassState{0, k, {}, 0, 0, 0, 0, 0.0f, 0, 0};
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < total; i += kBlock) {
       bool in = true;
@@ -286,7 +295,7 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     k = pick.k;
     if (also_k != 0) {  // the first level: the same histogram, the also_k-th
       __syncthreads();  // pick was read
-      if (threadIdx.x == 0) pick = PassState{0, also_k, {}, 0, 0, 0, 0, 0.0f, {}};
+      if (threadIdx.x == 0) pick = PassState{0, also_k, {}, 0, 0, 0, 0, 0.0f, 0, 0};
       __syncthreads();
       ChooseBin<kBins, 0, false, kBlock>(hist, &pick);
       __syncthreads();
@@ -658,7 +667,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
       if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
       PassState* state = &ws.states[p];
       if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
-        if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, {}};
+        if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, 0, 0};
         continue;
       }
       if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n))
@@ -877,13 +886,27 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
 }
 
 // A block of kFinishThreads per problem: FinishFromGuess where the guess held, else nothing.
+// set_fallback (a captured call, ScanSelectArgs::conditional): the chunk's last block to get here
+// sets `fallback`, the condition of the graph node that holds the full select's four kernels, to
+// whether any problem of the chunk missed; one block alone sets it (concurrent sets are undefined).
 constexpr uint32_t kFinishThreads = 1024;
 __global__ void __launch_bounds__(kFinishThreads)
     FinishGuessKernel(uint32_t first, TokenCount tokens, uint32_t c, Workspace ws,
-                      uint32_t* selected, uint32_t* counts, float* guess, uint32_t* guess_counts) {
+                      uint32_t* selected, uint32_t* counts, float* guess, uint32_t* guess_counts,
+                      bool set_fallback, cudaGraphConditionalHandle fallback) {
   extern __shared__ __align__(16) uint32_t finish_shared[];
   const uint32_t p = first + blockIdx.x;
-  if (!GuessHeld(&ws.states[p], c, tokens.Get())) return;
+  const bool held = GuessHeld(&ws.states[p], c, tokens.Get());
+  if (set_fallback && threadIdx.x == 0) {
+    PassState* chunk_state = &ws.states[first];
+    if (!held) atomicAdd(&chunk_state->missed, 1u);
+    __threadfence();
+    if (atomicAdd(&chunk_state->finished, 1u) == gridDim.x - 1) {
+      __threadfence();
+      cudaGraphSetConditional(fallback, atomicAdd(&chunk_state->missed, 0u) != 0 ? 1u : 0u);
+    }
+  }
+  if (!held) return;
   FinishFromGuess<kFinishThreads>(p, c, ws, selected, counts, guess, guess_counts, finish_shared);
 }
 
@@ -1088,6 +1111,43 @@ int Refuse(std::string* error, const std::string& why) {
 
 bool Aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+// Where a launcher's kernels go: onto `stream`, or, with `graph` set, into that graph as a chain
+// of kernel nodes after `last` (a conditional node's body, built while `stream` is captured).
+struct LaunchSink {
+  cudaStream_t stream = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphNode_t last = nullptr;
+};
+
+// kernel<<<grid, block, smem>>>(args...) into `sink`; the arguments are converted to the
+// kernel's parameter types first (a kernel node copies them from these addresses).
+template <typename... Params, typename... Args>
+cudaError_t Launch(LaunchSink* sink, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+           Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args));
+  std::tuple<std::remove_cv_t<std::remove_reference_t<Params>>...> values(
+      std::forward<Args>(args)...);
+  void* pointers[sizeof...(Params)];
+  std::apply([&pointers](auto&... v) {
+    size_t i = 0;
+    ((pointers[i++] = static_cast<void*>(&v)), ...);
+  }, values);
+  const void* func = reinterpret_cast<const void*>(kernel);
+  if (sink->graph == nullptr)
+    return cudaLaunchKernel(func, grid, block, pointers, smem, sink->stream);
+  cudaKernelNodeParams node{};
+  node.func = const_cast<void*>(func);
+  node.gridDim = grid;
+  node.blockDim = block;
+  node.sharedMemBytes = unsigned(smem);
+  node.kernelParams = pointers;
+  cudaGraphNode_t added = nullptr;
+  const cudaError_t e = cudaGraphAddKernelNode(
+      &added, sink->graph, sink->last ? &sink->last : nullptr, sink->last ? 1 : 0, &node);
+  if (e == cudaSuccess) sink->last = added;
+  return e;
+}
+
 // Dynamic shared memory of MmaScanKernel: `share` histograms.
 size_t ScanSharedBytes(uint32_t share) { return share * kBins0 * sizeof(uint32_t); }
 constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems' hi and lo each
@@ -1096,7 +1156,7 @@ constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems
 // kScanBlocksPerSm) over the groups, each looping over chunks of the tokens.
 template <uint32_t kWords, uint32_t kNT, bool kGuess>
 int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t sms, const ScanSelectArgs& a,
-               const Workspace& ws, cudaStream_t stream) {
+               const Workspace& ws, LaunchSink* sink) {
   const size_t staging = size_t{ScanStage<kWords>::kBytes} * kScanStages;
   const size_t smem = kGuess ? staging : staging + ScanSharedBytes(chunk.share);
   // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
@@ -1110,25 +1170,24 @@ int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t sms, const S
   const uint32_t chunks = (a.n + ScanStage<kWords>::kChunk - 1) / ScanStage<kWords>::kChunk;
   const uint32_t blocks =
       std::clamp((sms * uint32_t(std::max(per_sm, 1)) + groups - 1) / groups, 1u, chunks);
-  MmaScanKernel<kWords, kNT, kGuess><<<dim3(blocks, groups), kThreads, smem, stream>>>(
-      chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws, a.guess,
-      a.guess ? a.guess_counts : nullptr);
-  return int(cudaGetLastError());
+  return int(Launch(sink, MmaScanKernel<kWords, kNT, kGuess>, dim3(blocks, groups), dim3(kThreads),
+                    smem, chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws, a.guess,
+                    a.guess ? a.guess_counts : nullptr));
 }
 
 template <uint32_t kWords, bool kGuess>
 int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
-                    const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, sms, a, ws, stream)
-                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, sms, a, ws, stream);
+                    const ScanSelectArgs& a, const Workspace& ws, LaunchSink* sink) {
+  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, sms, a, ws, sink)
+                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, sms, a, ws, sink);
 }
 
 template <bool kGuess>
 int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
-                  const ScanSelectArgs& a, const Workspace& ws, cudaStream_t stream) {
-  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, sms, a, ws, stream)
-         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, sms, a, ws, stream)
-                        : LaunchScanWords<4, kGuess>(chunk, groups, sms, a, ws, stream);
+                  const ScanSelectArgs& a, const Workspace& ws, LaunchSink* sink) {
+  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, sms, a, ws, sink)
+         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, sms, a, ws, sink)
+                        : LaunchScanWords<4, kGuess>(chunk, groups, sms, a, ws, sink);
 }
 
 }  // namespace
@@ -1232,6 +1291,14 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
   const TokenCount tokens{a.n, a.n_device};
   const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk
+  const bool guessing = a.guess && (a.n_device || a.c < a.n);
+  // A captured call with a guess puts each chunk's full select (the four kernels below) in the
+  // body of a conditional node that runs only when one of the chunk's guesses missed.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaGraph_t graph = nullptr;
+  if (guessing && a.conditional)
+    KIV_CUDA_CALL(cudaStreamGetCaptureInfo(stream, &capture, nullptr, &graph));
+  const bool conditional = capture == cudaStreamCaptureStatusActive;
   for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
     const uint32_t count = std::min(per_launch, a.num_problems - first);
     const uint32_t groups = count / a.share;
@@ -1249,34 +1316,53 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // capacity that was 256 blocks a problem, nearly all of them returning at once at 4K).
     const uint32_t compact_blocks = std::clamp((uint32_t(sms) * 2 * per_sm + count - 1) / count,
                                                1u, ws.tiles_per_problem);
+    LaunchSink sink{stream};
     // With a guess, the guess scan first; the full scan then returns at once for every group
     // whose guesses held (skipped when the host knows that nothing is left to choose).
-    if (a.guess && (a.n_device || a.c < a.n)) {
-      const int rc = LaunchScanAny<true>(chunk, groups, uint32_t(sms), a, ws, stream);
+    if (guessing) {
+      const int rc = LaunchScanAny<true>(chunk, groups, uint32_t(sms), a, ws, &sink);
       if (rc != 0) return rc;
+      cudaGraphConditionalHandle fallback = 0;
+      if (conditional)  // 1 unless the finish sets it: a finish that never ran costs only time
+        KIV_CUDA_CALL(cudaGraphConditionalHandleCreate(&fallback, graph, 1,
+                                                       cudaGraphCondAssignDefault));
       constexpr size_t kFinishBytes = sizeof(uint32_t) * kFinishSharedWords;
       KIV_CUDA_CALL(cudaFuncSetAttribute(FinishGuessKernel,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          int(kFinishBytes)));
-      FinishGuessKernel<<<count, kFinishThreads, kFinishBytes, stream>>>(
-          first, tokens, a.c, ws, a.selected, a.counts, a.guess, a.guess_counts);
-      KIV_CUDA_CALL(cudaGetLastError());
+      KIV_CUDA_CALL(Launch(&sink, FinishGuessKernel, dim3(count), dim3(kFinishThreads),
+                           kFinishBytes, first, tokens, a.c, ws, a.selected, a.counts, a.guess,
+                           a.guess_counts, conditional, fallback));
+      if (conditional) {
+        const cudaGraphNode_t* deps = nullptr;
+        const cudaGraphEdgeData* edges = nullptr;
+        size_t num_deps = 0;
+        KIV_CUDA_CALL(
+            cudaStreamGetCaptureInfo(stream, &capture, nullptr, &graph, &deps, &edges, &num_deps));
+        cudaGraphNodeParams node{};
+        node.type = cudaGraphNodeTypeConditional;
+        node.conditional.handle = fallback;
+        node.conditional.type = cudaGraphCondTypeIf;
+        node.conditional.size = 1;
+        cudaGraphNode_t added = nullptr;
+        KIV_CUDA_CALL(cudaGraphAddNode(&added, graph, deps, edges, num_deps, &node));
+        KIV_CUDA_CALL(cudaStreamUpdateCaptureDependencies(stream, &added, nullptr, 1,
+                                                          cudaStreamSetCaptureDependencies));
+        sink = LaunchSink{stream, node.conditional.phGraph_out[0], nullptr};
+      }
     }
-    const int rc = LaunchScanAny<false>(chunk, groups, uint32_t(sms), a, ws, stream);
+    const int rc = LaunchScanAny<false>(chunk, groups, uint32_t(sms), a, ws, &sink);
     if (rc != 0) return rc;
     // With c >= n the scan's last blocks set "take all" and the passes return at once; they are
     // skipped when the host knows it (no n_device).
     if (a.n_device || a.c < a.n) {
-      Pass1Kernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(first, tokens, a.c,
-                                                                         a.scores, ws);
-      KIV_CUDA_CALL(cudaGetLastError());
-      Pass2Kernel<<<dim3(pass_blocks, count), kThreads, 0, stream>>>(
-          first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess);
-      KIV_CUDA_CALL(cudaGetLastError());
+      KIV_CUDA_CALL(Launch(&sink, Pass1Kernel, dim3(compact_blocks, count), dim3(kThreads), 0,
+                           first, tokens, a.c, a.scores, ws));
+      KIV_CUDA_CALL(Launch(&sink, Pass2Kernel, dim3(pass_blocks, count), dim3(kThreads), 0, first,
+                           tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess));
     }
-    CompactKernel<<<dim3(compact_blocks, count), kThreads, 0, stream>>>(
-        first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess);
-    KIV_CUDA_CALL(cudaGetLastError());
+    KIV_CUDA_CALL(Launch(&sink, CompactKernel, dim3(compact_blocks, count), dim3(kThreads), 0,
+                         first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess));
   }
   return 0;
 }

@@ -101,6 +101,11 @@ struct ScanSelectArgs {
   // Optional [2] uint32, device, with a guess: += the problems (with c < n) whose guess held
   // ([0]) and did not ([1]) this call.
   uint32_t* guess_counts = nullptr;
+  // With a guess, n_device, and `stream` being captured into a CUDA graph: the full select's four
+  // kernels go into the body of a conditional node that the finish turns on only when a guess of
+  // the chunk missed, so a replay whose guesses all held launches two kernels, not six. False:
+  // they are captured as plain nodes and return at once (the A/B switch, KIV_SCAN_CONDITIONAL=0).
+  bool conditional = true;
 };
 
 // The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.
@@ -110,8 +115,8 @@ inline constexpr uint32_t kScanGuessMaxC = 1024;
 // each call on its stream, so one workspace serves calls on one stream one after another.
 size_t ScanSelectWorkspaceBytes(uint32_t num_problems, uint32_t n);
 
-// Scan + select for every problem: 4 kernels and one memset on `stream` (5 kernels with a guess),
-// no host sync.
+// Scan + select for every problem: 4 kernels and one memset on `stream` (6 kernels with a guess;
+// captured with a guess, 2 and a conditional node, ScanSelectArgs::conditional), no host sync.
 // Entries of `selected` past min(c, n) are left as they were (n: *n_device when given). With
 // n_device the launch shapes depend only on the capacity n, so the call may be captured.
 int ScanSelect(const ScanSelectArgs& args, CUstream_st* stream, std::string* error = nullptr);

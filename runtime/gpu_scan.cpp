@@ -366,6 +366,8 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
                               torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   scan_guess_counts_ =
       torch::zeros({2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
+  const char* conditional = std::getenv("KIV_SCAN_CONDITIONAL");
+  scan_conditional_ = conditional == nullptr || std::string(conditional) != "0";
 #endif
 }
 
@@ -558,6 +560,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
       tables == uint32_t(scan_guess_.size(1))) {
     args.guess = Ptr<float>(scan_guess_) + size_t(layer) * tables;
     args.guess_counts = Ptr<uint32_t>(scan_guess_counts_);
+    args.conditional = scan_conditional_;
   }
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   if (regroup) {  // [H_kv][reps] → [reps][H_kv]

@@ -168,7 +168,9 @@ class GpuColdTier {
   // A decode step's scans guess each query head's threshold from the layer's previous step
   // (kernels/scan.h, ScanSelectArgs::guess): how many of those (layer, query head) scans found
   // their guess held and how many fell back to the full select, so far. Waits for the device.
-  // KIV_SCAN_GUESS=0 turns the guessing off (every scan takes the full select).
+  // KIV_SCAN_GUESS=0 turns the guessing off (every scan takes the full select); in a captured
+  // step the full select is launched only when a guess missed (KIV_SCAN_CONDITIONAL=0: always,
+  // returning at once where the guesses held).
   struct GuessCounts {
     uint64_t held = 0, missed = 0;
   };
@@ -201,6 +203,10 @@ class GpuColdTier {
   // with KIV_SCAN_GUESS=0.
   at::Tensor scan_guess_;
   at::Tensor scan_guess_counts_;  // [2] int32 device: held, missed
+  // A captured decode step's full select (taken only where a guess missed) sits in a conditional
+  // graph node (kernels/scan.h, ScanSelectArgs::conditional); KIV_SCAN_CONDITIONAL=0: plain nodes
+  // that return at once.
+  bool scan_conditional_ = true;
   at::Tensor last_decode_ids_, last_decode_counts_;
 };
 

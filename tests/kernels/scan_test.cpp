@@ -157,6 +157,105 @@ size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
   return bad;
 }
 
+// The device's selections ([count][c]) and counts ([count]) of `pr` over its first n tokens, and
+// its scores ([count][pr.n], unless null), against AsymmetricScan + SelectLargest on the CPU.
+// Problems in groups of `share` read the group's first signatures and norms (group 1 without
+// norms); the selections' entries past each count must still hold `untouched`.
+void CheckAgainstCpu(const Problems& pr, uint32_t c, size_t n, uint32_t share,
+                     const std::vector<float>* got_scores,
+                     const std::vector<uint32_t>& got_selected,
+                     const std::vector<uint32_t>& got_counts, uint32_t untouched) {
+  auto source = [share](size_t p) { return p / share * share; };
+  auto no_norms = [share](size_t p) { return p / share == 1; };
+  const size_t cap = pr.n;
+  std::vector<float> want_scores(n);
+  std::vector<uint32_t> want(std::min<size_t>(c, n));
+  for (size_t p = 0; p < pr.count; ++p) {
+    CAPTURE(p);
+    index::AsymmetricScan(&pr.sigs[source(p) * cap * pr.words],
+                          no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
+                          pr.tables[p], want_scores.data());
+    size_t first = 0;
+    const size_t bad =
+        got_scores ? BitMismatches(&(*got_scores)[p * cap], want_scores.data(), n, &first) : 0;
+    CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
+                                << (*got_scores)[p * cap + first] << " vs " << want_scores[first]);
+    const size_t m = index::SelectLargest(want_scores.data(), n, c, want.data());
+    REQUIRE(got_counts[p] == m);
+    const uint32_t* got = &got_selected[p * c];
+    CHECK(std::equal(want.begin(), want.begin() + static_cast<ptrdiff_t>(m), got));
+    CHECK(std::all_of(got + m, got + c, [untouched](uint32_t x) { return x == untouched; }));
+  }
+}
+
+constexpr uint32_t kUntouched = 0xFEEDF00Du;  // what selections past their count must hold
+
+// The device side of ScanSelect over `pr` with `c` (the arguments CheckScanSelect describes):
+// signatures, norms, query blobs, the count in device memory, outputs and workspace, and `args`
+// pointing at them. Queries and the count can change between calls (Update), as between the
+// replays of a captured decode step.
+struct DeviceScan {
+  DeviceScan(const Problems& pr, uint32_t c, uint32_t held, uint32_t share, Guesses* guesses)
+      : sigs(pr.sigs),
+        norms(pr.norms),
+        scores(size_t{pr.count} * pr.n),
+        blobs(pr.blobs),
+        held_device(std::vector<uint32_t>{held}),
+        selected(std::vector<uint32_t>(size_t{pr.count} * c, kUntouched)),
+        counts(std::vector<uint32_t>(pr.count, kUntouched)),
+        workspace(kernels::ScanSelectWorkspaceBytes(pr.count, pr.n)),
+        problems(pr.count) {
+    const size_t cap = pr.n, blob = kernels::ScanQueryBytes(pr.bits);
+    for (size_t p = 0; p < pr.count; ++p) {
+      const size_t source = p / share * share;  // the problem whose signatures and norms p reads
+      problems[p] = {sigs.get() + source * cap * pr.words,
+                     p / share == 1 ? nullptr : norms.get() + source * cap, blobs.get() + p * blob};
+    }
+    args.problems = problems.data();
+    args.num_problems = pr.count;
+    args.n = pr.n;
+    if (held > 0) args.n_device = held_device.get();
+    args.share = share;
+    args.words = pr.words;
+    args.c = c;
+    args.scores = scores.get();
+    args.selected = selected.get();
+    args.counts = counts.get();
+    args.workspace = workspace.get();
+    args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
+    if (guesses) {
+      args.guess = guesses->values.get();
+      args.guess_counts = guesses->counts.get();
+    }
+  }
+  // New query blobs (same size) and count in device memory, and the outputs reset to kUntouched.
+  void Update(const Problems& pr, uint32_t held) {
+    REQUIRE(cudaMemcpy(blobs.get(), pr.blobs.data(), pr.blobs.size(), cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpy(held_device.get(), &held, sizeof(held), cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+    const std::vector<uint32_t> sel(size_t{pr.count} * args.c, kUntouched), cnt(pr.count, kUntouched);
+    REQUIRE(cudaMemcpy(selected.get(), sel.data(), sel.size() * 4, cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpy(counts.get(), cnt.data(), cnt.size() * 4, cudaMemcpyHostToDevice) ==
+            cudaSuccess);
+  }
+  // The outputs against the CPU over the first n tokens (scores too unless the call guessed).
+  void Check(const Problems& pr, size_t n) const {
+    const std::vector<float> got_scores = scores.Download();
+    CheckAgainstCpu(pr, args.c, n, args.share, args.guess ? nullptr : &got_scores,
+                    selected.Download(), counts.Download(), kUntouched);
+  }
+
+  DeviceArray<uint64_t> sigs;
+  DeviceArray<float> norms, scores;
+  DeviceArray<uint8_t> blobs;
+  DeviceArray<uint32_t> held_device, selected, counts;
+  DeviceArray<unsigned char> workspace;
+  std::vector<kernels::ScanProblem> problems;
+  kernels::ScanSelectArgs args;
+};
+
 // Runs ScanSelect on `pr` with `c` and checks scores, selections and counts against the CPU.
 // held > 0: a launch sized for pr.n tokens (its capacity) that reads the count, `held`, from
 // device memory, as a captured decode step does; the tokens past it must not count.
@@ -172,64 +271,26 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
   CAPTURE(c);
   CAPTURE(held);
   CAPTURE(share);
-  // The problem whose signatures and norms problem p reads, and whether it reads norms.
-  auto source = [share](size_t p) { return p / share * share; };
-  auto no_norms = [share](size_t p) { return p / share == 1; };
-  const size_t cap = pr.n, n = held > 0 ? held : pr.n, count = pr.count;
-  const size_t blob = kernels::ScanQueryBytes(pr.bits);
-  DeviceArray<uint64_t> sigs(pr.sigs);
-  DeviceArray<float> norms(pr.norms), scores(count * cap);
-  DeviceArray<uint8_t> blobs(pr.blobs);
-  DeviceArray<uint32_t> held_device(std::vector<uint32_t>{held});
-  constexpr uint32_t kUntouched = 0xFEEDF00Du;
-  DeviceArray<uint32_t> selected(std::vector<uint32_t>(count * c, kUntouched));
-  DeviceArray<uint32_t> counts(std::vector<uint32_t>(count, kUntouched));
-  std::vector<kernels::ScanProblem> problems(count);
-  for (size_t p = 0; p < count; ++p)
-    problems[p] = {sigs.get() + source(p) * cap * pr.words,
-                   no_norms(p) ? nullptr : norms.get() + source(p) * cap, blobs.get() + p * blob};
-  const size_t workspace_bytes = kernels::ScanSelectWorkspaceBytes(pr.count, pr.n);
-  DeviceArray<unsigned char> workspace(workspace_bytes);
-  kernels::ScanSelectArgs args;
-  args.problems = problems.data();
-  args.num_problems = pr.count;
-  args.n = pr.n;
-  if (held > 0) args.n_device = held_device.get();
-  args.share = share;
-  args.words = pr.words;
-  args.c = c;
-  args.scores = scores.get();
-  args.selected = selected.get();
-  args.counts = counts.get();
-  args.workspace = workspace.get();
-  args.workspace_bytes = workspace_bytes;
-  if (guesses) {
-    args.guess = guesses->values.get();
-    args.guess_counts = guesses->counts.get();
-  }
+  DeviceScan scan(pr, c, held, share, guesses);
   std::string error;
-  REQUIRE_MESSAGE(kernels::ScanSelect(args, nullptr, &error) == 0, error);
+  REQUIRE_MESSAGE(kernels::ScanSelect(scan.args, nullptr, &error) == 0, error);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  const std::vector<float> got_scores = scores.Download();
-  const std::vector<uint32_t> got_selected = selected.Download(), got_counts = counts.Download();
-  std::vector<float> want_scores(n);
-  std::vector<uint32_t> want(std::min<size_t>(c, n));
-  for (size_t p = 0; p < count; ++p) {
-    CAPTURE(p);
-    index::AsymmetricScan(&pr.sigs[source(p) * cap * pr.words],
-                          no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
-                          pr.tables[p], want_scores.data());
-    size_t first = 0;
-    const size_t bad =
-        guesses ? 0 : BitMismatches(&got_scores[p * cap], want_scores.data(), n, &first);
-    CHECK_MESSAGE(bad == 0, bad << " scores differ, first at t = " << first << ": "
-                                << got_scores[p * cap + first] << " vs " << want_scores[first]);
-    const size_t m = index::SelectLargest(want_scores.data(), n, c, want.data());
-    REQUIRE(got_counts[p] == m);
-    const uint32_t* got = &got_selected[p * c];
-    CHECK(std::equal(want.begin(), want.begin() + static_cast<ptrdiff_t>(m), got));
-    CHECK(std::all_of(got + m, got + c, [](uint32_t x) { return x == kUntouched; }));
+  scan.Check(pr, held > 0 ? held : pr.n);
+}
+
+// Nodes of `graph` (not inside conditional bodies) of the given type.
+size_t CountNodes(cudaGraph_t graph, cudaGraphNodeType type) {
+  size_t num = 0;
+  REQUIRE(cudaGraphGetNodes(graph, nullptr, &num) == cudaSuccess);
+  std::vector<cudaGraphNode_t> nodes(num);
+  REQUIRE(cudaGraphGetNodes(graph, nodes.data(), &num) == cudaSuccess);
+  size_t of_type = 0;
+  for (cudaGraphNode_t node : nodes) {
+    cudaGraphNodeType t;
+    REQUIRE(cudaGraphNodeGetType(node, &t) == cudaSuccess);
+    of_type += t == type;
   }
+  return of_type;
 }
 
 }  // namespace
@@ -503,6 +564,64 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
   args.guess = guesses.values.get();
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("with a guess") != std::string::npos);
+}
+
+TEST_CASE("scan + select with a guess captured in a CUDA graph: the full select runs only on a miss") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  // One capture replayed as a decode step's is: new queries and a new count in device memory
+  // between replays. The full select's kernels sit in a conditional node's body, run by the
+  // replays where a guess missed (no guess yet, a guess set too high or too low, fewer tokens
+  // than c); every replay's selections must equal the CPU's.
+  Problems pr = MakeProblems(128, 200000, 9, Data::kRandom, 31);
+  Guesses guesses(9);
+  DeviceScan scan(pr, 342, 50000, 3, &guesses);
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  for (bool conditional : {true, false}) {
+    CAPTURE(conditional);
+    scan.args.conditional = conditional;
+    cudaGraph_t graph = nullptr;
+    REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    std::string error;
+    const int rc = kernels::ScanSelect(scan.args, stream, &error);
+    REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+    REQUIRE_MESSAGE(rc == 0, error);
+    // Guess scan and finish outside; the scan, Pass1, Pass2 and Compact in the body, or not.
+    CHECK(CountNodes(graph, cudaGraphNodeTypeConditional) == (conditional ? 1 : 0));
+    CHECK(CountNodes(graph, cudaGraphNodeTypeKernel) == (conditional ? 2 : 6));
+    cudaGraphExec_t exec = nullptr;
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    guesses.Set(std::nanf(""));
+    const uint32_t held0 = guesses.held(), missed0 = guesses.missed();
+    struct Step {
+      uint32_t tokens;
+      float guess;  // set before the replay; 0: keep the last replay's
+    };
+    const Step steps[] = {{50000, std::nanf("")}, {50000, 0}, {120000, 0}, {120000, 1e30f},
+                          {120000, 0},            {200000, -1e30f}, {200000, 0}, {300, 0},
+                          {60000, 0}};
+    uint64_t seed = 500;
+    for (const Step& step : steps) {
+      CAPTURE(step.tokens);
+      CAPTURE(step.guess);
+      NewQueries(&pr, ++seed);
+      scan.Update(pr, step.tokens);
+      if (step.guess != 0) guesses.Set(step.guess);
+      REQUIRE(cudaGraphLaunch(exec, stream) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+      scan.Check(pr, step.tokens);
+    }
+    // Misses: no guess, too high, too low (more than the candidate buffer holds); "take all"
+    // (300 tokens < c) counts neither; the five other replays hold.
+    CHECK(guesses.missed() - missed0 == 3 * 9);
+    CHECK(guesses.held() - held0 == 5 * 9);
+    REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
+    REQUIRE(cudaGraphDestroy(graph) == cudaSuccess);
+  }
+  REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
 }
 
 TEST_CASE("refused shapes name the value") {

@@ -7,6 +7,8 @@
 #     prefill   256K prefill with KIV_PROFILE=1 (per-phase seconds of the cache)
 #     prefill-ab  the same with the fused attention and with KIV_ATTENTION_REFERENCE=1
 #     1m        kiv bench speed at 4K and 1M (decode median, prefill seconds, GPU memory)
+#     1m-plain  the same with KIV_SCAN_CONDITIONAL=0 (the full select captured as plain nodes that
+#               return at once, instead of a conditional node): the A/B on one machine
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #
 # Writes $OUT/check.log (the summary: what passed, the printed speed lines) and
@@ -42,12 +44,16 @@ if has prefill || has prefill-ab; then
     grep -E "^kiv" "$work/prefill-256k-$mode.log" | sed "s/^/$mode /" | tee -a "$OUTDIR/check.log"
   done
 fi
-if has 1m; then
-  "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,1048576 --full-max 0 --no-reopen \
-    "${FLAGS[@]}" --dir "$work/ks" --out "$work/speed-1m.json" >"$work/speed-1m.log" 2>&1
+for mode in 1m 1m-plain; do
+  has "$mode" || continue
+  env_set=""; [ "$mode" = 1m-plain ] && env_set="KIV_SCAN_CONDITIONAL=0"
+  env $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,1048576 --full-max 0 \
+    --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/speed-$mode.json" \
+    >"$work/speed-$mode.log" 2>&1
   rm -rf "$work/ks"
-  grep -E "^(kiv|full)|GPU|memory" "$work/speed-1m.log" | tee -a "$OUTDIR/check.log"
-fi
+  grep -E "^(kiv|full)|GPU|memory" "$work/speed-$mode.log" | sed "s/^/$mode /" |
+    tee -a "$OUTDIR/check.log"
+done
 tar czf "$OUTDIR/check.tgz" -C "$work" . && rm -rf "$work"
 log "# status $status"
 exit "$status"
