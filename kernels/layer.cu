@@ -11,6 +11,7 @@
 #include <cub/block/block_reduce.cuh>
 
 #include "kernels/cuda_call.cuh"
+#include "kernels/decode_kv.cuh"
 #include "kernels/layer.h"
 
 namespace kiv::kernels {
@@ -18,10 +19,6 @@ namespace {
 
 constexpr uint32_t kNormThreads = 256;
 
-__device__ __forceinline__ float Read(const void* p, DType t, uint64_t i) {
-  return t == DType::kBFloat16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i])
-                               : static_cast<const float*>(p)[i];
-}
 // Rounds to the dtype (bf16: nearest even) and stores; returns the stored value as a float.
 __device__ __forceinline__ float Round(DType t, float v) {
   return t == DType::kBFloat16 ? __bfloat162float(__float2bfloat16_rn(v)) : v;
@@ -50,13 +47,13 @@ __global__ void __launch_bounds__(kNormThreads) RmsNormKernel(RmsNormParams p) {
   const uint64_t row = blockIdx.x;
   float sum = 0.0f;
   for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-    const float h = Read(p.x, p.dtype, row * xs + i);
+    const float h = ReadAs(p.x, p.dtype, row * xs + i);
     sum = __fadd_rn(sum, __fmul_rn(h, h));
   }
   const float r = RowRsqrt(sum, p.dim, p.eps);
   for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-    const float h = Round(p.dtype, __fmul_rn(Read(p.x, p.dtype, row * xs + i), r));
-    Write(p.out, p.dtype, row * os + i, __fmul_rn(Read(p.weight, p.dtype, i), h));
+    const float h = Round(p.dtype, __fmul_rn(ReadAs(p.x, p.dtype, row * xs + i), r));
+    Write(p.out, p.dtype, row * os + i, __fmul_rn(ReadAs(p.weight, p.dtype, i), h));
   }
 }
 
@@ -66,14 +63,14 @@ __global__ void __launch_bounds__(kNormThreads) AddRmsNormKernel(AddRmsNormParam
   float sum = 0.0f;
   for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
     const uint64_t e = base + i;
-    const float h = Round(p.dtype, __fadd_rn(Read(p.h, p.dtype, e), Read(p.o, p.dtype, e)));
+    const float h = Round(p.dtype, __fadd_rn(ReadAs(p.h, p.dtype, e), ReadAs(p.o, p.dtype, e)));
     Write(p.sum, p.dtype, e, h);
     sum = __fadd_rn(sum, __fmul_rn(h, h));
   }
   const float r = RowRsqrt(sum, p.dim, p.eps);
   for (uint32_t i = threadIdx.x; i < p.dim; i += kNormThreads) {
-    const float h = Round(p.dtype, __fmul_rn(Read(p.sum, p.dtype, base + i), r));
-    Write(p.out, p.dtype, base + i, __fmul_rn(Read(p.weight, p.dtype, i), h));
+    const float h = Round(p.dtype, __fmul_rn(ReadAs(p.sum, p.dtype, base + i), r));
+    Write(p.out, p.dtype, base + i, __fmul_rn(ReadAs(p.weight, p.dtype, i), h));
   }
 }
 
@@ -87,10 +84,11 @@ __global__ void RopeKernel(RopeParams p) {
     const uint32_t i = uint32_t(e % d);
     const uint64_t th = e / d, t = th / p.heads, h = th % p.heads;
     const uint64_t in = t * xs + h * d;
-    const float x = Read(p.x, p.dtype, in + i);
-    const float rot = i < half ? -Read(p.x, p.dtype, in + i + half) : Read(p.x, p.dtype, in + i - half);
-    const float a = Round(p.dtype, __fmul_rn(x, Read(p.cos, p.dtype, t * d + i)));
-    const float b = Round(p.dtype, __fmul_rn(rot, Read(p.sin, p.dtype, t * d + i)));
+    const float x = ReadAs(p.x, p.dtype, in + i);
+    const float rot =
+        i < half ? -ReadAs(p.x, p.dtype, in + i + half) : ReadAs(p.x, p.dtype, in + i - half);
+    const float a = Round(p.dtype, __fmul_rn(x, ReadAs(p.cos, p.dtype, t * d + i)));
+    const float b = Round(p.dtype, __fmul_rn(rot, ReadAs(p.sin, p.dtype, t * d + i)));
     Write(p.out, p.dtype, t * os + h * d + i, __fadd_rn(a, b));
   }
 }
@@ -104,9 +102,9 @@ __global__ void SwiGluKernel(SwiGluParams p) {
   for (uint64_t e = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; e < total;
        e += uint64_t{gridDim.x} * blockDim.x) {
     const uint64_t t = e / p.inter, i = e % p.inter;
-    const float g = Read(p.gate_up, p.dtype, t * is + i);
+    const float g = ReadAs(p.gate_up, p.dtype, t * is + i);
     const float silu = Round(p.dtype, __fdiv_rn(g, __fadd_rn(1.0f, expf(-g))));
-    Write(p.out, p.dtype, e, __fmul_rn(silu, Read(p.gate_up, p.dtype, t * is + p.inter + i)));
+    Write(p.out, p.dtype, e, __fmul_rn(silu, ReadAs(p.gate_up, p.dtype, t * is + p.inter + i)));
   }
 }
 
@@ -115,23 +113,10 @@ __global__ void DecodeKvWriteKernel(DecodeKvWriteParams p) {
   const uint32_t b = blockIdx.x, d = p.head_dim;
   if (b < p.q_heads) {
     for (uint32_t i = threadIdx.x; i < d; i += blockDim.x)
-      p.q_out[uint64_t{b} * d + i] = Read(p.q, p.dtype, b * p.q_stride + i);
+      p.q_out[uint64_t{b} * d + i] = ReadAs(p.q, p.dtype, b * p.q_stride + i);
     return;
   }
-  const int64_t row = *p.row;
-  if (row < 0 || uint64_t(row) >= p.hot_rows) return;
-  const bool is_v = b >= p.q_heads + p.kv_heads;
-  const uint32_t h = b - p.q_heads - (is_v ? p.kv_heads : 0);
-  const void* src = is_v ? p.v : p.k;
-  void* dst = is_v ? p.hot_v : p.hot_k;
-  const uint64_t from = h * (is_v ? p.v_stride : p.k_stride);
-  const uint64_t to = h * p.hot_stride + uint64_t(row) * d;
-  for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
-    if (p.dtype == DType::kBFloat16)
-      static_cast<__nv_bfloat16*>(dst)[to + i] = static_cast<const __nv_bfloat16*>(src)[from + i];
-    else
-      static_cast<float*>(dst)[to + i] = static_cast<const float*>(src)[from + i];
-  }
+  WriteHotRow(p, b - p.q_heads);
 }
 
 int Refuse(std::string* error, const std::string& why) {

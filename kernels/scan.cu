@@ -57,6 +57,7 @@
 #include "index/asym_scan.h"
 
 #include "kernels/cuda_call.cuh"
+#include "kernels/decode_kv.cuh"
 
 namespace kiv::kernels {
 namespace {
@@ -995,10 +996,10 @@ size_t BuildQueriesSharedBytes(uint32_t bits, uint32_t dim) {
 // several chains in flight, each row element loaded once for all of them; thread (i, 0) then adds
 // the chunk's dots in order. (One chain of g · dim dependent steps per bit took 0.94 ms for a
 // prefill block of g = 192 queries.)
-template <uint32_t kBits>
-__global__ void __launch_bounds__(kThreads)
-    BuildQueriesKernel(const float* projection, uint32_t dim, const float* queries, uint32_t g,
-                       bool vec4, uint8_t* blobs) {
+// `load(x)`: element x of the block's g queries ([g][dim] floats); `blob` the block's output.
+template <uint32_t kBits, typename Load>
+__device__ void BuildQueryBlob(const float* projection, uint32_t dim, uint32_t g, bool vec4,
+                               Load load, uint8_t* blob) {
   static_assert(kThreads % kBits == 0 && kQueryChunk % (kThreads / kBits) == 0);
   constexpr uint32_t kLanes = kThreads / kBits, kPer = kQueryChunk / kLanes;
   constexpr uint32_t bits = kBits;
@@ -1009,13 +1010,12 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int32_t sums[kThreads / 32];
   __shared__ unsigned long long squares[kThreads / 32];
   const uint32_t i = threadIdx.x % kBits, h = threadIdx.x / kBits;
-  const float* q = queries + size_t{blockIdx.x} * g * dim;
   const float* row = projection + size_t{i} * dim;
   float acc = 0.0f;
   for (uint32_t j0 = 0; j0 < g; j0 += kQueryChunk) {
     const uint32_t jn = min(kQueryChunk, g - j0);
     __syncthreads();  // the previous chunk's queries and dots are used up
-    for (uint32_t x = threadIdx.x; x < jn * dim; x += kThreads) qs[x] = q[size_t{j0} * dim + x];
+    for (uint32_t x = threadIdx.x; x < jn * dim; x += kThreads) qs[x] = load(j0 * dim + x);
     __syncthreads();
     float dot[kPer];
 #pragma unroll
@@ -1072,7 +1072,6 @@ __global__ void __launch_bounds__(kThreads)
   for (uint32_t w = 0; w < kThreads / 32; ++w) m = fmaxf(m, top[w]);  // max: order-free, exact
   const bool zero = !finite || m == 0.0f;
   const float r = zero ? 0.0f : __fdiv_rn(float(index::kScanQueryMax), m);
-  uint8_t* blob = blobs + size_t{blockIdx.x} * (2 * size_t{bits} + 16);  // ScanQueryBytes
   int32_t part = 0;
   unsigned long long square = 0;
   if (h == 0) {
@@ -1102,6 +1101,35 @@ __global__ void __launch_bounds__(kThreads)
         zero ? 0.0f : __fdiv_rn(m, float(index::kScanQueryMax));
     *reinterpret_cast<unsigned long long*>(blob + 2 * bits + 8) = total_squares;
   }
+}
+
+template <uint32_t kBits>
+__global__ void __launch_bounds__(kThreads)
+    BuildQueriesKernel(const float* projection, uint32_t dim, const float* queries, uint32_t g,
+                       bool vec4, uint8_t* blobs) {
+  const float* q = queries + size_t{blockIdx.x} * g * dim;
+  BuildQueryBlob<kBits>(projection, dim, g, vec4, [q](uint32_t x) { return q[x]; },
+                        blobs + size_t{blockIdx.x} * (2 * size_t{kBits} + 16));  // ScanQueryBytes
+}
+
+// A decode step's DecodeKvWriteKernel (layer.cu) and its scan queries in one launch: block
+// b < q_heads takes q's head b to float (p.q_out) and builds its blob as BuildQueriesKernel does
+// for g = 1 from that float copy; the blocks after them write the k and v rows.
+template <uint32_t kBits>
+__global__ void __launch_bounds__(kThreads)
+    DecodeQueriesKernel(const float* projection, DecodeKvWriteParams p, bool vec4, uint8_t* blobs) {
+  const uint32_t b = blockIdx.x, d = p.head_dim;
+  if (b >= p.q_heads) {
+    WriteHotRow(p, b - p.q_heads);
+    return;
+  }
+  float* q_out = p.q_out + uint64_t{b} * d;
+  auto load = [&p, q_out, b](uint32_t x) {  // each x once (g = 1): the float copy goes out too
+    const float v = ReadAs(p.q, p.dtype, b * p.q_stride + x);
+    q_out[x] = v;
+    return v;
+  };
+  BuildQueryBlob<kBits>(projection, d, 1, vec4, load, blobs + size_t{b} * (2 * size_t{kBits} + 16));
 }
 
 int Refuse(std::string* error, const std::string& why) {
@@ -1235,6 +1263,36 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
   else
     BuildQueriesKernel<256><<<num_queries, kThreads, smem, stream>>>(projection, dim, queries, g,
                                                                      vec4, blobs);
+  return int(cudaGetLastError());
+}
+
+int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeKvWriteParams& p,
+                           uint8_t* blobs, CUstream_st* stream, std::string* error) {
+  if (!projection || !blobs || !p.q || !p.k || !p.v || !p.hot_k || !p.hot_v || !p.row || !p.q_out)
+    return Refuse(error, "BuildDecodeScanQueries: a null pointer");
+  if (bits != 64 && bits != 128 && bits != 256)
+    return Refuse(error, "BuildDecodeScanQueries: bits = " + std::to_string(bits));
+  if (p.head_dim == 0 || p.head_dim > 1024)
+    return Refuse(error, "BuildDecodeScanQueries: head_dim = " + std::to_string(p.head_dim) +
+                             ", not in 1..1024");
+  if (p.hot_stride < p.hot_rows * p.head_dim)
+    return Refuse(error, "BuildDecodeScanQueries: hot_stride = " + std::to_string(p.hot_stride) +
+                             " is less than hot_rows * head_dim");
+  const uint64_t blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
+  if (blocks == 0) return 0;
+  if (blocks > 65535) return Refuse(error, "BuildDecodeScanQueries: more than 65535 heads");
+  const size_t smem = BuildQueriesSharedBytes(bits, p.head_dim);
+  if (smem > 48 * 1024)
+    return Refuse(error, "BuildDecodeScanQueries: head_dim = " + std::to_string(p.head_dim) +
+                             " needs " + std::to_string(smem) + " bytes of shared memory");
+  const bool vec4 = p.head_dim % 4 == 0 && Aligned(projection, 16);
+  const uint32_t grid = uint32_t(blocks);
+  if (bits == 64)
+    DecodeQueriesKernel<64><<<grid, kThreads, smem, stream>>>(projection, p, vec4, blobs);
+  else if (bits == 128)
+    DecodeQueriesKernel<128><<<grid, kThreads, smem, stream>>>(projection, p, vec4, blobs);
+  else
+    DecodeQueriesKernel<256><<<grid, kThreads, smem, stream>>>(projection, p, vec4, blobs);
   return int(cudaGetLastError());
 }
 

@@ -31,6 +31,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/layer.h"
+
 struct CUstream_st;
 
 namespace kiv::kernels {
@@ -63,6 +65,14 @@ void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob)
 int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const float* queries,
                      uint32_t g, uint32_t num_queries, uint8_t* blobs, CUstream_st* stream,
                      std::string* error = nullptr);
+
+// A decode step's row writes and its per-query scan blobs in one launch: LaunchDecodeKvWrite(p)
+// (kernels/layer.h: q's heads to float in p.q_out, the k and v rows into the hot buffers), and
+// blobs [q_heads][ScanQueryBytes(bits)] equal to BuildScanQueries(projection, bits, head_dim,
+// p.q_out, 1, q_heads, blobs) after it, bit for bit. head_dim ≤ 1024 (and its shared memory
+// ≤ 48 KB: head_dim + bits ≤ 768).
+int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeKvWriteParams& p,
+                           uint8_t* blobs, CUstream_st* stream, std::string* error = nullptr);
 
 // One problem of a batched scan. All pointers are device pointers.
 struct ScanProblem {

@@ -446,7 +446,8 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
                                                   const torch::Tensor& hot_k,
                                                   const torch::Tensor& hot_v,
                                                   const DeviceCounts& counts,
-                                                  torch::ScalarType out_dtype) {
+                                                  torch::ScalarType out_dtype,
+                                                  const torch::Tensor& blobs) {
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   TORCH_CHECK(q.size(1) == 1, "AttendDecodeCapturable takes one position, not ", q.size(1));
   TORCH_CHECK(counts.hot && counts.cold, "AttendDecodeCapturable needs both device counts");
@@ -455,15 +456,19 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
   TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
               "AttendDecodeCapturable writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
+  TORCH_CHECK(!blobs.defined() ||
+                  blobs.numel() == int64_t(shape_.num_q_heads *
+                                           kernels::ScanQueryBytes(options_.signature_bits)),
+              "AttendDecodeCapturable: blobs of ", blobs.numel(), " bytes");
   return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts,
-                  out_dtype == torch::kBFloat16)
+                  out_dtype == torch::kBFloat16, blobs.defined() ? &blobs : nullptr)
       .out.view({Hkv * g, 1, d});
 }
 
 torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Tensor& k,
                                          const torch::Tensor& v, const torch::Tensor& hot_k,
                                          const torch::Tensor& hot_v,
-                                         const torch::Tensor& row) const {
+                                         const torch::Tensor& row, torch::Tensor* blobs) const {
 #ifdef KIV_HAVE_KERNELS
   const auto dtype = q.scalar_type();
   const int64_t d = shape_.head_dim;
@@ -489,10 +494,21 @@ torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Te
   p.v_stride = uint64_t(v.stride(0)), p.hot_stride = uint64_t(hot_k.stride(0));
   p.hot_rows = uint64_t(hot_k.size(1));
   std::string error;
+  const uint32_t bits = options_.signature_bits;
+  // The same launch builds the step's scan queries (g = 1 each) from qf, where their shared
+  // memory (16 queries of d + bits floats, as BuildScanQueries takes) fits a launch's 48 KB.
+  if (blobs && 16 * 4 * (uint64_t(d) + bits) <= 48 * 1024) {
+    *blobs = torch::empty({int64_t(p.q_heads * kernels::ScanQueryBytes(bits))},
+                          q.options().dtype(torch::kUInt8));
+    Check(kernels::BuildDecodeScanQueries(Ptr<const float>(index_->projection()), bits, p,
+                                          Ptr<uint8_t>(*blobs), CurrentStream(), &error),
+          error, "BuildDecodeScanQueries");
+    return qf;
+  }
   Check(kernels::LaunchDecodeKvWrite(p, CurrentStream(), &error), error, "LaunchDecodeKvWrite");
   return qf;
 #else
-  (void)q, (void)k, (void)v, (void)hot_k, (void)hot_v, (void)row;
+  (void)q, (void)k, (void)v, (void)hot_k, (void)hot_v, (void)row, (void)blobs;
   return {};
 #endif
 }
@@ -502,7 +518,7 @@ torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Te
 PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
                                        uint32_t G, bool per_query, const torch::Tensor* hot_k,
                                        const torch::Tensor* hot_v, const DeviceCounts* dc,
-                                       bool bf16_out) {
+                                       bool bf16_out, const torch::Tensor* prebuilt_blobs) {
 #ifdef KIV_HAVE_KERNELS
   const uint32_t Hkv = shape_.num_kv_heads, d = shape_.head_dim, bits = options_.signature_bits;
   const uint32_t P = reps * Hkv, n = uint32_t(index_->size());
@@ -515,11 +531,19 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   const auto i32 = opts.dtype(torch::kInt32), f32 = opts.dtype(torch::kFloat32);
   std::string error;
   const size_t blob = kernels::ScanQueryBytes(bits);
-  torch::Tensor blobs = torch::empty({int64_t(tables * blob)}, opts.dtype(torch::kUInt8));
-  Check(kernels::BuildScanQueries(Ptr<const float>(index_->projection()), bits, d,
-                                  Ptr<const float>(queries), per_query ? 1 : G, tables,
-                                  Ptr<uint8_t>(blobs), CurrentStream(), &error),
-        error, "BuildScanQueries");
+  torch::Tensor blobs;
+  if (prebuilt_blobs) {
+    TORCH_CHECK(per_query && prebuilt_blobs->numel() == int64_t(tables * blob),
+                "Retrieve: prebuilt blobs of ", prebuilt_blobs->numel(), " bytes for ", tables,
+                " queries");
+    blobs = *prebuilt_blobs;
+  } else {
+    blobs = torch::empty({int64_t(tables * blob)}, opts.dtype(torch::kUInt8));
+    Check(kernels::BuildScanQueries(Ptr<const float>(index_->projection()), bits, d,
+                                    Ptr<const float>(queries), per_query ? 1 : G, tables,
+                                    Ptr<uint8_t>(blobs), CurrentStream(), &error),
+          error, "BuildScanQueries");
+  }
   // Problems that read one kv-head's signatures go side by side, `share` of them scored from one
   // read: a GQA group's per-query scans (t = (rep · H_kv + h) · G + j) already are; a prefill
   // chunk's summed block queries (t = rep · H_kv + h) go to the scan kv-head-major instead,

@@ -152,18 +152,22 @@ class GpuColdTier {
   // rows and the index's capacity, so the call may be captured. Needs the index to hold at
   // least options.candidates tokens now, and the same whenever a capture of it replays (the
   // candidates per query, fixed at capture, are then C / g).
+  // blobs: the step's scan queries as WriteDecodeKv built them (undefined: built here).
   at::Tensor AttendDecodeCapturable(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
                                     const at::Tensor& hot_v, const DeviceCounts& counts,
-                                    at::ScalarType out_dtype = at::kFloat);
+                                    at::ScalarType out_dtype = at::kFloat,
+                                    const at::Tensor& blobs = {});
 
   // A captured decode step's writes before AttendDecodeCapturable, in one kernel: k and v
   // ([H_kv, 1, d]) into the hot buffers ([H_kv, rows, d], rows of d contiguous) at the row that
   // `row` (one int64 on the device) holds, as index_copy_(1, row, ·) writes them; returns q
   // ([H_q, 1, d]) in float32. An undefined tensor, with nothing written, where the layouts do not
   // fit the kernel (rows of d contiguous elements, one dtype): the caller copies with LibTorch.
+  // blobs: the same launch also builds the step's scan queries from q's float copy into *blobs
+  // (kernels/scan.h, BuildDecodeScanQueries), for AttendDecodeCapturable: one kernel less a layer.
   at::Tensor WriteDecodeKv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& hot_k, const at::Tensor& hot_v,
-                           const at::Tensor& row) const;
+                           const at::Tensor& hot_k, const at::Tensor& hot_v, const at::Tensor& row,
+                           at::Tensor* blobs = nullptr) const;
 
   // A decode step's scans guess each query head's threshold from the layer's previous step
   // (kernels/scan.h, ScanSelectArgs::guess): how many of those (layer, query head) scans found
@@ -186,7 +190,8 @@ class GpuColdTier {
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
                             uint32_t per_problem, bool per_query,
                             const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr,
-                            const DeviceCounts* counts = nullptr, bool bf16_out = false);
+                            const DeviceCounts* counts = nullptr, bool bf16_out = false,
+                            const at::Tensor* prebuilt_blobs = nullptr);
 
   CacheShape shape_;
   TieredCacheOptions options_;

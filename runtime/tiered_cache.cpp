@@ -214,8 +214,15 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     TORCH_CHECK(q.size(1) == 1, "a captured decode step takes one token, not ", q.size(1));
     const int64_t H = shape_.num_kv_heads, row_at = StepRowOffset(), rows = DecodeHotRows();
     const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
-    // One kernel for the two row writes and q's float copy where the layouts allow.
-    torch::Tensor qf = gpu_cold_->WriteDecodeKv(q, k, v, hot_k_buf_[layer], hot_v_buf_[layer], row);
+    // One kernel for the two row writes, q's float copy and the scan's queries where the layouts
+    // allow (KIV_FUSED_QUERIES=0: the scan's queries in a kernel of their own, for comparison).
+    static const bool fused_queries = [] {
+      const char* e = std::getenv("KIV_FUSED_QUERIES");
+      return e == nullptr || std::string(e) != "0";
+    }();
+    torch::Tensor blobs;
+    torch::Tensor qf = gpu_cold_->WriteDecodeKv(q, k, v, hot_k_buf_[layer], hot_v_buf_[layer], row,
+                                                fused_queries ? &blobs : nullptr);
     if (!qf.defined()) {
       hot_k_buf_[layer].index_copy_(1, row, k);
       hot_v_buf_[layer].index_copy_(1, row, v);
@@ -226,7 +233,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     counts.cold = counts.hot + H;
     return gpu_cold_
         ->AttendDecodeCapturable(layer, qf, hot_k_buf_[layer].narrow(1, 0, rows),
-                                 hot_v_buf_[layer].narrow(1, 0, rows), counts, DecodeOutDtype(q))
+                                 hot_v_buf_[layer].narrow(1, 0, rows), counts, DecodeOutDtype(q),
+                                 blobs)
         .to(q.dtype());  // nothing to do when the kernel wrote q's dtype
   }
   const bool cuda = device_.is_cuda();

@@ -3,6 +3,7 @@
 // last-bit difference its summation order allows (and AddRmsNorm's norm equal to the RMSNorm
 // kernel's), SwiGLU within what the device expf's last bit allows.
 #include "kernels/layer.h"
+#include "kernels/scan.h"
 
 #include <doctest/doctest.h>
 
@@ -11,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "index/asym_scan.h"
+#include "index/signature.h"
 #include "tests/kernels/kernel_test_util.h"
 
 using namespace kiv::kernels;
@@ -261,39 +264,70 @@ TEST_CASE("DecodeKvWrite equals its reference bit for bit; rows outside the buff
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  for (const bool bf16 : {false, true}) {
-    for (const int64_t row : {int64_t{0}, int64_t{5}, int64_t{19}, int64_t{20}, int64_t{-1}}) {
-      CAPTURE(bf16);
-      CAPTURE(row);
-      DecodeKvWriteParams p;
-      p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
-      p.q_heads = 9, p.kv_heads = 3, p.head_dim = 64;
-      // q, k, v as the fused qkv projection lays them out: heads of one row side by side, v a
-      // view with its own stride; the hot buffers padded between heads.
-      p.q_stride = 64, p.k_stride = 64, p.v_stride = 128, p.hot_rows = 20, p.hot_stride = 20 * 64 + 32;
-      Rng rng{uint64_t(row + 100) + 7u * bf16};
-      Values q = Make(9 * 64, rng, 8.0f, bf16), k = Make(3 * 64, rng, 8.0f, bf16);
-      Values v = Make(3 * 128, rng, 8.0f, bf16);
-      Values hk = Make(3 * p.hot_stride, rng, 1.0f, bf16), hv = Make(3 * p.hot_stride, rng, 1.0f, bf16);
-      DeviceValues dq(q, bf16), dk(k, bf16), dv(v, bf16), dhk(hk, bf16), dhv(hv, bf16);
-      DeviceBuffer<int64_t> drow(std::vector<int64_t>{row});
-      DeviceBuffer<float> dqo(9 * 64);
-      p.q = dq.get(), p.k = dk.get(), p.v = dv.get(), p.hot_k = dhk.get(), p.hot_v = dhv.get();
-      p.row = drow.get(), p.q_out = dqo.get();
-      std::string error;
-      REQUIRE_MESSAGE(LaunchDecodeKvWrite(p, nullptr, &error) == 0, error);
-      KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
-      std::vector<float> want_q(9 * 64), want_k = hk.f, want_v = hv.f;
-      DecodeKvWriteReference(q.f.data(), k.f.data(), v.f.data(), want_k.data(), want_v.data(), row,
-                             want_q.data(), p);
-      CHECK(std::memcmp(dqo.Download().data(), want_q.data(), want_q.size() * 4) == 0);
-      const std::vector<float> got_k = Download(dhk, bf16), got_v = Download(dhv, bf16);
-      CHECK(std::memcmp(got_k.data(), want_k.data(), want_k.size() * 4) == 0);
-      CHECK(std::memcmp(got_v.data(), want_v.data(), want_v.size() * 4) == 0);
+  // BuildDecodeScanQueries (kernels/scan.h) makes the same writes and also each q head's scan
+  // blob, which must be the CPU's quantized query of the float copy (QuantizeProjectedQuery,
+  // PackScanQuery), bit for bit.
+  const kiv::index::SignatureProjection projection(11, 128, 64);
+  DeviceBuffer<float> dproj(
+      std::vector<float>(projection.matrix(), projection.matrix() + 128 * 64));
+  const size_t blob_bytes = ScanQueryBytes(128);
+  for (const bool with_blobs : {false, true}) {
+    for (const bool bf16 : {false, true}) {
+      for (const int64_t row : {int64_t{0}, int64_t{5}, int64_t{19}, int64_t{20}, int64_t{-1}}) {
+        CAPTURE(with_blobs);
+        CAPTURE(bf16);
+        CAPTURE(row);
+        DecodeKvWriteParams p;
+        p.dtype = bf16 ? DType::kBFloat16 : DType::kFloat32;
+        p.q_heads = 9, p.kv_heads = 3, p.head_dim = 64;
+        // q, k, v as the fused qkv projection lays them out: heads of one row side by side, v a
+        // view with its own stride; the hot buffers padded between heads.
+        p.q_stride = 64, p.k_stride = 64, p.v_stride = 128, p.hot_rows = 20;
+        p.hot_stride = 20 * 64 + 32;
+        Rng rng{uint64_t(row + 100) + 7u * bf16};
+        Values q = Make(9 * 64, rng, 8.0f, bf16), k = Make(3 * 64, rng, 8.0f, bf16);
+        Values v = Make(3 * 128, rng, 8.0f, bf16);
+        Values hk = Make(3 * p.hot_stride, rng, 1.0f, bf16);
+        Values hv = Make(3 * p.hot_stride, rng, 1.0f, bf16);
+        DeviceValues dq(q, bf16), dk(k, bf16), dv(v, bf16), dhk(hk, bf16), dhv(hv, bf16);
+        DeviceBuffer<int64_t> drow(std::vector<int64_t>{row});
+        DeviceBuffer<float> dqo(9 * 64);
+        DeviceBuffer<uint8_t> dblobs(9 * blob_bytes);
+        p.q = dq.get(), p.k = dk.get(), p.v = dv.get(), p.hot_k = dhk.get(), p.hot_v = dhv.get();
+        p.row = drow.get(), p.q_out = dqo.get();
+        std::string error;
+        if (with_blobs)
+          REQUIRE_MESSAGE(
+              BuildDecodeScanQueries(dproj.get(), 128, p, dblobs.get(), nullptr, &error) == 0, error);
+        else
+          REQUIRE_MESSAGE(LaunchDecodeKvWrite(p, nullptr, &error) == 0, error);
+        KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+        std::vector<float> want_q(9 * 64), want_k = hk.f, want_v = hv.f;
+        DecodeKvWriteReference(q.f.data(), k.f.data(), v.f.data(), want_k.data(), want_v.data(),
+                               row, want_q.data(), p);
+        CHECK(std::memcmp(dqo.Download().data(), want_q.data(), want_q.size() * 4) == 0);
+        const std::vector<float> got_k = Download(dhk, bf16), got_v = Download(dhv, bf16);
+        CHECK(std::memcmp(got_k.data(), want_k.data(), want_k.size() * 4) == 0);
+        CHECK(std::memcmp(got_v.data(), want_v.data(), want_v.size() * 4) == 0);
+        if (!with_blobs) continue;
+        const std::vector<uint8_t> got_blobs = dblobs.Download();
+        std::vector<int32_t> qq(128);
+        std::vector<uint8_t> want_blob(blob_bytes);
+        for (size_t h = 0; h < 9; ++h) {
+          CAPTURE(h);
+          const float scale =
+              kiv::index::QuantizeProjectedQuery(projection, &want_q[h * 64], 1, qq.data());
+          PackScanQuery(qq.data(), 128, scale, want_blob.data());
+          CHECK(std::memcmp(&got_blobs[h * blob_bytes], want_blob.data(), blob_bytes) == 0);
+        }
+      }
     }
   }
   DecodeKvWriteParams p;
   std::string error;
   CHECK(LaunchDecodeKvWrite(p, nullptr, &error) != 0);
+  CHECK(error.find("null") != std::string::npos);
+  error.clear();
+  CHECK(BuildDecodeScanQueries(dproj.get(), 128, p, nullptr, nullptr, &error) != 0);
   CHECK(error.find("null") != std::string::npos);
 }

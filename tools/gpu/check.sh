@@ -7,8 +7,9 @@
 #     prefill   256K prefill with KIV_PROFILE=1 (per-phase seconds of the cache)
 #     prefill-ab  the same with the fused attention and with KIV_ATTENTION_REFERENCE=1
 #     1m        kiv bench speed at 4K and 1M (decode median, prefill seconds, GPU memory)
-#     1m-plain  the same with KIV_SCAN_CONDITIONAL=0 (the full select captured as plain nodes that
-#               return at once, instead of a conditional node): the A/B on one machine
+#     1m-plain  the same with KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0 (the full select
+#               captured as plain nodes that return at once, not in a conditional node; the scan's
+#               queries in a kernel of their own): the decode step before 2026-12-06, on one machine
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #
 # Writes $OUT/check.log (the summary: what passed, the printed speed lines) and
@@ -46,7 +47,7 @@ if has prefill || has prefill-ab; then
 fi
 for mode in 1m 1m-plain; do
   has "$mode" || continue
-  env_set=""; [ "$mode" = 1m-plain ] && env_set="KIV_SCAN_CONDITIONAL=0"
+  env_set=""; [ "$mode" = 1m-plain ] && env_set="KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0"
   env $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,1048576 --full-max 0 \
     --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/speed-$mode.json" \
     >"$work/speed-$mode.log" 2>&1
