@@ -8,6 +8,7 @@
 #   KIV_GPU_JOBS=N             build jobs (default 16)
 #   KIV_GPU_ALL_DEBS=1         unpack every carried .deb, not only those the system lacks
 #   KIV_GPU_NO_BUILD=1         set up only
+#   KIV_GPU_TARGETS="kiv ..."  build only these targets (a short call: kiv kernels_scan_test)
 #   KIV_CACHE                  model and text cache (default .gpu/cache, see env.sh)
 #
 # Steps, each skipped when already done (a warm machine keeps .gpu/ and build-gpu/ between calls):
@@ -242,7 +243,8 @@ grep -E "^-- (kiv:|Found (CUDA|Torch|PkgConfig)|Checking for module|  Found|The 
   "$LOGS/configure.log" | sed 's/^/  /' | head -n 30 || true
 say "configured in $((SECONDS - t))s"
 t=$SECONDS
-if ! cmake --build "$KIV_BUILD_DIR" -j"${KIV_GPU_JOBS:-16}" >"$LOGS/build.log" 2>&1; then
+TARGETS=(); [ -n "${KIV_GPU_TARGETS:-}" ] && read -r -a TARGETS <<<"--target $KIV_GPU_TARGETS"
+if ! cmake --build "$KIV_BUILD_DIR" -j"${KIV_GPU_JOBS:-16}" "${TARGETS[@]}" >"$LOGS/build.log" 2>&1; then
   save_log "$LOGS/build.log"; save_log "$LOGS/configure.log"
   grep -nE "error|Error|FAILED" "$LOGS/build.log" | head -n 40
   echo "--- last lines of .gpu/logs/build.log ---"; tail -n 40 "$LOGS/build.log"
