@@ -177,18 +177,25 @@ int LaunchSwiGlu(const SwiGluParams& p, CUstream_st* stream, std::string* error)
   return int(cudaGetLastError());
 }
 
-int LaunchDecodeKvWrite(const DecodeKvWriteParams& p, CUstream_st* stream, std::string* error) {
+int CheckDecodeKvWrite(const DecodeKvWriteParams& p, const char* name, uint64_t* blocks,
+                       std::string* error) {
+  const std::string who(name);
   if (!p.q || !p.k || !p.v || !p.hot_k || !p.hot_v || !p.row || !p.q_out)
-    return Refuse(error, "DecodeKvWrite: a null pointer");
+    return Refuse(error, who + ": a null pointer");
   if (p.head_dim == 0 || p.head_dim > 1024)
-    return Refuse(error, "DecodeKvWrite: head_dim = " + std::to_string(p.head_dim) +
-                             ", not in 1..1024");
+    return Refuse(error, who + ": head_dim = " + std::to_string(p.head_dim) + ", not in 1..1024");
   if (p.hot_stride < p.hot_rows * p.head_dim)
-    return Refuse(error, "DecodeKvWrite: hot_stride = " + std::to_string(p.hot_stride) +
+    return Refuse(error, who + ": hot_stride = " + std::to_string(p.hot_stride) +
                              " is less than hot_rows * head_dim");
-  const uint64_t blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
+  *blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
+  if (*blocks > 65535) return Refuse(error, who + ": more than 65535 heads");
+  return 0;
+}
+
+int LaunchDecodeKvWrite(const DecodeKvWriteParams& p, CUstream_st* stream, std::string* error) {
+  uint64_t blocks = 0;
+  if (const int rc = CheckDecodeKvWrite(p, "DecodeKvWrite", &blocks, error)) return rc;
   if (blocks == 0) return 0;
-  if (blocks > 65535) return Refuse(error, "DecodeKvWrite: more than 65535 heads");
   DecodeKvWriteKernel<<<uint32_t(blocks), std::min(p.head_dim, 256u), 0, stream>>>(p);
   return int(cudaGetLastError());
 }

@@ -87,6 +87,10 @@ struct DecodeKvWriteParams {
 };
 int LaunchDecodeKvWrite(const DecodeKvWriteParams& p, CUstream_st* stream,
                         std::string* error = nullptr);
+// LaunchDecodeKvWrite's checks of `p`, its reasons named `name`: 0 with *blocks = q_heads +
+// 2 · kv_heads (one block a head), or cudaErrorInvalidValue with the reason in *error.
+int CheckDecodeKvWrite(const DecodeKvWriteParams& p, const char* name, uint64_t* blocks,
+                       std::string* error);
 
 // silu(gate) · up from the output of the concatenated gate/up projection.
 struct SwiGluParams {

@@ -1268,19 +1268,12 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
 
 int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeKvWriteParams& p,
                            uint8_t* blobs, CUstream_st* stream, std::string* error) {
-  if (!projection || !blobs || !p.q || !p.k || !p.v || !p.hot_k || !p.hot_v || !p.row || !p.q_out)
-    return Refuse(error, "BuildDecodeScanQueries: a null pointer");
+  if (!projection || !blobs) return Refuse(error, "BuildDecodeScanQueries: a null pointer");
   if (bits != 64 && bits != 128 && bits != 256)
     return Refuse(error, "BuildDecodeScanQueries: bits = " + std::to_string(bits));
-  if (p.head_dim == 0 || p.head_dim > 1024)
-    return Refuse(error, "BuildDecodeScanQueries: head_dim = " + std::to_string(p.head_dim) +
-                             ", not in 1..1024");
-  if (p.hot_stride < p.hot_rows * p.head_dim)
-    return Refuse(error, "BuildDecodeScanQueries: hot_stride = " + std::to_string(p.hot_stride) +
-                             " is less than hot_rows * head_dim");
-  const uint64_t blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
+  uint64_t blocks = 0;
+  if (const int rc = CheckDecodeKvWrite(p, "BuildDecodeScanQueries", &blocks, error)) return rc;
   if (blocks == 0) return 0;
-  if (blocks > 65535) return Refuse(error, "BuildDecodeScanQueries: more than 65535 heads");
   const size_t smem = BuildQueriesSharedBytes(bits, p.head_dim);
   if (smem > 48 * 1024)
     return Refuse(error, "BuildDecodeScanQueries: head_dim = " + std::to_string(p.head_dim) +

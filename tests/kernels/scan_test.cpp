@@ -566,7 +566,7 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
   CHECK(error.find("with a guess") != std::string::npos);
 }
 
-TEST_CASE("scan + select with a guess captured in a CUDA graph: the full select runs only on a miss") {
+TEST_CASE("scan + select with a guess in a CUDA graph: the full select runs only on a miss") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
     return;
