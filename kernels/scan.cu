@@ -988,6 +988,10 @@ constexpr uint32_t kQueryChunk = 16;
 size_t BuildQueriesSharedBytes(uint32_t bits, uint32_t dim) {
   return sizeof(float) * kQueryChunk * (size_t{dim} + bits);
 }
+constexpr size_t kQueriesMaxShared = 48 * 1024;  // what a launch gets without asking
+
+// ScanQueryBytes(bits), for the kernels too.
+__host__ __device__ constexpr size_t QueryBlobBytes(uint32_t bits) { return 2 * size_t{bits} + 16; }
 
 // proj[i] in index::QuantizeProjectedQuery's order, then qq, then the blob. Block per query.
 // proj[i] = Σ_j dot(r_i, q_j), every dot a chain over e and the sum a chain over j, as the CPU
@@ -1109,7 +1113,7 @@ __global__ void __launch_bounds__(kThreads)
                        bool vec4, uint8_t* blobs) {
   const float* q = queries + size_t{blockIdx.x} * g * dim;
   BuildQueryBlob<kBits>(projection, dim, g, vec4, [q](uint32_t x) { return q[x]; },
-                        blobs + size_t{blockIdx.x} * (2 * size_t{kBits} + 16));  // ScanQueryBytes
+                        blobs + size_t{blockIdx.x} * QueryBlobBytes(kBits));
 }
 
 // A decode step's DecodeKvWriteKernel (layer.cu) and its scan queries in one launch: block
@@ -1129,7 +1133,7 @@ __global__ void __launch_bounds__(kThreads)
     q_out[x] = v;
     return v;
   };
-  BuildQueryBlob<kBits>(projection, d, 1, vec4, load, blobs + size_t{b} * (2 * size_t{kBits} + 16));
+  BuildQueryBlob<kBits>(projection, d, 1, vec4, load, blobs + size_t{b} * QueryBlobBytes(kBits));
 }
 
 int Refuse(std::string* error, const std::string& why) {
@@ -1220,7 +1224,7 @@ int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
 
 }  // namespace
 
-size_t ScanQueryBytes(uint32_t bits) { return 2 * size_t{bits} + 16; }
+size_t ScanQueryBytes(uint32_t bits) { return QueryBlobBytes(bits); }
 
 void PackScanQuery(const int32_t* qq, uint32_t bits, float scale, uint8_t* blob) {
   std::fill(blob, blob + ScanQueryBytes(bits), uint8_t{0});
@@ -1250,7 +1254,7 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
     return Refuse(error,
                   "BuildScanQueries: num_queries = " + std::to_string(num_queries) + " >= 2^31");
   const size_t smem = BuildQueriesSharedBytes(bits, dim);
-  if (smem > 48 * 1024)
+  if (smem > kQueriesMaxShared)
     return Refuse(error, "BuildScanQueries: dim = " + std::to_string(dim) + " needs " +
                              std::to_string(smem) + " bytes of shared memory, more than 48 KB");
   const bool vec4 = dim % 4 == 0 && Aligned(projection, 16) && Aligned(queries, 16);
@@ -1266,6 +1270,10 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
   return int(cudaGetLastError());
 }
 
+bool BuildDecodeScanQueriesFits(uint32_t bits, uint32_t head_dim) {
+  return BuildQueriesSharedBytes(bits, head_dim) <= kQueriesMaxShared;
+}
+
 int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeKvWriteParams& p,
                            uint8_t* blobs, CUstream_st* stream, std::string* error) {
   if (!projection || !blobs) return Refuse(error, "BuildDecodeScanQueries: a null pointer");
@@ -1275,7 +1283,7 @@ int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeK
   if (const int rc = CheckDecodeKvWrite(p, "BuildDecodeScanQueries", &blocks, error)) return rc;
   if (blocks == 0) return 0;
   const size_t smem = BuildQueriesSharedBytes(bits, p.head_dim);
-  if (smem > 48 * 1024)
+  if (smem > kQueriesMaxShared)
     return Refuse(error, "BuildDecodeScanQueries: head_dim = " + std::to_string(p.head_dim) +
                              " needs " + std::to_string(smem) + " bytes of shared memory");
   const bool vec4 = p.head_dim % 4 == 0 && Aligned(projection, 16);

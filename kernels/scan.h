@@ -69,8 +69,9 @@ int BuildScanQueries(const float* projection, uint32_t bits, uint32_t dim, const
 // A decode step's row writes and its per-query scan blobs in one launch: LaunchDecodeKvWrite(p)
 // (kernels/layer.h: q's heads to float in p.q_out, the k and v rows into the hot buffers), and
 // blobs [q_heads][ScanQueryBytes(bits)] equal to BuildScanQueries(projection, bits, head_dim,
-// p.q_out, 1, q_heads, blobs) after it, bit for bit. head_dim ≤ 1024 (and its shared memory
-// ≤ 48 KB: head_dim + bits ≤ 768).
+// p.q_out, 1, q_heads, blobs) after it, bit for bit. head_dim ≤ 1024, and
+// BuildDecodeScanQueriesFits(bits, head_dim) (the shared memory: head_dim + bits ≤ 768).
+bool BuildDecodeScanQueriesFits(uint32_t bits, uint32_t head_dim);
 int BuildDecodeScanQueries(const float* projection, uint32_t bits, const DecodeKvWriteParams& p,
                            uint8_t* blobs, CUstream_st* stream, std::string* error = nullptr);
 

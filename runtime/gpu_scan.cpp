@@ -456,10 +456,6 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
   TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
               "AttendDecodeCapturable writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
-  TORCH_CHECK(!blobs.defined() ||
-                  blobs.numel() == int64_t(shape_.num_q_heads *
-                                           kernels::ScanQueryBytes(options_.signature_bits)),
-              "AttendDecodeCapturable: blobs of ", blobs.numel(), " bytes");
   return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts,
                   out_dtype == torch::kBFloat16, blobs.defined() ? &blobs : nullptr)
       .out.view({Hkv * g, 1, d});
@@ -495,9 +491,8 @@ torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Te
   p.hot_rows = uint64_t(hot_k.size(1));
   std::string error;
   const uint32_t bits = options_.signature_bits;
-  // The same launch builds the step's scan queries (g = 1 each) from qf, where their shared
-  // memory (16 queries of d + bits floats, as BuildScanQueries takes) fits a launch's 48 KB.
-  if (blobs && 16 * 4 * (uint64_t(d) + bits) <= 48 * 1024) {
+  // The same launch builds the step's scan queries (g = 1 each) from qf, where they fit it.
+  if (blobs && kernels::BuildDecodeScanQueriesFits(bits, uint32_t(d))) {
     *blobs = torch::empty({int64_t(p.q_heads * kernels::ScanQueryBytes(bits))},
                           q.options().dtype(torch::kUInt8));
     Check(kernels::BuildDecodeScanQueries(Ptr<const float>(index_->projection()), bits, p,

@@ -298,7 +298,8 @@ TEST_CASE("DecodeKvWrite equals its reference bit for bit; rows outside the buff
         std::string error;
         if (with_blobs)
           REQUIRE_MESSAGE(
-              BuildDecodeScanQueries(dproj.get(), 128, p, dblobs.get(), nullptr, &error) == 0, error);
+              BuildDecodeScanQueries(dproj.get(), 128, p, dblobs.get(), nullptr, &error) == 0,
+              error);
         else
           REQUIRE_MESSAGE(LaunchDecodeKvWrite(p, nullptr, &error) == 0, error);
         KIV_CUDA_REQUIRE(cudaDeviceSynchronize());

@@ -157,23 +157,27 @@ size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
   return bad;
 }
 
+// Problems in groups of `share` read their group's first problem's signatures and norms, and
+// group 1 reads no norms (as a GQA group's per-query scans share one kv-head's).
+size_t SourceProblem(size_t p, uint32_t share) { return p / share * share; }
+bool ReadsNorms(size_t p, uint32_t share) { return p / share != 1; }
+
 // The device's selections ([count][c]) and counts ([count]) of `pr` over its first n tokens, and
 // its scores ([count][pr.n], unless null), against AsymmetricScan + SelectLargest on the CPU.
-// Problems in groups of `share` read the group's first signatures and norms (group 1 without
-// norms); the selections' entries past each count must still hold `untouched`.
+// Problems share reads as SourceProblem and ReadsNorms say; the selections' entries past each
+// count must still hold `untouched`.
 void CheckAgainstCpu(const Problems& pr, uint32_t c, size_t n, uint32_t share,
                      const std::vector<float>* got_scores,
                      const std::vector<uint32_t>& got_selected,
                      const std::vector<uint32_t>& got_counts, uint32_t untouched) {
-  auto source = [share](size_t p) { return p / share * share; };
-  auto no_norms = [share](size_t p) { return p / share == 1; };
   const size_t cap = pr.n;
   std::vector<float> want_scores(n);
   std::vector<uint32_t> want(std::min<size_t>(c, n));
   for (size_t p = 0; p < pr.count; ++p) {
     CAPTURE(p);
-    index::AsymmetricScan(&pr.sigs[source(p) * cap * pr.words],
-                          no_norms(p) ? nullptr : &pr.norms[source(p) * cap], n, pr.words,
+    const size_t source = SourceProblem(p, share);
+    index::AsymmetricScan(&pr.sigs[source * cap * pr.words],
+                          ReadsNorms(p, share) ? &pr.norms[source * cap] : nullptr, n, pr.words,
                           pr.tables[p], want_scores.data());
     size_t first = 0;
     const size_t bad =
@@ -207,9 +211,10 @@ struct DeviceScan {
         problems(pr.count) {
     const size_t cap = pr.n, blob = kernels::ScanQueryBytes(pr.bits);
     for (size_t p = 0; p < pr.count; ++p) {
-      const size_t source = p / share * share;  // the problem whose signatures and norms p reads
+      const size_t source = SourceProblem(p, share);
       problems[p] = {sigs.get() + source * cap * pr.words,
-                     p / share == 1 ? nullptr : norms.get() + source * cap, blobs.get() + p * blob};
+                     ReadsNorms(p, share) ? norms.get() + source * cap : nullptr,
+                     blobs.get() + p * blob};
     }
     args.problems = problems.data();
     args.num_problems = pr.count;
@@ -234,7 +239,8 @@ struct DeviceScan {
             cudaSuccess);
     REQUIRE(cudaMemcpy(held_device.get(), &held, sizeof(held), cudaMemcpyHostToDevice) ==
             cudaSuccess);
-    const std::vector<uint32_t> sel(size_t{pr.count} * args.c, kUntouched), cnt(pr.count, kUntouched);
+    const std::vector<uint32_t> sel(size_t{pr.count} * args.c, kUntouched);
+    const std::vector<uint32_t> cnt(pr.count, kUntouched);
     REQUIRE(cudaMemcpy(selected.get(), sel.data(), sel.size() * 4, cudaMemcpyHostToDevice) ==
             cudaSuccess);
     REQUIRE(cudaMemcpy(counts.get(), cnt.data(), cnt.size() * 4, cudaMemcpyHostToDevice) ==
