@@ -710,8 +710,8 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     const double read_bytes =  // signatures (+ norms), once
         double(count / share) * n * (16 + (with_norms ? 4 : 0));
     MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
-                                      << (guess ? ", guessing" : "")
-                                      << (with_norms ? "" : ", no norms") << ": " << us
+                                      << std::string(guess ? ", guessing" : "")
+                                      << std::string(with_norms ? "" : ", no norms") << ": " << us
                                       << " us per call, " << read_bytes / (us * 1e3)
                                       << " GB/s of signatures + norms");
     if (guess) {
