@@ -179,16 +179,16 @@ int LaunchSwiGlu(const SwiGluParams& p, CUstream_st* stream, std::string* error)
 
 int CheckDecodeKvWrite(const DecodeKvWriteParams& p, const char* name, uint64_t* blocks,
                        std::string* error) {
-  const std::string who(name);
   if (!p.q || !p.k || !p.v || !p.hot_k || !p.hot_v || !p.row || !p.q_out)
-    return Refuse(error, who + ": a null pointer");
+    return Refuse(error, std::string(name) + ": a null pointer");
   if (p.head_dim == 0 || p.head_dim > 1024)
-    return Refuse(error, who + ": head_dim = " + std::to_string(p.head_dim) + ", not in 1..1024");
+    return Refuse(error, std::string(name) + ": head_dim = " + std::to_string(p.head_dim) +
+                             ", not in 1..1024");
   if (p.hot_stride < p.hot_rows * p.head_dim)
-    return Refuse(error, who + ": hot_stride = " + std::to_string(p.hot_stride) +
+    return Refuse(error, std::string(name) + ": hot_stride = " + std::to_string(p.hot_stride) +
                              " is less than hot_rows * head_dim");
   *blocks = uint64_t{p.q_heads} + 2 * uint64_t{p.kv_heads};
-  if (*blocks > 65535) return Refuse(error, who + ": more than 65535 heads");
+  if (*blocks > 65535) return Refuse(error, std::string(name) + ": more than 65535 heads");
   return 0;
 }
 
