@@ -247,13 +247,19 @@ __device__ __forceinline__ uint32_t WarpSum(uint32_t x) {
 // the keys' own range [lo, hi], found first: each level spreads 2,048 bins across what is left of
 // the range, so they fill evenly where a fixed radix's top bits would crowd a few bins (the
 // candidates of a guess share their exponent) and serialise the shared atomics. Three levels at
-// most (21 + 11 bits of range, then the rest). With also_k (<= total), *also gets the lower edge
-// of the first level's bin that holds the also_k-th largest: that key or a little below it.
+// most (21 + 11 bits of range, then the rest). Where a level's chosen bin holds at most `direct`
+// items (<= kDirectSelect; the usual case after the first level: a guess's few thousand
+// candidates over 2,048 bins), they go to shared memory and each finds its rank among them, in
+// place of the levels that would follow. With also_k (<= total), *also gets the lower edge of
+// the first level's bin that holds the also_k-th largest: that key or a little below it.
+constexpr uint32_t kDirectSelect = 64;
 template <uint32_t kBlock, typename KeyOf>
 __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32_t* hist,
-                                uint32_t* left, uint32_t also_k = 0, uint32_t* also = nullptr) {
+                                uint32_t* left, uint32_t direct, uint32_t also_k = 0,
+                                uint32_t* also = nullptr) {
   constexpr uint32_t kBins = 2048;
-  __shared__ uint32_t range_lo, range_hi;
+  static_assert(kDirectSelect <= kBins);
+  __shared__ uint32_t range_lo, range_hi, gathered, direct_key, direct_left;
   __shared__ PassState pick;
   if (threadIdx.x == 0) {
     range_lo = ~0u;
@@ -292,7 +298,7 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     __syncthreads();
     ChooseBin<kBins, 0, false, kBlock>(hist, &pick);  // the bin (from the top) holding the k-th
     __syncthreads();
-    const uint32_t bin = pick.prefix;
+    const uint32_t bin = pick.prefix, in_bin = pick.count;
     k = pick.k;
     if (also_k != 0) {  // the first level: the same histogram, the also_k-th
       __syncthreads();  // pick was read
@@ -305,10 +311,34 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     }
     lo += bin << shift;
     hi = uint32_t(min(uint64_t{hi}, uint64_t{lo} + (uint64_t{1} << shift) - 1));
+    if (threadIdx.x == 0) gathered = 0;
     __syncthreads();  // pick and hist are rewritten by the next level
     if (shift == 0) {
       *left = k;
       return lo;
+    }
+    if (in_bin <= direct) {  // the bin's keys into hist; the k-th largest by ranks
+      for (uint32_t i = threadIdx.x; i < total; i += kBlock) {
+        bool in = true;
+        const uint32_t key = key_of(i, &in);
+        if (in && key >= lo && key <= hi) hist[atomicAdd(&gathered, 1u)] = key;
+      }
+      __syncthreads();
+      for (uint32_t i = threadIdx.x; i < in_bin; i += kBlock) {
+        const uint32_t mine = hist[i];
+        uint32_t above = 0, at_least = 0;
+        for (uint32_t j = 0; j < in_bin; ++j) {
+          above += hist[j] > mine;
+          at_least += hist[j] >= mine;
+        }
+        if (above < k && at_least >= k) {  // every thread holding this key writes the same
+          direct_key = mine;
+          direct_left = k - above;
+        }
+      }
+      __syncthreads();
+      *left = direct_left;
+      return direct_key;
     }
   }
 }
@@ -320,11 +350,14 @@ constexpr uint32_t kFinishSharedWords = kCandidates + kBins0 + kScanGuessMaxC + 
 // no order. Their keys go to shared memory once (every load in flight together); the threshold key
 // by BlockSelect over them; where more tokens tie at it than are wanted, the lowest indices among
 // the tied by BlockSelect over their inverted indices; then each chosen token finds its place in
-// index order by counting the chosen below it. `shared`: kFinishSharedWords.
+// index order by counting the chosen below it. `shared`: kFinishSharedWords. quick: the
+// selects end in a rank among a bin's few keys, and up to 8 lanes count each chosen token's
+// place together (ScanSelectArgs::quick_finish; false: histogram levels to the end, one lane).
 template <uint32_t kBlock>
 __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uint32_t* selected,
                                 uint32_t* counts, float* guess, uint32_t* guess_counts,
-                                uint32_t* shared) {
+                                uint32_t* shared, bool quick) {
+  const uint32_t direct = quick ? kDirectSelect : 0;
   uint32_t* keys = shared;                   // [kCandidates]
   uint32_t* hist = keys + kCandidates;       // [kBins0]
   uint32_t* chosen = hist + kBins0;          // [kScanGuessMaxC + 4]
@@ -355,7 +388,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   // The next call's guess: about the (kGuessTarget · c)-th largest when that many were gathered.
   const uint32_t target = kGuessTarget * c;
   uint32_t target_key = 0;
-  const uint32_t key_k = BlockSelect<kBlock>(total, c, key, hist, &wanted_equal,
+  const uint32_t key_k = BlockSelect<kBlock>(total, c, key, hist, &wanted_equal, direct,
                                              total >= target ? target : 0, &target_key);
   uint32_t equal = 0;
   for (uint32_t i = threadIdx.x; i < total; i += kBlock) equal += keys[i] == key_k;
@@ -369,7 +402,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
       return *in ? ~__ldcg(cand_index + i) : 0u;  // the largest is the lowest index
     };
     uint32_t one = 0;
-    index_limit = ~BlockSelect<kBlock>(total, wanted_equal, tied, hist, &one);
+    index_limit = ~BlockSelect<kBlock>(total, wanted_equal, tied, hist, &one, direct);
   }
   // Whole warps go round together: the chosen of a warp take their places with one atomic.
   const uint32_t lane = threadIdx.x % 32;
@@ -390,20 +423,28 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   // Pad to a multiple of 4 with indices no chosen one is above, for 16-byte reads.
   if (threadIdx.x < 4) chosen[c + threadIdx.x] = ~0u;  // chosen has kScanGuessMaxC + 4 words
   __syncthreads();
+  // Each chosen token's place: `parts` neighbouring lanes (a power of two, as many as the block
+  // has threads for) count a share of the chosen below it each, then add their counts.
   uint32_t* out = selected + size_t{p} * c;
   const uint4* four = reinterpret_cast<const uint4*>(chosen);
-  for (uint32_t i = threadIdx.x; i < c; i += kBlock) {
-    const uint32_t index = chosen[i];
-    uint32_t rank[4] = {};
+  const uint32_t quads = (c + 3) / 4;
+  uint32_t parts = 1;
+  while (quick && parts < 8 && 2 * parts * c <= kBlock) parts *= 2;
+  for (uint32_t base = 0; base < c * parts; base += kBlock) {  // the same trips in every thread
+    const uint32_t slot = base + threadIdx.x, i = slot / parts, part = slot % parts;
+    const uint32_t index = i < c ? chosen[i] : 0u;
+    uint32_t rank = 0;
+    if (i < c) {
 #pragma unroll 4
-    for (uint32_t j = 0; j < (c + 3) / 4; ++j) {
-      const uint4 x = four[j];  // the same address in every lane: a broadcast
-      rank[0] += x.x < index;
-      rank[1] += x.y < index;
-      rank[2] += x.z < index;
-      rank[3] += x.w < index;
+      for (uint32_t j = part; j < quads; j += parts) {
+        const uint4 x = four[j];  // at most `parts` addresses a warp, in distinct banks
+        rank += uint32_t(x.x < index) + uint32_t(x.y < index) + uint32_t(x.z < index) +
+                uint32_t(x.w < index);
+      }
     }
-    out[rank[0] + rank[1] + rank[2] + rank[3]] = index;
+    for (uint32_t offset = 1; offset < parts; offset *= 2)
+      rank += __shfl_xor_sync(0xFFFFFFFFu, rank, offset);
+    if (i < c && part == 0) out[rank] = index;
   }
   if (threadIdx.x == 0 && counts) counts[p] = c;
   if (threadIdx.x == 0 && guess) {
@@ -894,7 +935,7 @@ constexpr uint32_t kFinishThreads = 1024;
 __global__ void __launch_bounds__(kFinishThreads)
     FinishGuessKernel(uint32_t first, TokenCount tokens, uint32_t c, Workspace ws,
                       uint32_t* selected, uint32_t* counts, float* guess, uint32_t* guess_counts,
-                      bool set_fallback, cudaGraphConditionalHandle fallback) {
+                      bool set_fallback, cudaGraphConditionalHandle fallback, bool quick) {
   extern __shared__ __align__(16) uint32_t finish_shared[];
   const uint32_t p = first + blockIdx.x;
   const bool held = GuessHeld(&ws.states[p], c, tokens.Get());
@@ -908,7 +949,8 @@ __global__ void __launch_bounds__(kFinishThreads)
     }
   }
   if (!held) return;
-  FinishFromGuess<kFinishThreads>(p, c, ws, selected, counts, guess, guess_counts, finish_shared);
+  FinishFromGuess<kFinishThreads>(p, c, ws, selected, counts, guess, guess_counts, finish_shared,
+                                  quick);
 }
 
 // Grid (blocks, problems); in the small mode each block compacts tiles until one lies past n.
@@ -1391,7 +1433,7 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                                          int(kFinishBytes)));
       KIV_CUDA_CALL(Launch(&sink, FinishGuessKernel, dim3(count), dim3(kFinishThreads),
                            kFinishBytes, first, tokens, a.c, ws, a.selected, a.counts, a.guess,
-                           a.guess_counts, conditional, fallback));
+                           a.guess_counts, conditional, fallback, a.quick_finish));
       if (conditional) {
         const cudaGraphNode_t* deps = nullptr;
         const cudaGraphEdgeData* edges = nullptr;

@@ -117,6 +117,10 @@ struct ScanSelectArgs {
   // the chunk missed, so a replay whose guesses all held launches two kernels, not six. False:
   // they are captured as plain nodes and return at once (the A/B switch, KIV_SCAN_CONDITIONAL=0).
   bool conditional = true;
+  // With a guess: the finish ends its selects in a rank among a histogram bin's few keys and
+  // counts each chosen token's place with several lanes. False: histogram levels to the end and
+  // one lane a token (the A/B switch, KIV_SCAN_QUICK_FINISH=0); the selection is the same.
+  bool quick_finish = true;
 };
 
 // The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.

@@ -368,6 +368,8 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
       torch::zeros({2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
   const char* conditional = std::getenv("KIV_SCAN_CONDITIONAL");
   scan_conditional_ = conditional == nullptr || std::string(conditional) != "0";
+  const char* quick_finish = std::getenv("KIV_SCAN_QUICK_FINISH");
+  scan_quick_finish_ = quick_finish == nullptr || std::string(quick_finish) != "0";
 #endif
 }
 
@@ -580,6 +582,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     args.guess = Ptr<float>(scan_guess_) + size_t(layer) * tables;
     args.guess_counts = Ptr<uint32_t>(scan_guess_counts_);
     args.conditional = scan_conditional_;
+    args.quick_finish = scan_quick_finish_;
   }
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   if (regroup) {  // [H_kv][reps] → [reps][H_kv]

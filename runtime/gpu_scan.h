@@ -212,6 +212,9 @@ class GpuColdTier {
   // graph node (kernels/scan.h, ScanSelectArgs::conditional); KIV_SCAN_CONDITIONAL=0: plain nodes
   // that return at once.
   bool scan_conditional_ = true;
+  // The guess finish's quick selects (kernels/scan.h, ScanSelectArgs::quick_finish);
+  // KIV_SCAN_QUICK_FINISH=0: histogram levels to the end.
+  bool scan_quick_finish_ = true;
   at::Tensor last_decode_ids_, last_decode_counts_;
 };
 

@@ -270,14 +270,16 @@ struct DeviceScan {
 // guesses: the call guesses with them (and then writes no scores where a guess holds, so only
 // the selections are compared).
 void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t share = 1,
-                     Guesses* guesses = nullptr) {
+                     Guesses* guesses = nullptr, bool quick_finish = true) {
   CAPTURE(pr.bits);
   CAPTURE(pr.n);
   CAPTURE(pr.count);
   CAPTURE(c);
   CAPTURE(held);
   CAPTURE(share);
+  CAPTURE(quick_finish);
   DeviceScan scan(pr, c, held, share, guesses);
+  scan.args.quick_finish = quick_finish;
   std::string error;
   REQUIRE_MESSAGE(kernels::ScanSelect(scan.args, nullptr, &error) == 0, error);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
@@ -485,71 +487,78 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  // A decode step's shape: 3 kv-heads × 3 query heads, C / g = 342, a group's scans sharing reads.
-  Problems pr = MakeProblems(128, 100000, 9, Data::kRandom, 21);
-  Guesses guesses(9);
-  CheckScanSelect(pr, 342, 0, 3, &guesses);  // no guess yet: every problem takes the full select
-  CHECK(guesses.held() == 0);
-  CHECK(guesses.missed() == 9);
-  for (uint64_t step = 1; step <= 3; ++step) {  // later steps: new queries, the guesses hold
-    NewQueries(&pr, 100 + step);
-    CheckScanSelect(pr, 342, 0, 3, &guesses);
-  }
-  CHECK(guesses.held() == 27);
-  CHECK(guesses.missed() == 9);
-  guesses.Set(1e30f);  // above every score: fewer than c tokens at or above it
-  CheckScanSelect(pr, 342, 0, 3, &guesses);
-  CHECK(guesses.missed() == 18);
-  guesses.Set(-1e30f);  // below every score: more tokens than the candidate buffer holds
-  CheckScanSelect(pr, 342, 0, 3, &guesses);
-  CHECK(guesses.missed() == 27);
-  NewQueries(&pr, 200);  // the last call (a miss) set the guesses again: they hold
-  CheckScanSelect(pr, 342, 0, 3, &guesses);
-  CHECK(guesses.held() == 36);
-  // A launch sized for a capacity, the count in device memory; then fewer tokens than c (the
-  // "take all" path, which guesses nothing).
-  Problems big = MakeProblems(128, 200000, 9, Data::kRandom, 22);
-  Guesses grown(9);
-  for (uint32_t held : {50000u, 50000u, 120000u, 300u}) {
-    NewQueries(&big, held);
-    CheckScanSelect(big, 342, held, 3, &grown);
-  }
-  CHECK(grown.held() == 18);
-  CHECK(grown.missed() == 9);
-  // At most 16384 tokens: every token is a candidate, so the guess holds from the first call; ties
-  // (few distinct signatures, one signature, ±0 scores) go to the lower indices among them.
-  for (Data data : {Data::kRandom, Data::kFew, Data::kSame, Data::kZeros}) {
-    for (uint32_t c : {1u, 10u, 342u, 1024u}) {
-      Guesses small(6);
-      CheckScanSelect(MakeProblems(128, 16384, 6, data, c), c, 0, 3, &small);
-      CHECK(small.held() == 6);
-      CHECK(small.missed() == 0);
+  // Both finishes (ScanSelectArgs::quick_finish) must give the same selections.
+  for (bool quick : {true, false}) {
+    // A decode step's shape: 3 kv-heads × 3 query heads, C / g = 342, a group's scans sharing
+    // reads.
+    Problems pr = MakeProblems(128, 100000, 9, Data::kRandom, 21);
+    Guesses guesses(9);
+    // No guess yet: every problem takes the full select.
+    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CHECK(guesses.held() == 0);
+    CHECK(guesses.missed() == 9);
+    for (uint64_t step = 1; step <= 3; ++step) {  // later steps: new queries, the guesses hold
+      NewQueries(&pr, 100 + step);
+      CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
     }
-  }
-  // Heavy ties (24 distinct scores): whichever way the second call's guess goes, the same
-  // selection.
-  Guesses ties(3);
-  for (int i = 0; i < 2; ++i)
-    CheckScanSelect(MakeProblems(128, 100000, 3, Data::kFew, 5), 342, 0, 1, &ties);
-  CHECK(ties.held() + ties.missed() == 6);
-  // Two product tiles (share > 4).
-  Guesses wide(8);
-  Problems w = MakeProblems(128, 50000, 8, Data::kRandom, 23);
-  for (uint64_t step = 0; step < 3; ++step) {
-    NewQueries(&w, 300 + step);
-    CheckScanSelect(w, 342, 0, 8, &wide);
-  }
-  CHECK(wide.held() == 16);
-  for (uint32_t bits : {64u, 256u}) {
-    Guesses other(4);
-    Problems q = MakeProblems(bits, 70000, 4, Data::kRandom, bits);
+    CHECK(guesses.held() == 27);
+    CHECK(guesses.missed() == 9);
+    guesses.Set(1e30f);  // above every score: fewer than c tokens at or above it
+    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CHECK(guesses.missed() == 18);
+    guesses.Set(-1e30f);  // below every score: more tokens than the candidate buffer holds
+    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CHECK(guesses.missed() == 27);
+    NewQueries(&pr, 200);  // the last call (a miss) set the guesses again: they hold
+    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CHECK(guesses.held() == 36);
+    // A launch sized for a capacity, the count in device memory; then fewer tokens than c (the
+    // "take all" path, which guesses nothing).
+    Problems big = MakeProblems(128, 200000, 9, Data::kRandom, 22);
+    Guesses grown(9);
+    for (uint32_t held : {50000u, 50000u, 120000u, 300u}) {
+      NewQueries(&big, held);
+      CheckScanSelect(big, 342, held, 3, &grown, quick);
+    }
+    CHECK(grown.held() == 18);
+    CHECK(grown.missed() == 9);
+    // At most 16384 tokens: every token is a candidate, so the guess holds from the first call;
+    // ties (few distinct signatures, one signature, ±0 scores) go to the lower indices among them.
+    for (Data data : {Data::kRandom, Data::kFew, Data::kSame, Data::kZeros}) {
+      for (uint32_t c : {1u, 10u, 342u, 1024u}) {
+        Guesses small(6);
+        CheckScanSelect(MakeProblems(128, 16384, 6, data, c), c, 0, 3, &small, quick);
+        CHECK(small.held() == 6);
+        CHECK(small.missed() == 0);
+      }
+    }
+    // Heavy ties (24 distinct scores): whichever way the second call's guess goes, the same
+    // selection.
+    Guesses ties(3);
+    for (int i = 0; i < 2; ++i)
+      CheckScanSelect(MakeProblems(128, 100000, 3, Data::kFew, 5), 342, 0, 1, &ties, quick);
+    CHECK(ties.held() + ties.missed() == 6);
+    // Two product tiles (share > 4).
+    Guesses wide(8);
+    Problems w = MakeProblems(128, 50000, 8, Data::kRandom, 23);
     for (uint64_t step = 0; step < 3; ++step) {
-      NewQueries(&q, bits + step);
-      CheckScanSelect(q, 1000, 0, 1, &other);
+      NewQueries(&w, 300 + step);
+      CheckScanSelect(w, 342, 0, 8, &wide, quick);
     }
-    CHECK(other.held() == 8);
+    CHECK(wide.held() == 16);
+    for (uint32_t bits : {64u, 256u}) {
+      Guesses other(4);
+      Problems q = MakeProblems(bits, 70000, 4, Data::kRandom, bits);
+      for (uint64_t step = 0; step < 3; ++step) {
+        NewQueries(&q, bits + step);
+        CheckScanSelect(q, 1000, 0, 1, &other, quick);
+      }
+      CHECK(other.held() == 8);
+    }
   }
   // A guess needs c <= kScanGuessMaxC.
+  const Problems pr = MakeProblems(128, 100000, 1, Data::kRandom, 21);
+  Guesses guesses(1);
   std::string error;
   kernels::ScanSelectArgs args;
   std::vector<kernels::ScanProblem> problems(1);
@@ -653,14 +662,16 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
   // a prefill chunk's 16 blocks × 3 kv-heads, without and with 8 blocks sharing a read.
   // The last three: the decode step's shape with a guess (held on every timed call: the queries
   // do not change), with norms and without (kiv's speed runs scan without: --no-scan-norms), and
-  // without a guess and without norms, to compare.
-  const uint32_t configs[][5] = {{3, 1, 1024, 0, 1},  {9, 1, 1024, 0, 1}, {9, 1, 342, 0, 1},
-                                 {9, 3, 342, 0, 1},   {48, 1, 1024, 0, 1}, {48, 8, 1024, 0, 1},
-                                 {9, 3, 342, 1, 1},   {9, 3, 342, 1, 0},   {9, 3, 342, 0, 0}};
+  // without a guess and without norms, to compare; then the guess without norms and without the
+  // finish's quick selects (ScanSelectArgs::quick_finish = false), the A/B.
+  const uint32_t configs[][6] = {
+      {3, 1, 1024, 0, 1, 1},  {9, 1, 1024, 0, 1, 1}, {9, 1, 342, 0, 1, 1}, {9, 3, 342, 0, 1, 1},
+      {48, 1, 1024, 0, 1, 1}, {48, 8, 1024, 0, 1, 1}, {9, 3, 342, 1, 1, 1}, {9, 3, 342, 1, 0, 1},
+      {9, 3, 342, 0, 0, 1},   {9, 3, 342, 1, 0, 0}};
   // KIV_SCAN_TIMING_CONFIGS=3,6 runs only those (tools/gpu/scan_profile.sh, to profile a few).
   const char* only = std::getenv("KIV_SCAN_TIMING_CONFIGS");
   int index = -1;
-  for (const auto& [count, share, c, guess, with_norms] : configs) {
+  for (const auto& [count, share, c, guess, with_norms, quick] : configs) {
     ++index;
     if (only && ("," + std::string(only) + ",").find("," + std::to_string(index) + ",") ==
                     std::string::npos)
@@ -689,6 +700,7 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     args.counts = counts.get();
     args.workspace = workspace.get();
     args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(count, n);
+    args.quick_finish = quick != 0;
     Guesses guesses(count);
     if (guess) {
       args.guess = guesses.values.get();
@@ -711,7 +723,8 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
         double(count / share) * n * (16 + (with_norms ? 4 : 0));
     MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
                                       << std::string(guess ? ", guessing" : "")
-                                      << std::string(with_norms ? "" : ", no norms") << ": " << us
+                                      << std::string(with_norms ? "" : ", no norms")
+                                      << std::string(quick ? "" : ", slow finish") << ": " << us
                                       << " us per call, " << read_bytes / (us * 1e3)
                                       << " GB/s of signatures + norms");
     if (guess) {

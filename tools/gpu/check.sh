@@ -10,7 +10,10 @@
 #     1m-plain  the same with KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0 (the full select
 #               captured as plain nodes that return at once, not in a conditional node; the scan's
 #               queries in a kernel of their own): the decode step before 2026-12-06, on one machine
+#     1m-slow   the same with KIV_SCAN_QUICK_FINISH=0 (the guess finish's selects by histogram
+#               levels to the end, one lane a chosen token's place): before 2026-12-07
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
+#   The 1m steps run in the order given and may repeat (an A/B/A: 1m,1m-slow,1m).
 #
 # Writes $OUT/check.log (the summary: what passed, the printed speed lines) and
 # $OUT/check.tgz (every log and JSON). Exit status: nonzero when a test failed.
@@ -45,14 +48,20 @@ if has prefill || has prefill-ab; then
     grep -E "^kiv" "$work/prefill-256k-$mode.log" | sed "s/^/$mode /" | tee -a "$OUTDIR/check.log"
   done
 fi
-for mode in 1m 1m-plain; do
-  has "$mode" || continue
-  env_set=""; [ "$mode" = 1m-plain ] && env_set="KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0"
+run=0
+for mode in ${STEPS//,/ }; do
+  case $mode in
+    1m) env_set="" ;;
+    1m-plain) env_set="KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0" ;;
+    1m-slow) env_set="KIV_SCAN_QUICK_FINISH=0" ;;
+    *) continue ;;
+  esac
+  run=$((run + 1))
+  name=speed-$run-$mode
   env $env_set "$B/cli/kiv" bench speed --model "$MODEL" --contexts 4096,1048576 --full-max 0 \
-    --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/speed-$mode.json" \
-    >"$work/speed-$mode.log" 2>&1
+    --no-reopen "${FLAGS[@]}" --dir "$work/ks" --out "$work/$name.json" >"$work/$name.log" 2>&1
   rm -rf "$work/ks"
-  grep -E "^(kiv|full)|GPU|memory" "$work/speed-$mode.log" | sed "s/^/$mode /" |
+  grep -E "^(kiv|full)|GPU|memory" "$work/$name.log" | sed "s/^/$run $mode /" |
     tee -a "$OUTDIR/check.log"
 done
 tar czf "$OUTDIR/check.tgz" -C "$work" . && rm -rf "$work"
