@@ -343,24 +343,28 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
   }
 }
 
-// Shared memory of FinishFromGuess: every candidate's key, a histogram, the chosen indices.
-constexpr uint32_t kFinishSharedWords = kCandidates + kBins0 + kScanGuessMaxC + 4;
+// Shared memory of FinishFromGuess: every candidate's key, a histogram, the chosen indices, and
+// (quick) every candidate's index.
+constexpr uint32_t kFinishSharedWords = 2 * kCandidates + kBins0 + kScanGuessMaxC + 4;
 
 // The guess held, one block: the c largest are among the `appended` gathered tokens, which are in
 // no order. Their keys go to shared memory once (every load in flight together); the threshold key
 // by BlockSelect over them; where more tokens tie at it than are wanted, the lowest indices among
 // the tied by BlockSelect over their inverted indices; then each chosen token finds its place in
 // index order by counting the chosen below it. `shared`: kFinishSharedWords. quick: the
-// selects end in a rank among a bin's few keys, and up to 8 lanes count each chosen token's
-// place together (ScanSelectArgs::quick_finish; false: histogram levels to the end, one lane).
+// candidates' indices come to shared memory with their keys (no later round trip to global
+// memory), the selects end in a rank among a bin's few keys, and up to 8 lanes count each chosen
+// token's place together (ScanSelectArgs::quick_finish; false: histogram levels to the end, one
+// lane a token, indices read from global memory where needed).
 template <uint32_t kBlock>
 __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uint32_t* selected,
                                 uint32_t* counts, float* guess, uint32_t* guess_counts,
                                 uint32_t* shared, bool quick) {
   const uint32_t direct = quick ? kDirectSelect : 0;
-  uint32_t* keys = shared;                   // [kCandidates]
-  uint32_t* hist = keys + kCandidates;       // [kBins0]
-  uint32_t* chosen = hist + kBins0;          // [kScanGuessMaxC + 4]
+  uint32_t* keys = shared;                          // [kCandidates]
+  uint32_t* hist = keys + kCandidates;              // [kBins0]
+  uint32_t* chosen = hist + kBins0;                 // [kScanGuessMaxC + 4]
+  uint32_t* indices = chosen + kScanGuessMaxC + 4;  // [kCandidates], quick
   __shared__ PassState local;
   __shared__ uint32_t chosen_count, equal_count;
   const uint32_t* cand_index = ws.cand_index + size_t{p} * kCandidates;
@@ -374,16 +378,21 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   const uint32_t total = local.appended;  // <= kCandidates, >= c: the guess held
   constexpr uint32_t kLoads = 8;
   for (uint32_t base = threadIdx.x; base < total; base += kLoads * kBlock) {
-    uint32_t v[kLoads];
+    uint32_t v[kLoads], x[kLoads];
 #pragma unroll
-    for (uint32_t u = 0; u < kLoads; ++u)
+    for (uint32_t u = 0; u < kLoads; ++u) {
       if (base + u * kBlock < total) v[u] = __ldcg(cand_key + base + u * kBlock);
+      if (quick && base + u * kBlock < total) x[u] = __ldcg(cand_index + base + u * kBlock);
+    }
 #pragma unroll
-    for (uint32_t u = 0; u < kLoads; ++u)
+    for (uint32_t u = 0; u < kLoads; ++u) {
       if (base + u * kBlock < total) keys[base + u * kBlock] = v[u];
+      if (quick && base + u * kBlock < total) indices[base + u * kBlock] = x[u];
+    }
   }
   __syncthreads();
   auto key = [&](uint32_t i, bool*) { return keys[i]; };
+  auto index_of = [&](uint32_t i) { return quick ? indices[i] : __ldcg(cand_index + i); };
   uint32_t wanted_equal = 0;
   // The next call's guess: about the (kGuessTarget · c)-th largest when that many were gathered.
   const uint32_t target = kGuessTarget * c;
@@ -399,7 +408,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   if (equal_count > wanted_equal) {
     auto tied = [&](uint32_t i, bool* in) {
       *in = keys[i] == key_k;
-      return *in ? ~__ldcg(cand_index + i) : 0u;  // the largest is the lowest index
+      return *in ? ~index_of(i) : 0u;  // the largest is the lowest index
     };
     uint32_t one = 0;
     index_limit = ~BlockSelect<kBlock>(total, wanted_equal, tied, hist, &one, direct);
@@ -410,7 +419,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
     bool pick = false;
     uint32_t index = 0;
     if (i < total && keys[i] >= key_k) {
-      index = __ldcg(cand_index + i);
+      index = index_of(i);
       pick = keys[i] > key_k || index <= index_limit;
     }
     const uint32_t picked = __ballot_sync(0xFFFFFFFFu, pick);
