@@ -14,6 +14,8 @@
 #include <cstring>
 #include <thread>
 
+#include <sys/stat.h>
+
 #include "index/asym_scan.h"
 #include "index/rerank.h"
 #include "runtime/full_cache.h"
@@ -153,7 +155,11 @@ FILE* RetrievalTrace() {
   static FILE* trace = nullptr;
   const char* path = std::getenv("KIV_TRACE_RETRIEVAL");
   if (path == nullptr) path = "";
-  if (open_path != path) {  // compares without building a string: this runs on every decode step
+  // The same path, but its file was removed since it was opened: open it again, so that the lines
+  // land where the variable says and not in an unlinked file. Checked only while tracing.
+  struct stat st;
+  const bool unlinked = trace != nullptr && fstat(fileno(trace), &st) == 0 && st.st_nlink == 0;
+  if (open_path != path || unlinked) {  // compares without building a string: runs every step
     if (trace != nullptr) std::fclose(trace);
     trace = *path == '\0' ? nullptr : std::fopen(path, "a");
     if (*path != '\0' && trace == nullptr)

@@ -182,6 +182,13 @@ TEST_CASE("KIV_TRACE_RETRIEVAL: each decode step's picks, one line per layer and
     CHECK(ids.front() >= 0);
     CHECK(ids.back() < long(300 + i / 4));
   }
+  // The same path again after its file was removed (nothing retrieved in between, so the trace
+  // is still open on the unlinked file): a new file, the same lines.
+  const std::vector<std::string> again = Traced(path, [&] {
+    TieredCache cache(kShape, SmallK());
+    Run(cache, steps);
+  });
+  CHECK(again == lines);
   // Cleared, nothing more is written.
   const std::vector<std::string> none = Traced(path + ".unused", [] {});
   TieredCache quiet(kShape, SmallK());
