@@ -381,13 +381,17 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
     uint32_t v[kLoads], x[kLoads];
 #pragma unroll
     for (uint32_t u = 0; u < kLoads; ++u) {
-      if (base + u * kBlock < total) v[u] = __ldcg(cand_key + base + u * kBlock);
-      if (quick && base + u * kBlock < total) x[u] = __ldcg(cand_index + base + u * kBlock);
+      const uint32_t i = base + u * kBlock;
+      if (i >= total) continue;
+      v[u] = __ldcg(cand_key + i);
+      if (quick) x[u] = __ldcg(cand_index + i);
     }
 #pragma unroll
     for (uint32_t u = 0; u < kLoads; ++u) {
-      if (base + u * kBlock < total) keys[base + u * kBlock] = v[u];
-      if (quick && base + u * kBlock < total) indices[base + u * kBlock] = x[u];
+      const uint32_t i = base + u * kBlock;
+      if (i >= total) continue;
+      keys[i] = v[u];
+      if (quick) indices[i] = x[u];
     }
   }
   __syncthreads();

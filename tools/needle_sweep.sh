@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KIV=${KIV:-build/cli/kiv}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-python3 tools/data/make_needle.py --book emma --chars 16000 --depth "${KIV_NEEDLE_DEPTH:-0.25}" --exact-depth \
-  --key "${KIV_NEEDLE_KEY:-48213}" --out "$work/needle.txt" >/dev/null
+python3 tools/data/make_needle.py --book emma --chars 16000 --depth "${KIV_NEEDLE_DEPTH:-0.25}" \
+  --exact-depth --key "${KIV_NEEDLE_KEY:-48213}" --out "$work/needle.txt" >/dev/null
 Q="What is the secret passkey mentioned in the text above?"
 while read -r name args; do
   [ -n "$name" ] || continue
