@@ -536,7 +536,11 @@ __device__ int32_t LeastGatheredV(uint32_t key, int32_t sum, float scale) {
 // tokens of one problem take their places with one atomic); without norms the test is on the
 // product's integer, against the least one whose score reaches the guess (found once). Otherwise
 // (the full scan) a group whose guesses all held (FinishGuessKernel finished them) returns at once.
-template <uint32_t kWords, uint32_t kNT, bool kGuess>
+// kOneVote (with kGuess; ScanSelectArgs::one_vote): a warp tests the rows of all its round's tiles
+// first and votes once; only a round where some row reached a guess takes the gather's ballots,
+// tile by tile (the usual round: none, the guess being far in the tail). Without it, a ballot for
+// every 8 rows: a third of the guess scan's instructions at 128 bits, in the usual case for nothing.
+template <uint32_t kWords, uint32_t kNT, bool kGuess, bool kOneVote>
 __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     MmaScanKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
                   float* scores, Workspace ws, const float* guess, uint32_t* guess_counts) {
@@ -580,6 +584,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     sum[z] = blob ? __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits)) : 0;
     scale[z] = blob ? __ldg(reinterpret_cast<const float*>(blob + 2 * kBits + 4)) : 0.0f;
     gather_key[z] = kNoGather;
+    gather_v[z] = INT32_MAX;
     if constexpr (kGuess) {
       if (blob) {
         const uint32_t p = chunk.first + local + mine;
@@ -632,6 +637,42 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     const uint8_t* buffer = stage + (it % kScanStages) * Stage::kBytes;
     const uint64_t* sig = reinterpret_cast<const uint64_t*>(buffer) + size_t{warp} * kRound * kWords;
     const float* norms = reinterpret_cast<const float*>(buffer + Stage::kSigBytes) + warp * kRound;
+    // kGuess: whether the token whose product's integer is v (and `norm` its key norm) reaches
+    // problem 4z + t's guess, and its key if so. Problems past `share` have no guess (INT32_MAX,
+    // kNoGather); rows past n hold whatever the staging buffer held: `test` drops both.
+    auto reaches = [&](uint32_t z, int32_t v, float norm, uint32_t* key) {
+      if (has_norms) {
+        *key = DeviceKey(__fmul_rn(norm, __fmul_rn(float(2 * v - sum[z]), scale[z])));
+        return *key >= gather_key[z];
+      }
+      if (v < gather_v[z]) return false;  // ⇔ key < gather_key[z]; the key only when taken
+      *key = DeviceKey(__fmul_rn(float(2 * v - sum[z]), scale[z]));
+      return true;
+    };
+    auto test = [&](uint32_t z, int32_t v, float norm, uint32_t tok, uint32_t* key) {
+      return 4 * z + t < share && tok < n && reaches(z, v, norm, key);
+    };
+    // kGuess: the warp's tokens that passed `test` take their places in their problems' buffers
+    // (one atomic a problem); every lane calls it.
+    auto gather = [&](uint32_t z, bool take, uint32_t key, uint32_t tok) {
+      const uint32_t taken = __ballot_sync(0xFFFFFFFFu, take);
+      if (taken == 0) return;  // the usual case: the guess is far in the tail
+      const uint32_t p = chunk.first + local + 4 * z + t;
+      const uint32_t mates = taken & (0x11111111u << t);  // lanes of problem 4z + t
+      const uint32_t leader = mates ? __ffs(int(mates)) - 1 : lane;
+      uint32_t at = 0;
+      if (take && lane == leader) at = atomicAdd(&ws.states[p].appended, __popc(mates));
+      at = __shfl_sync(0xFFFFFFFFu, at, leader) + __popc(mates & ((1u << lane) - 1));
+      if (take && at < kCandidates) {
+        ws.cand_index[size_t{p} * kCandidates + at] = tok;
+        ws.cand_key[size_t{p} * kCandidates + at] = key;
+      }
+    };
+    // kOneVote: each tile's integers and norms wait for the round's one vote (`any`: some row of
+    // this lane may reach its guess).
+    int32_t held_v[kOneVote ? kM : 1][kNT][2];
+    float held_norm[kOneVote ? kM : 1][2];
+    bool any = false;
 #pragma unroll
     for (uint32_t m = 0; m < kM; ++m) {
       uint64_t w[2][kWords];  // row g (h = 0) and g + 8 (h = 1) of tile m; garbage past n
@@ -664,33 +705,19 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
       if constexpr (kGuess) {
 #pragma unroll
         for (uint32_t z = 0; z < kNT; ++z) {
-          const uint32_t j = 4 * z + t, p = chunk.first + local + j;
 #pragma unroll
           for (uint32_t h = 0; h < 2; ++h) {
             const uint32_t tok = base + 16 * m + 8 * h + g;
             const int32_t v = 256 * acc[z][2 * h] + acc[z][2 * h + 1];
             uint32_t key = 0;
-            bool take = false;
-            if (j < share && tok < n) {
-              if (has_norms) {
-                const float plain = __fmul_rn(float(2 * v - sum[z]), scale[z]);
-                key = DeviceKey(__fmul_rn(norm[h], plain));
-                take = key >= gather_key[z];
-              } else {
-                take = v >= gather_v[z];  // ⇔ key >= gather_key[z]; the key only when taken
-                if (take) key = DeviceKey(__fmul_rn(float(2 * v - sum[z]), scale[z]));
-              }
-            }
-            const uint32_t taken = __ballot_sync(0xFFFFFFFFu, take);
-            if (taken == 0) continue;  // the usual case: the guess is far in the tail
-            const uint32_t mates = taken & (0x11111111u << t);  // lanes of problem j
-            const uint32_t leader = mates ? __ffs(int(mates)) - 1 : lane;
-            uint32_t at = 0;
-            if (take && lane == leader) at = atomicAdd(&ws.states[p].appended, __popc(mates));
-            at = __shfl_sync(0xFFFFFFFFu, at, leader) + __popc(mates & ((1u << lane) - 1));
-            if (take && at < kCandidates) {
-              ws.cand_index[size_t{p} * kCandidates + at] = tok;
-              ws.cand_key[size_t{p} * kCandidates + at] = key;
+            if constexpr (kOneVote) {
+              held_v[m][z][h] = v;
+              held_norm[m][h] = norm[h];
+              // No share or n test here: a row they would drop only sends the round to `test`.
+              any = reaches(z, v, norm[h], &key) || any;
+            } else {
+              const bool take = test(z, v, norm[h], tok, &key);
+              gather(z, take, key, tok);
             }
           }
         }
@@ -711,6 +738,22 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
             atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
           }
         }
+      }
+    }
+    if constexpr (kOneVote) {
+      // The round's one vote: where a token of the warp passed, the tiles go through `gather`.
+      if (__any_sync(0xFFFFFFFFu, any)) {
+#pragma unroll
+        for (uint32_t m = 0; m < kM; ++m)
+#pragma unroll
+          for (uint32_t z = 0; z < kNT; ++z)
+#pragma unroll
+            for (uint32_t h = 0; h < 2; ++h) {
+              const uint32_t tok = base + 16 * m + 8 * h + g;
+              uint32_t key = 0;
+              const bool take = test(z, held_v[m][z][h], held_norm[m][h], tok, &key);
+              gather(z, take, key, tok);
+            }
       }
     }
     __syncthreads();  // the buffer is free for chunk it + kScanStages
@@ -1241,7 +1284,7 @@ constexpr uint32_t kMaxShare = 8;          // two tiles of 8 columns: 4 problems
 
 // A full GPU of blocks (as many a SM as its shared memory lets stay resident, at most
 // kScanBlocksPerSm) over the groups, each looping over chunks of the tokens.
-template <uint32_t kWords, uint32_t kNT, bool kGuess>
+template <uint32_t kWords, uint32_t kNT, bool kGuess, bool kOneVote>
 int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t sms, const ScanSelectArgs& a,
                const Workspace& ws, LaunchSink* sink) {
   const size_t staging = size_t{ScanStage<kWords>::kBytes} * kScanStages;
@@ -1249,32 +1292,33 @@ int LaunchScan(const ProblemChunk& chunk, uint32_t groups, uint32_t sms, const S
   // Above 40 KB of histograms the kernel's own static shared memory (the select's scan storage)
   // would pass the 48 KB a launch gets without asking.
   if (smem > 40 * 1024)
-    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT, kGuess>,
+    KIV_CUDA_CALL(cudaFuncSetAttribute(MmaScanKernel<kWords, kNT, kGuess, kOneVote>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int per_sm = 0;
   KIV_CUDA_CALL(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, MmaScanKernel<kWords, kNT, kGuess>, kThreads, smem));
+      &per_sm, MmaScanKernel<kWords, kNT, kGuess, kOneVote>, kThreads, smem));
   const uint32_t chunks = (a.n + ScanStage<kWords>::kChunk - 1) / ScanStage<kWords>::kChunk;
   const uint32_t blocks =
       std::clamp((sms * uint32_t(std::max(per_sm, 1)) + groups - 1) / groups, 1u, chunks);
-  return int(Launch(sink, MmaScanKernel<kWords, kNT, kGuess>, dim3(blocks, groups), dim3(kThreads),
-                    smem, chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws, a.guess,
-                    a.guess ? a.guess_counts : nullptr));
+  return int(Launch(sink, MmaScanKernel<kWords, kNT, kGuess, kOneVote>, dim3(blocks, groups),
+                    dim3(kThreads), smem, chunk, TokenCount{a.n, a.n_device}, a.c, a.scores, ws,
+                    a.guess, a.guess ? a.guess_counts : nullptr));
 }
 
-template <uint32_t kWords, bool kGuess>
+template <uint32_t kWords, bool kGuess, bool kOneVote>
 int LaunchScanWords(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
                     const ScanSelectArgs& a, const Workspace& ws, LaunchSink* sink) {
-  return chunk.share <= 4 ? LaunchScan<kWords, 1, kGuess>(chunk, groups, sms, a, ws, sink)
-                          : LaunchScan<kWords, 2, kGuess>(chunk, groups, sms, a, ws, sink);
+  return chunk.share <= 4
+             ? LaunchScan<kWords, 1, kGuess, kOneVote>(chunk, groups, sms, a, ws, sink)
+             : LaunchScan<kWords, 2, kGuess, kOneVote>(chunk, groups, sms, a, ws, sink);
 }
 
-template <bool kGuess>
+template <bool kGuess, bool kOneVote = false>
 int LaunchScanAny(const ProblemChunk& chunk, uint32_t groups, uint32_t sms,
                   const ScanSelectArgs& a, const Workspace& ws, LaunchSink* sink) {
-  return a.words == 1   ? LaunchScanWords<1, kGuess>(chunk, groups, sms, a, ws, sink)
-         : a.words == 2 ? LaunchScanWords<2, kGuess>(chunk, groups, sms, a, ws, sink)
-                        : LaunchScanWords<4, kGuess>(chunk, groups, sms, a, ws, sink);
+  return a.words == 1   ? LaunchScanWords<1, kGuess, kOneVote>(chunk, groups, sms, a, ws, sink)
+         : a.words == 2 ? LaunchScanWords<2, kGuess, kOneVote>(chunk, groups, sms, a, ws, sink)
+                        : LaunchScanWords<4, kGuess, kOneVote>(chunk, groups, sms, a, ws, sink);
 }
 
 }  // namespace
@@ -1434,7 +1478,9 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // With a guess, the guess scan first; the full scan then returns at once for every group
     // whose guesses held (skipped when the host knows that nothing is left to choose).
     if (guessing) {
-      const int rc = LaunchScanAny<true>(chunk, groups, uint32_t(sms), a, ws, &sink);
+      const int rc = a.one_vote
+                         ? LaunchScanAny<true, true>(chunk, groups, uint32_t(sms), a, ws, &sink)
+                         : LaunchScanAny<true, false>(chunk, groups, uint32_t(sms), a, ws, &sink);
       if (rc != 0) return rc;
       cudaGraphConditionalHandle fallback = 0;
       if (conditional)  // 1 unless the finish sets it: a finish that never ran costs only time

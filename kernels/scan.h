@@ -121,6 +121,10 @@ struct ScanSelectArgs {
   // counts each chosen token's place with several lanes. False: histogram levels to the end and
   // one lane a token (the A/B switch, KIV_SCAN_QUICK_FINISH=0); the selection is the same.
   bool quick_finish = true;
+  // With a guess: the guess scan's warps test every token of a round (64 of them, 32 with four
+  // words) and vote once whether any goes to a candidate buffer. False: a vote for each 8 rows
+  // of a tile (the A/B switch, KIV_SCAN_ONE_VOTE=0); the candidates are the same.
+  bool one_vote = true;
 };
 
 // The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.

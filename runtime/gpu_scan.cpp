@@ -370,6 +370,8 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
   scan_conditional_ = conditional == nullptr || std::string(conditional) != "0";
   const char* quick_finish = std::getenv("KIV_SCAN_QUICK_FINISH");
   scan_quick_finish_ = quick_finish == nullptr || std::string(quick_finish) != "0";
+  const char* one_vote = std::getenv("KIV_SCAN_ONE_VOTE");
+  scan_one_vote_ = one_vote == nullptr || std::string(one_vote) != "0";
 #endif
 }
 
@@ -583,6 +585,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     args.guess_counts = Ptr<uint32_t>(scan_guess_counts_);
     args.conditional = scan_conditional_;
     args.quick_finish = scan_quick_finish_;
+    args.one_vote = scan_one_vote_;
   }
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   if (regroup) {  // [H_kv][reps] → [reps][H_kv]

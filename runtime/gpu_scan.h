@@ -215,6 +215,9 @@ class GpuColdTier {
   // The guess finish's quick selects (kernels/scan.h, ScanSelectArgs::quick_finish);
   // KIV_SCAN_QUICK_FINISH=0: histogram levels to the end.
   bool scan_quick_finish_ = true;
+  // The guess scan's one vote a round (kernels/scan.h, ScanSelectArgs::one_vote);
+  // KIV_SCAN_ONE_VOTE=0: a ballot for every 8 rows.
+  bool scan_one_vote_ = true;
   at::Tensor last_decode_ids_, last_decode_counts_;
 };
 

@@ -270,7 +270,7 @@ struct DeviceScan {
 // guesses: the call guesses with them (and then writes no scores where a guess holds, so only
 // the selections are compared).
 void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t share = 1,
-                     Guesses* guesses = nullptr, bool quick_finish = true) {
+                     Guesses* guesses = nullptr, bool quick_finish = true, bool one_vote = true) {
   CAPTURE(pr.bits);
   CAPTURE(pr.n);
   CAPTURE(pr.count);
@@ -278,8 +278,10 @@ void CheckScanSelect(const Problems& pr, uint32_t c, uint32_t held = 0, uint32_t
   CAPTURE(held);
   CAPTURE(share);
   CAPTURE(quick_finish);
+  CAPTURE(one_vote);
   DeviceScan scan(pr, c, held, share, guesses);
   scan.args.quick_finish = quick_finish;
+  scan.args.one_vote = one_vote;
   std::string error;
   REQUIRE_MESSAGE(kernels::ScanSelect(scan.args, nullptr, &error) == 0, error);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
@@ -487,30 +489,34 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     MESSAGE("skipped: no CUDA device");
     return;
   }
-  // Both finishes (ScanSelectArgs::quick_finish) must give the same selections.
-  for (bool quick : {true, false}) {
+  // Both finishes (ScanSelectArgs::quick_finish) and both ways the guess scan votes
+  // (ScanSelectArgs::one_vote) must give the same selections.
+  struct Path {
+    bool quick_finish, one_vote;
+  };
+  for (const Path path : {Path{true, true}, Path{false, true}, Path{true, false}}) {
     // A decode step's shape: 3 kv-heads × 3 query heads, C / g = 342, a group's scans sharing
     // reads.
     Problems pr = MakeProblems(128, 100000, 9, Data::kRandom, 21);
     Guesses guesses(9);
     // No guess yet: every problem takes the full select.
-    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.held() == 0);
     CHECK(guesses.missed() == 9);
     for (uint64_t step = 1; step <= 3; ++step) {  // later steps: new queries, the guesses hold
       NewQueries(&pr, 100 + step);
-      CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+      CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     }
     CHECK(guesses.held() == 27);
     CHECK(guesses.missed() == 9);
     guesses.Set(1e30f);  // above every score: fewer than c tokens at or above it
-    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.missed() == 18);
     guesses.Set(-1e30f);  // below every score: more tokens than the candidate buffer holds
-    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.missed() == 27);
     NewQueries(&pr, 200);  // the last call (a miss) set the guesses again: they hold
-    CheckScanSelect(pr, 342, 0, 3, &guesses, quick);
+    CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.held() == 36);
     // A launch sized for a capacity, the count in device memory; then fewer tokens than c (the
     // "take all" path, which guesses nothing).
@@ -518,7 +524,7 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     Guesses grown(9);
     for (uint32_t held : {50000u, 50000u, 120000u, 300u}) {
       NewQueries(&big, held);
-      CheckScanSelect(big, 342, held, 3, &grown, quick);
+      CheckScanSelect(big, 342, held, 3, &grown, path.quick_finish, path.one_vote);
     }
     CHECK(grown.held() == 18);
     CHECK(grown.missed() == 9);
@@ -527,7 +533,8 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     for (Data data : {Data::kRandom, Data::kFew, Data::kSame, Data::kZeros}) {
       for (uint32_t c : {1u, 10u, 342u, 1024u}) {
         Guesses small(6);
-        CheckScanSelect(MakeProblems(128, 16384, 6, data, c), c, 0, 3, &small, quick);
+        CheckScanSelect(MakeProblems(128, 16384, 6, data, c), c, 0, 3, &small, path.quick_finish,
+                        path.one_vote);
         CHECK(small.held() == 6);
         CHECK(small.missed() == 0);
       }
@@ -536,14 +543,15 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     // selection.
     Guesses ties(3);
     for (int i = 0; i < 2; ++i)
-      CheckScanSelect(MakeProblems(128, 100000, 3, Data::kFew, 5), 342, 0, 1, &ties, quick);
+      CheckScanSelect(MakeProblems(128, 100000, 3, Data::kFew, 5), 342, 0, 1, &ties,
+                      path.quick_finish, path.one_vote);
     CHECK(ties.held() + ties.missed() == 6);
     // Two product tiles (share > 4).
     Guesses wide(8);
     Problems w = MakeProblems(128, 50000, 8, Data::kRandom, 23);
     for (uint64_t step = 0; step < 3; ++step) {
       NewQueries(&w, 300 + step);
-      CheckScanSelect(w, 342, 0, 8, &wide, quick);
+      CheckScanSelect(w, 342, 0, 8, &wide, path.quick_finish, path.one_vote);
     }
     CHECK(wide.held() == 16);
     for (uint32_t bits : {64u, 256u}) {
@@ -551,7 +559,7 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
       Problems q = MakeProblems(bits, 70000, 4, Data::kRandom, bits);
       for (uint64_t step = 0; step < 3; ++step) {
         NewQueries(&q, bits + step);
-        CheckScanSelect(q, 1000, 0, 1, &other, quick);
+        CheckScanSelect(q, 1000, 0, 1, &other, path.quick_finish, path.one_vote);
       }
       CHECK(other.held() == 8);
     }
@@ -663,15 +671,17 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
   // The last three: the decode step's shape with a guess (held on every timed call: the queries
   // do not change), with norms and without (kiv's speed runs scan without: --no-scan-norms), and
   // without a guess and without norms, to compare; then the guess without norms and without the
-  // finish's quick selects (ScanSelectArgs::quick_finish = false), the A/B.
-  const uint32_t configs[][6] = {
-      {3, 1, 1024, 0, 1, 1},  {9, 1, 1024, 0, 1, 1}, {9, 1, 342, 0, 1, 1}, {9, 3, 342, 0, 1, 1},
-      {48, 1, 1024, 0, 1, 1}, {48, 8, 1024, 0, 1, 1}, {9, 3, 342, 1, 1, 1}, {9, 3, 342, 1, 0, 1},
-      {9, 3, 342, 0, 0, 1},   {9, 3, 342, 1, 0, 0}};
+  // finish's quick selects (ScanSelectArgs::quick_finish = false), and with a ballot for every
+  // 8 rows (ScanSelectArgs::one_vote = false): the A/Bs.
+  const uint32_t configs[][7] = {
+      {3, 1, 1024, 0, 1, 1, 1},  {9, 1, 1024, 0, 1, 1, 1}, {9, 1, 342, 0, 1, 1, 1},
+      {9, 3, 342, 0, 1, 1, 1},   {48, 1, 1024, 0, 1, 1, 1}, {48, 8, 1024, 0, 1, 1, 1},
+      {9, 3, 342, 1, 1, 1, 1},   {9, 3, 342, 1, 0, 1, 1},   {9, 3, 342, 0, 0, 1, 1},
+      {9, 3, 342, 1, 0, 0, 1},   {9, 3, 342, 1, 0, 1, 0}};
   // KIV_SCAN_TIMING_CONFIGS=3,6 runs only those (tools/gpu/scan_profile.sh, to profile a few).
   const char* only = std::getenv("KIV_SCAN_TIMING_CONFIGS");
   int index = -1;
-  for (const auto& [count, share, c, guess, with_norms, quick] : configs) {
+  for (const auto& [count, share, c, guess, with_norms, quick, one_vote] : configs) {
     ++index;
     if (only && ("," + std::string(only) + ",").find("," + std::to_string(index) + ",") ==
                     std::string::npos)
@@ -701,6 +711,7 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     args.workspace = workspace.get();
     args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(count, n);
     args.quick_finish = quick != 0;
+    args.one_vote = one_vote != 0;
     Guesses guesses(count);
     if (guess) {
       args.guess = guesses.values.get();
@@ -724,7 +735,9 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     MESSAGE("ScanSelect n = 1M, P = " << count << ", share " << share << ", 128 bits, c = " << c
                                       << std::string(guess ? ", guessing" : "")
                                       << std::string(with_norms ? "" : ", no norms")
-                                      << std::string(quick ? "" : ", slow finish") << ": " << us
+                                      << std::string(quick ? "" : ", slow finish")
+                                      << std::string(one_vote ? "" : ", a vote every 8 rows")
+                                      << ": " << us
                                       << " us per call, " << read_bytes / (us * 1e3)
                                       << " GB/s of signatures + norms");
     if (guess) {

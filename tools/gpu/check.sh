@@ -12,6 +12,8 @@
 #               queries in a kernel of their own): the decode step before 2026-12-06, on one machine
 #     1m-slow   the same with KIV_SCAN_QUICK_FINISH=0 (the guess finish's selects by histogram
 #               levels to the end, one lane a chosen token's place): before 2026-12-07
+#     1m-votes  the same with KIV_SCAN_ONE_VOTE=0 (the guess scan's ballot for every 8 rows, not
+#               one vote a round): before the second 2026-12-07 session
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #   The 1m steps run in the order given and may repeat (an A/B/A: 1m,1m-slow,1m).
 #
@@ -54,6 +56,7 @@ for mode in ${STEPS//,/ }; do
     1m) env_set="" ;;
     1m-plain) env_set="KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0" ;;
     1m-slow) env_set="KIV_SCAN_QUICK_FINISH=0" ;;
+    1m-votes) env_set="KIV_SCAN_ONE_VOTE=0" ;;
     *) continue ;;
   esac
   run=$((run + 1))
