@@ -306,7 +306,12 @@ TEST_CASE("RerankGather timing (reported, not asserted)") {
     return;
   }
   const uint32_t L = 30, H = 3, g = 3, c = 1024, k = 64, d = 64, iterations = 10;
-  const size_t bytes = size_t{256} << 20;
+  // KIV_GATHER_TIMING_MB=10240: records spread over 10 GB (SmolLM2's at 1M tokens) in every
+  // placement, to see whether the GPU's reads of host memory slow with distance (RerankScore took
+  // 12 us a layer at 4K and 28 at 1M, docs/decode-step-inventory.md). Default: 256 MB.
+  const char* mb = std::getenv("KIV_GATHER_TIMING_MB");
+  const size_t bytes = size_t{mb ? std::strtoull(mb, nullptr, 10) : 256} << 20;
+  REQUIRE(bytes > 0);
   const uint32_t N = uint32_t(bytes / (size_t{L} * H * kRecordBytes));  // tokens per (layer, head)
   const RecordCodec codec{6, 6, true};
   std::vector<float> q(L * H * g * d);
@@ -317,10 +322,15 @@ TEST_CASE("RerankGather timing (reported, not asserted)") {
   DeviceBuffer<uint32_t> d_cand(cand), d_ids(H * k), d_count(H);
   DeviceBuffer<float> d_q(q), d_keys(H * k * d), d_values(H * k * d);
   DeviceBuffer<uint8_t> flush(size_t{128} << 20);  // evicts L2 between timed iterations
-  for (Place place : {Place::kMappedHost, Place::kDevice}) {
+  std::vector<Place> places = {Place::kMappedHost, Place::kDevice};
+  if (mb) places = {Place::kMappedHost, Place::kMappedHostHuge, Place::kHostAlloc, Place::kDevice};
+  const std::string size_name = std::to_string(bytes >> 20) + " MB";
+  for (Place place : places) {
     RecordBuffer buf(bytes, place);
-    // Random codes; fp16 scales and minima that decode to ordinary numbers.
-    for (size_t r = 0; r < size_t{L} * H * N; ++r) {
+    // Random codes; fp16 scales and minima that decode to ordinary numbers. The first 64K
+    // records, then copies of them.
+    const size_t records = size_t{L} * H * N, drawn = std::min<size_t>(records, 65536);
+    for (size_t r = 0; r < drawn; ++r) {
       uint8_t* rec = buf.host() + r * kRecordBytes;
       for (uint32_t w = 0; w < kRecordBytes / 8; ++w) {
         const uint64_t x = rng.Next();
@@ -330,6 +340,9 @@ TEST_CASE("RerankGather timing (reported, not asserted)") {
       std::memcpy(rec + 48, grid, 4);
       std::memcpy(rec + 100, grid, 4);
     }
+    for (size_t r = drawn; r < records; r += drawn)
+      std::memcpy(buf.host() + r * kRecordBytes, buf.host(),
+                  std::min(drawn, records - r) * kRecordBytes);
     buf.Publish();
     std::vector<const uint8_t*> bases(L * H);
     for (uint32_t i = 0; i < L * H; ++i) bases[i] = buf.device() + size_t{i} * N * kRecordBytes;
@@ -388,7 +401,7 @@ TEST_CASE("RerankGather timing (reported, not asserted)") {
         if (it > 0) total_ms += ms, best_ms = std::min(best_ms, ms);
       }
       MESSAGE("rerank+gather, C=1024 -> k=64, 3 kv-heads, g=3, d=64, records in ",
-              std::string(PlaceName(place)), " (256 MB), ",
+              std::string(PlaceName(place)), " (", size_name, "), ",
               std::string(use_graph ? "one graph of 30 layers" : "30 launches"), ": ",
               1000.0 * total_ms / iterations / L, " us/layer mean, ", 1000.0 * best_ms / L,
               " us/layer best of ", iterations);

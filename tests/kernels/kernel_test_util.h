@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -78,18 +79,46 @@ class DeviceBuffer {
   size_t n_;
 };
 
-enum class Place { kDevice, kMappedHost };
-inline const char* PlaceName(Place p) { return p == Place::kDevice ? "device" : "mapped host"; }
+// Where records lie for the kernels: device memory; registered host memory (4 KB pages from
+// aligned_alloc, as the tests have always used); registered anonymous memory asked for huge pages
+// (MADV_HUGEPAGE, as runtime/gpu_scan.cpp's GpuRecordArena); pinned memory the driver allocates
+// (cudaHostAlloc, mapped). The last two are timing placements: whether the GPU's reads of host
+// memory care how far apart the records lie (docs/decode-step-inventory.md, RerankScore).
+enum class Place { kDevice, kMappedHost, kMappedHostHuge, kHostAlloc };
+inline const char* PlaceName(Place p) {
+  switch (p) {
+    case Place::kDevice: return "device";
+    case Place::kMappedHost: return "mapped host";
+    case Place::kMappedHostHuge: return "mapped host, huge pages asked";
+    case Place::kHostAlloc: return "cudaHostAlloc";
+  }
+  return "?";
+}
 
 // Record bytes the CPU writes and reads at host(), and the kernels read at device(): a device copy
-// (after Publish) or the same host pages, registered and mapped (zero-copy over PCIe).
+// (after Publish) or the same host pages, mapped (zero-copy over PCIe).
 class RecordBuffer {
  public:
   RecordBuffer(size_t bytes, Place place) : bytes_(bytes), place_(place) {
-    const size_t rounded = (bytes + 4095) / 4096 * 4096;
-    host_ = static_cast<uint8_t*>(std::aligned_alloc(4096, rounded));
-    REQUIRE(host_ != nullptr);
-    std::memset(host_, 0, rounded);
+    rounded_ = (bytes + kHuge - 1) / kHuge * kHuge;
+    if (place == Place::kHostAlloc) {
+      KIV_CUDA_REQUIRE(cudaHostAlloc(reinterpret_cast<void**>(&host_), rounded_,
+                                     cudaHostAllocMapped));
+      KIV_CUDA_REQUIRE(cudaHostGetDevicePointer(reinterpret_cast<void**>(&device_), host_, 0));
+      std::memset(host_, 0, rounded_);
+      return;
+    }
+    if (place == Place::kMappedHostHuge) {
+      void* p = mmap(nullptr, rounded_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      REQUIRE(p != MAP_FAILED);
+      madvise(p, rounded_, MADV_HUGEPAGE);
+      host_ = static_cast<uint8_t*>(p);
+      mapped_ = true;
+    } else {
+      host_ = static_cast<uint8_t*>(std::aligned_alloc(4096, rounded_));
+      REQUIRE(host_ != nullptr);
+    }
+    std::memset(host_, 0, rounded_);
     if (place == Place::kDevice) {
       KIV_CUDA_REQUIRE(cudaMalloc(reinterpret_cast<void**>(&device_), bytes));
     } else {
@@ -98,7 +127,7 @@ class RecordBuffer {
       KIV_CUDA_REQUIRE(cudaGetDevice(&dev));
       cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, dev);
       const unsigned flags = cudaHostRegisterMapped | (read_only ? cudaHostRegisterReadOnly : 0u);
-      KIV_CUDA_REQUIRE(cudaHostRegister(host_, rounded, flags));
+      KIV_CUDA_REQUIRE(cudaHostRegister(host_, rounded_, flags));
       registered_ = true;
       KIV_CUDA_REQUIRE(cudaHostGetDevicePointer(reinterpret_cast<void**>(&device_), host_, 0));
     }
@@ -106,11 +135,16 @@ class RecordBuffer {
   ~RecordBuffer() {
     if (registered_) cudaHostUnregister(host_);
     if (place_ == Place::kDevice) cudaFree(device_);
-    std::free(host_);
+    if (place_ == Place::kHostAlloc)
+      cudaFreeHost(host_);
+    else if (mapped_)
+      munmap(host_, rounded_);
+    else
+      std::free(host_);
   }
   RecordBuffer(const RecordBuffer&) = delete;
   RecordBuffer& operator=(const RecordBuffer&) = delete;
-  // Makes the host bytes visible to the kernels (registered memory already is).
+  // Makes the host bytes visible to the kernels (mapped host memory already is).
   void Publish() {
     if (place_ == Place::kDevice)
       KIV_CUDA_REQUIRE(cudaMemcpy(device_, host_, bytes_, cudaMemcpyHostToDevice));
@@ -119,11 +153,12 @@ class RecordBuffer {
   uint8_t* device() const { return device_; }
 
  private:
-  size_t bytes_;
+  static constexpr size_t kHuge = size_t{2} << 20;
+  size_t bytes_, rounded_ = 0;
   Place place_;
   uint8_t* host_ = nullptr;
   uint8_t* device_ = nullptr;
-  bool registered_ = false;
+  bool registered_ = false, mapped_ = false;
 };
 
 }  // namespace kiv::kernels::test
