@@ -6,6 +6,9 @@
 #     kl            KL against the full cache (bf16, defaults, no codec arm, no recall)
 #     needle        the needle grid (bf16, defaults)
 #     needle-fp32   the needle grid with the model in float32 (KIV_DTYPE=float32), as on the CPU
+#     faithful      the needle grid in float32 at the setting that passes, on the CPU, every needle
+#                   the full cache passes (--window 1024 --tail-samples 1024 --candidates 4096;
+#                   docs/quality.md), then the KL at it (bf16, no codec arm, no recall)
 #     cell-ab       the grid's cells $KIV_NEEDLE_CELLS (default 9: 4096 tokens, depth 0.9, the one
 #                   the CPU passes and CUDA missed) in float32, once as is and once with each of
 #                   KIV_ATTENTION_REFERENCE=1, KIV_UNFUSED_LAYER=1, KIV_SCAN_GUESS=0: which GPU
@@ -38,6 +41,9 @@ run() {  # name, env assignment or "", kiv bench fidelity arguments...
 has kl && run kl "" --parts kl --no-codec-arm --no-recall
 has needle && run needle "" --parts needle
 has needle-fp32 && run needle-fp32 "KIV_DTYPE=float32" --parts needle
+FAITHFUL=(--window 1024 --tail-samples 1024 --candidates 4096)
+has faithful && run needle-faithful-fp32 "KIV_DTYPE=float32" --parts needle "${FAITHFUL[@]}"
+has faithful && run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
 if has cell-ab; then
   CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-9}")
   run cell-fp32 "KIV_DTYPE=float32" "${CELLS[@]}"
