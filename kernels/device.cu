@@ -35,6 +35,12 @@ int RegisterHostMemory(void* p, size_t bytes, bool read_only) {
 
 int UnregisterHostMemory(void* p) { return int(cudaHostUnregister(p)); }
 
+int AllocMappedHost(size_t bytes, void** p) {
+  return int(cudaHostAlloc(p, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+}
+
+int FreeMappedHost(void* p) { return int(cudaFreeHost(p)); }
+
 bool HostPointerUsableOnDevice(int device) {
   int usable = 0;
   if (cudaDeviceGetAttribute(&usable, cudaDevAttrCanUseHostPointerForRegisteredMem, device) !=

@@ -16,6 +16,10 @@ std::string CudaDeviceName(int index = 0);
 // where the device supports it). Returns the cudaError_t as int (0 = cudaSuccess).
 int RegisterHostMemory(void* p, size_t bytes, bool read_only);
 int UnregisterHostMemory(void* p);
+// Pinned host memory the driver allocates and maps for the GPU (cudaHostAlloc, mapped), usable on
+// the device at its host address where HostPointerUsableOnDevice. 0 = cudaSuccess.
+int AllocMappedHost(size_t bytes, void** p);
+int FreeMappedHost(void* p);
 // Whether kernels on `device` may use a registered host pointer as it is (the device pointer of
 // registered memory equals its host pointer: cudaDevAttrCanUseHostPointerForRegisteredMem).
 bool HostPointerUsableOnDevice(int device = 0);

@@ -263,11 +263,35 @@ GpuRecordArena::GpuRecordArena(uint32_t slots, uint32_t record_bytes, uint64_t c
               "address (cudaDevAttrCanUseHostPointerForRegisteredMem)");
 #endif
   slot_bytes_ = (capacity * record_bytes + kPage - 1) / kPage * kPage;
+  slot_base_.resize(slots);
+  const char* placement = std::getenv("KIV_RECORD_ARENA");
+  driver_pinned_ = placement != nullptr && std::string(placement) == "hostalloc";
+  TORCH_CHECK(placement == nullptr || driver_pinned_ || std::string(placement) == "register",
+              "KIV_RECORD_ARENA must be 'register' (the default) or 'hostalloc', not '", placement,
+              "'");
+  if (driver_pinned_) {
+    // Each slot's whole capacity pinned by the driver up front (the A/B of whether the GPU reads
+    // such memory faster when the records lie far apart; docs/performance.md).
+#ifdef KIV_HAVE_KERNELS
+    for (uint32_t slot = 0; slot < slots; ++slot) {
+      void* p = nullptr;
+      const int e = kernels::AllocMappedHost(slot_bytes_, &p);
+      TORCH_CHECK(e == 0, "KIV_RECORD_ARENA=hostalloc: pinning ", slot_bytes_,
+                  " bytes for a slot of the GPU record arena failed: ", kernels::CudaErrorName(e));
+      slot_base_[slot] = static_cast<uint8_t*>(p);
+    }
+    pinned_ = capacity;
+    return;
+#else
+    TORCH_CHECK(false, "not implemented: KIV_RECORD_ARENA=hostalloc in a build without CUDA");
+#endif
+  }
   void* p = mmap(nullptr, slot_bytes_ * slots, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   TORCH_CHECK(p != MAP_FAILED, "cannot reserve ", slot_bytes_ * slots,
               " bytes of address space for the GPU record arena");
   base_ = static_cast<uint8_t*>(p);
+  for (uint32_t slot = 0; slot < slots; ++slot) slot_base_[slot] = base_ + slot * slot_bytes_;
   // Huge pages where the kernel has them: 512× fewer page faults while it fills and pages for the
   // driver to pin (11 GB at 1M tokens of SmolLM2). Only a hint: without them, 4 KB pages.
   madvise(p, slot_bytes_ * slots, MADV_HUGEPAGE);
@@ -276,6 +300,9 @@ GpuRecordArena::GpuRecordArena(uint32_t slots, uint32_t record_bytes, uint64_t c
 GpuRecordArena::~GpuRecordArena() {
 #ifdef KIV_HAVE_KERNELS
   for (uint8_t* r : registered_) kernels::UnregisterHostMemory(r);
+  if (driver_pinned_)
+    for (uint8_t* slot : slot_base_)
+      if (slot) kernels::FreeMappedHost(slot);
 #endif
   if (base_) munmap(base_, slot_bytes_ * slots_);
 }
@@ -284,7 +311,7 @@ void GpuRecordArena::AppendSlot(uint32_t slot, const uint8_t* records, uint64_t 
                                 uint64_t count) {
   TORCH_CHECK(at + count <= capacity_, "the context outgrew the GPU record arena (",
               capacity_, " tokens; raise --max-context)");
-  std::memcpy(base_ + slot * slot_bytes_ + at * record_bytes_, records, count * record_bytes_);
+  std::memcpy(slot_base_[slot] + at * record_bytes_, records, count * record_bytes_);
 }
 
 void GpuRecordArena::Append(const uint8_t* records, uint64_t count, uint32_t threads) {
@@ -305,11 +332,11 @@ void GpuRecordArena::Grow(uint64_t size, uint32_t threads) {
   const uint64_t to = std::min(slot_bytes_, (want * record_bytes_ + kPage - 1) / kPage * kPage);
   std::vector<int> errors(slots_, 0);
   ParallelFor(slots_, threads, [&](uint32_t slot) {
-    errors[slot] = kernels::RegisterHostMemory(base_ + slot * slot_bytes_ + from, to - from,
+    errors[slot] = kernels::RegisterHostMemory(slot_base_[slot] + from, to - from,
                                                /*read_only=*/false);
   });
   for (uint32_t slot = 0; slot < slots_; ++slot) {
-    if (errors[slot] == 0) registered_.push_back(base_ + slot * slot_bytes_ + from);
+    if (errors[slot] == 0) registered_.push_back(slot_base_[slot] + from);
   }
   for (uint32_t slot = 0; slot < slots_; ++slot)
     TORCH_CHECK(errors[slot] == 0, "pinning ", to - from, " bytes of the GPU record arena failed: ",

@@ -83,7 +83,10 @@ class GpuSignatureIndex {
 
 // Every cold record of every (layer, kv-head) slot in pinned host memory that the GPU reads in
 // place (zero-copy): slot s's record of token t at base(s) + t · record_bytes, one contiguous
-// reservation per slot of `capacity` tokens, pinned in pieces as it fills.
+// reservation per slot of `capacity` tokens, pinned in pieces as it fills (cudaHostRegister of
+// anonymous memory asked for huge pages). KIV_RECORD_ARENA=hostalloc instead pins each slot's
+// whole capacity with cudaHostAlloc up front: the A/B of where the GPU's reads of far-apart
+// records are faster (docs/performance.md).
 class GpuRecordArena {
  public:
   GpuRecordArena(uint32_t slots, uint32_t record_bytes, uint64_t capacity);
@@ -99,14 +102,16 @@ class GpuRecordArena {
   // Pins what AppendSlot wrote up to `size` tokens in every slot, on up to `threads` threads
   // (reopening pins a whole archive's records).
   void Grow(uint64_t size, uint32_t threads = 1);
-  const uint8_t* base(uint32_t slot) const { return base_ + slot * slot_bytes_; }
+  const uint8_t* base(uint32_t slot) const { return slot_base_[slot]; }
   uint64_t size() const { return size_; }
   uint64_t capacity() const { return capacity_; }
 
  private:
   uint32_t slots_, record_bytes_;
   uint64_t capacity_, slot_bytes_;
-  uint8_t* base_ = nullptr;
+  uint8_t* base_ = nullptr;              // the reserved mapping (KIV_RECORD_ARENA=register)
+  std::vector<uint8_t*> slot_base_;      // each slot's first record
+  bool driver_pinned_ = false;           // KIV_RECORD_ARENA=hostalloc: slots from cudaHostAlloc
   uint64_t size_ = 0;
   uint64_t pinned_ = 0;  // tokens of every slot pinned so far
   std::vector<uint8_t*> registered_;

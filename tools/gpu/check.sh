@@ -13,7 +13,9 @@
 #     1m-slow   the same with KIV_SCAN_QUICK_FINISH=0 (the guess finish's selects by histogram
 #               levels to the end, one lane a chosen token's place): before 2026-12-07
 #     1m-votes  the same with KIV_SCAN_ONE_VOTE=0 (the guess scan's ballot for every 8 rows, not
-#               one vote a round): before the second 2026-12-07 session
+#               one vote a round): before the third 2026-12-07 session
+#     1m-hostalloc  the same with KIV_RECORD_ARENA=hostalloc (the records in cudaHostAlloc memory,
+#               not registered anonymous memory)
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #   The 1m steps run in the order given and may repeat (an A/B/A: 1m,1m-slow,1m).
 #
@@ -57,6 +59,7 @@ for mode in ${STEPS//,/ }; do
     1m-plain) env_set="KIV_SCAN_CONDITIONAL=0 KIV_FUSED_QUERIES=0" ;;
     1m-slow) env_set="KIV_SCAN_QUICK_FINISH=0" ;;
     1m-votes) env_set="KIV_SCAN_ONE_VOTE=0" ;;
+    1m-hostalloc) env_set="KIV_RECORD_ARENA=hostalloc" ;;
     *) continue ;;
   esac
   run=$((run + 1))
