@@ -93,6 +93,7 @@ struct Point {
   // The point's decode steps (warm-up included): GPU scans whose guessed threshold held, and
   // those that fell back to the full select (kernels/scan.h).
   uint64_t scan_guess_held = 0, scan_guess_missed = 0;
+  uint64_t scan_guess_missed_few = 0, scan_guess_missed_many = 0;
 };
 
 // Grows one session through the contexts; false after saying why.
@@ -157,6 +158,8 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.whole_step_captures = st.whole_step_captures;
     p.scan_guess_held = st.scan_guess_held - before.scan_guess_held;
     p.scan_guess_missed = st.scan_guess_missed - before.scan_guess_missed;
+    p.scan_guess_missed_few = st.scan_guess_missed_few - before.scan_guess_missed_few;
+    p.scan_guess_missed_many = st.scan_guess_missed_many - before.scan_guess_missed_many;
     std::cerr << label << ": " << context << " tokens: prefill " << prefill_s << " s, decode "
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
               << " tokens/s)";
@@ -165,7 +168,8 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
       std::cerr << ", whole-step graphs captured " << p.whole_step_captures;
     if (p.scan_guess_held + p.scan_guess_missed > 0)
       std::cerr << ", scan guesses held " << p.scan_guess_held << " missed "
-                << p.scan_guess_missed;
+                << p.scan_guess_missed << " (" << p.scan_guess_missed_few << " too few, "
+                << p.scan_guess_missed_many << " too many)";
     std::cerr << '\n';
     points->push_back(p);
   }
@@ -189,6 +193,8 @@ void WritePoints(JsonWriter& w, const std::vector<Point>& points) {
     w.Field("host_rss_bytes", p.host_rss).Field("archive_bytes", p.archive_bytes);
     w.Field("cold_tokens", p.cold_tokens).Field("whole_step_captures", p.whole_step_captures);
     w.Field("scan_guess_held", p.scan_guess_held).Field("scan_guess_missed", p.scan_guess_missed);
+    w.Field("scan_guess_missed_few", p.scan_guess_missed_few)
+        .Field("scan_guess_missed_many", p.scan_guess_missed_many);
     if (p.cold_tokens > 0)
       w.Field("archive_bytes_per_cold_token", double(p.archive_bytes) / double(p.cold_tokens));
     w.EndObject();

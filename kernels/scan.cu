@@ -75,12 +75,11 @@ constexpr uint32_t kHistWords = kBins0 + kBins1 + kBins2;
 constexpr uint32_t kCandidates = 16384;
 constexpr uint32_t kModeLarge = 0, kModeSmall = 1;
 // The guess for the next call (in units of the query's scale · sqrt(Σ qq²)): where this call's
-// guess gathered at least kGuessTarget · c tokens, the score of about the (kGuessTarget · c)-th
-// largest (at 1M Gaussian-like scores with c = 342: z ≈ 2.8 against the c-th's 3.4, 18 % of room
-// for the next query's tail to move); otherwise (the full select ran, or too few were gathered)
-// kGuessMargin of |z| below this call's c-th (about 16 c of them at 1M).
-constexpr uint32_t kGuessTarget = 8;
-constexpr float kGuessMargin = 0.25f;
+// guess gathered at least guess_target · c tokens, the score of about the (guess_target · c)-th
+// largest (at 1M Gaussian-like scores with c = 342 and the default 8: z ≈ 2.8 against the c-th's
+// 3.4, 18 % of room for the next query's tail to move); otherwise (the full select ran, or too
+// few were gathered) guess_margin of |z| below this call's c-th (0.25: about 16 c of them at 1M).
+// ScanSelectArgs::guess_target and guess_margin.
 // The guess scan's gather key when a problem has no guess: above every non-NaN score's key.
 constexpr uint32_t kNoGather = 0xFFFFFFFFu;
 
@@ -108,6 +107,8 @@ struct Workspace {
   uint32_t* cand_index;       // [P][kCandidates] small mode: candidate token indices, ascending
   uint32_t* cand_key;         // [P][kCandidates] small mode: their score keys
   uint32_t tiles_per_problem;
+  uint32_t guess_target;  // ScanSelectArgs::guess_target
+  float guess_margin;     // ScanSelectArgs::guess_margin
 };
 
 struct ProblemChunk {
@@ -169,7 +170,7 @@ __device__ __forceinline__ float ScoreOfKey(uint32_t key) {
 
 // The next call's guess from a key of this call: its score in the query's unit, lowered by
 // `margin` of its size. NaN (no guess) where the unit is zero (a zero query).
-__device__ void WriteGuess(float* guess, uint32_t key, float unit, float margin = kGuessMargin) {
+__device__ void WriteGuess(float* guess, uint32_t key, float unit, float margin) {
   const float z = ScoreOfKey(key) / unit;
   *guess = unit > 0.0f && isfinite(z) ? z - margin * fabsf(z) : __uint_as_float(0x7FC00000u);
 }
@@ -398,8 +399,8 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   auto key = [&](uint32_t i, bool*) { return keys[i]; };
   auto index_of = [&](uint32_t i) { return quick ? indices[i] : __ldcg(cand_index + i); };
   uint32_t wanted_equal = 0;
-  // The next call's guess: about the (kGuessTarget · c)-th largest when that many were gathered.
-  const uint32_t target = kGuessTarget * c;
+  // The next call's guess: about the (guess_target · c)-th largest when that many were gathered.
+  const uint32_t target = ws.guess_target * c;
   uint32_t target_key = 0;
   const uint32_t key_k = BlockSelect<kBlock>(total, c, key, hist, &wanted_equal, direct,
                                              total >= target ? target : 0, &target_key);
@@ -464,7 +465,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
     if (total >= target)
       WriteGuess(guess + p, target_key, local.unit, 0.0f);
     else
-      WriteGuess(guess + p, key_k, local.unit);
+      WriteGuess(guess + p, key_k, local.unit, ws.guess_margin);
   }
   if (threadIdx.x == 0 && guess_counts) atomicAdd(guess_counts, 1u);
   __syncthreads();  // `shared` is free again
@@ -768,8 +769,10 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
         if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, 0, 0};
         continue;
       }
-      if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n))
-        atomicAdd(guess_counts + 1, 1u);  // a miss
+      if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n)) {
+        atomicAdd(guess_counts + 1, 1u);  // a miss: too few gathered (or no guess), or too many
+        atomicAdd(guess_counts + (state->appended < c ? 2 : 3), 1u);
+      }
       if (threadIdx.x == 0) state->k = c;
       __syncthreads();
       ChooseBin<kBins0, 21, true>(ws.hists + size_t{p} * kHistWords, state);
@@ -980,7 +983,7 @@ __device__ void FinishFromCandidates(uint32_t p, uint32_t n, uint32_t c, const W
     }
   }
   if (threadIdx.x == 0 && counts) counts[p] = min(c, n);
-  if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit);
+  if (threadIdx.x == 0 && guess) WriteGuess(guess + p, key_k, local.unit, ws.guess_margin);
 }
 
 // A block of kFinishThreads per problem: FinishFromGuess where the guess held, else nothing.
@@ -1055,7 +1058,7 @@ __global__ void __launch_bounds__(kThreads)
   PassState* state = &ws.states[p];
   if (GuessHeld(state, c, n) || state->mode != kModeLarge) return;
   if (guess && c < n && blockIdx.x == 0 && threadIdx.x == 0)
-    WriteGuess(guess + p, state->prefix, state->unit);
+    WriteGuess(guess + p, state->prefix, state->unit, ws.guess_margin);
   for (;;) {
     const uint32_t tile = CompactTile(n, scores + size_t{p} * tokens.stride, state->prefix,
                                       state->k, selected + size_t{p} * c, nullptr,
@@ -1418,6 +1421,11 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                              ", needs " + std::to_string(need));
   if (!a.problems || !a.scores || !a.selected || !a.workspace)
     return Refuse(error, "ScanSelect: a null problems, scores, selected or workspace pointer");
+  if (a.guess && (a.guess_target < 1 || a.guess_target > 64 || !(a.guess_margin >= 0.0f) ||
+                  a.guess_margin >= 1.0f))
+    return Refuse(error, "ScanSelect: guess_target must be in 1..64 and guess_margin in [0, 1) "
+                         "(got " + std::to_string(a.guess_target) + ", " +
+                             std::to_string(a.guess_margin) + ")");
   if (a.guess && a.c > kScanGuessMaxC)
     return Refuse(error, "ScanSelect: c = " + std::to_string(a.c) + " with a guess (at most " +
                              std::to_string(kScanGuessMaxC) + ")");
@@ -1445,7 +1453,9 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   KIV_CUDA_CALL(cudaGetDevice(&device));
   KIV_CUDA_CALL(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   KIV_CUDA_CALL(cudaMemsetAsync(a.workspace, 0, ClearedBytes(a.num_problems, a.n), stream));
-  const Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
+  Workspace ws = CarveWorkspace(a.workspace, a.num_problems, a.n);
+  ws.guess_target = a.guess_target;
+  ws.guess_margin = a.guess_margin;
   const uint32_t rounds = (a.n + kThreads * kUnroll - 1) / (kThreads * kUnroll);
   const TokenCount tokens{a.n, a.n_device};
   const uint32_t per_launch = kMaxChunk / a.share * a.share;  // whole groups in a chunk

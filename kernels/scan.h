@@ -109,9 +109,17 @@ struct ScanSelectArgs {
   // before the first call. Needs c <= kScanGuessMaxC. Null: no guessing (prefill's problems change
   // from call to call).
   float* guess = nullptr;
-  // Optional [2] uint32, device, with a guess: += the problems (with c < n) whose guess held
-  // ([0]) and did not ([1]) this call.
+  // Optional [4] uint32, device, with a guess: += the problems (with c < n) whose guess held
+  // ([0]) and did not ([1]) this call, and of those that did not, the ones whose guess gathered
+  // fewer than c tokens or had none yet ([2]) and the ones where more than the candidate buffer
+  // holds (16,384) reached it ([3]).
   uint32_t* guess_counts = nullptr;
+  // With a guess, how the next one is set: where a guess held and gathered at least
+  // guess_target · c tokens, at the score of about the (guess_target · c)-th largest; otherwise
+  // guess_margin of its size below this call's c-th largest score (scan.cu). The selection does
+  // not depend on them, only how often a guess holds.
+  uint32_t guess_target = 8;
+  float guess_margin = 0.25f;
   // With a guess, n_device, and `stream` being captured into a CUDA graph: the full select's four
   // kernels go into the body of a conditional node that the finish turns on only when a guess of
   // the chunk missed, so a replay whose guesses all held launches two kernels, not six. False:

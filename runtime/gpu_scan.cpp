@@ -392,7 +392,14 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
     scan_guess_ = torch::full({int64_t(L), int64_t(H) * g}, std::nanf(""),
                               torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   scan_guess_counts_ =
-      torch::zeros({2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
+      torch::zeros({4}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
+  if (const char* target = std::getenv("KIV_SCAN_GUESS_TARGET"))
+    scan_guess_target_ = uint32_t(std::strtoul(target, nullptr, 10));
+  if (const char* margin = std::getenv("KIV_SCAN_GUESS_MARGIN"))
+    scan_guess_margin_ = std::strtof(margin, nullptr);
+  TORCH_CHECK(scan_guess_target_ >= 1 && scan_guess_target_ <= 64 && scan_guess_margin_ >= 0.0f &&
+                  scan_guess_margin_ < 1.0f,
+              "KIV_SCAN_GUESS_TARGET must be in 1..64 and KIV_SCAN_GUESS_MARGIN in [0, 1)");
   const char* conditional = std::getenv("KIV_SCAN_CONDITIONAL");
   scan_conditional_ = conditional == nullptr || std::string(conditional) != "0";
   const char* quick_finish = std::getenv("KIV_SCAN_QUICK_FINISH");
@@ -410,6 +417,8 @@ GpuColdTier::GuessCounts GpuColdTier::ScanGuessCounts() const {
   const torch::Tensor host = scan_guess_counts_.to(torch::kCPU);
   out.held = uint32_t(host[0].item<int32_t>());
   out.missed = uint32_t(host[1].item<int32_t>());
+  out.missed_few = uint32_t(host[2].item<int32_t>());
+  out.missed_many = uint32_t(host[3].item<int32_t>());
   return out;
 }
 
@@ -613,6 +622,8 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     args.conditional = scan_conditional_;
     args.quick_finish = scan_quick_finish_;
     args.one_vote = scan_one_vote_;
+    args.guess_target = scan_guess_target_;
+    args.guess_margin = scan_guess_margin_;
   }
   Check(kernels::ScanSelect(args, CurrentStream(), &error), error, "ScanSelect");
   if (regroup) {  // [H_kv][reps] → [reps][H_kv]

@@ -182,6 +182,8 @@ class GpuColdTier {
   // returning at once where the guesses held).
   struct GuessCounts {
     uint64_t held = 0, missed = 0;
+    uint64_t missed_few = 0, missed_many = 0;  // of the misses: too few gathered (or no guess
+                                               // yet), more than the candidate buffer holds
   };
   GuessCounts ScanGuessCounts() const;
   // The last AttendDecode's retrieved token ids ([H_kv][k] int32 device, ascending, then zeros)
@@ -212,7 +214,11 @@ class GpuColdTier {
   // [L][H_q] float device: each decode scan's guessed threshold, NaN until its first step; empty
   // with KIV_SCAN_GUESS=0.
   at::Tensor scan_guess_;
-  at::Tensor scan_guess_counts_;  // [2] int32 device: held, missed
+  at::Tensor scan_guess_counts_;  // [4] int32 device: held, missed, missed_few, missed_many
+  // The next guess's policy (kernels/scan.h, ScanSelectArgs::guess_target, guess_margin):
+  // KIV_SCAN_GUESS_TARGET, KIV_SCAN_GUESS_MARGIN.
+  uint32_t scan_guess_target_ = 8;
+  float scan_guess_margin_ = 0.25f;
   // A captured decode step's full select (taken only where a guess missed) sits in a conditional
   // graph node (kernels/scan.h, ScanSelectArgs::conditional); KIV_SCAN_CONDITIONAL=0: plain nodes
   // that return at once.

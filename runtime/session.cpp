@@ -237,7 +237,11 @@ SessionStats Session::stats() const {
     s.hot_tokens = impl_->tiered->hot_tokens();
     s.cold_tokens = impl_->tiered->cold_tokens();
     s.cache_device_bytes = impl_->tiered->device_bytes();
-    std::tie(s.scan_guess_held, s.scan_guess_missed) = impl_->tiered->scan_guess_counts();
+    const std::array<uint64_t, 4> guesses = impl_->tiered->scan_guess_counts();
+    s.scan_guess_held = guesses[0];
+    s.scan_guess_missed = guesses[1];
+    s.scan_guess_missed_few = guesses[2];
+    s.scan_guess_missed_many = guesses[3];
   } else {
     s.hot_tokens = s.context_tokens;
   }

@@ -51,6 +51,9 @@ struct SessionStats {
   // Decode scans on the GPU (one per layer and query head a step) whose guessed threshold held,
   // and those that fell back to the full select (kernels/scan.h), so far.
   uint64_t scan_guess_held = 0, scan_guess_missed = 0;
+  // Of the misses: too few tokens reached the guess (or there was none yet), or more than the
+  // candidate buffer holds.
+  uint64_t scan_guess_missed_few = 0, scan_guess_missed_many = 0;
 };
 
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

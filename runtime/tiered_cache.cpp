@@ -987,10 +987,10 @@ void TieredCache::ReserveHot(int64_t rows) {
   hot_v_buf_ = v;
 }
 
-std::pair<uint64_t, uint64_t> TieredCache::scan_guess_counts() const {
-  if (!gpu_cold_) return {0, 0};
+std::array<uint64_t, 4> TieredCache::scan_guess_counts() const {
+  if (!gpu_cold_) return {0, 0, 0, 0};
   const GpuColdTier::GuessCounts c = gpu_cold_->ScanGuessCounts();
-  return {c.held, c.missed};
+  return {c.held, c.missed, c.missed_few, c.missed_many};
 }
 
 uint64_t TieredCache::device_bytes() const {

@@ -7,6 +7,7 @@
 // merged with their log-sum-exps, which equals one softmax over the union.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -81,7 +82,8 @@ class TieredCache : public KvCache {
   uint64_t device_bytes() const;
   // Decode scans on the GPU whose guessed threshold held / missed so far (GpuColdTier::
   // ScanGuessCounts; waits for the device). Zeros without the GPU cold tier.
-  std::pair<uint64_t, uint64_t> scan_guess_counts() const;
+  // held, missed, and of the misses too few gathered / too many.
+  std::array<uint64_t, 4> scan_guess_counts() const;
   const RecallStats& recall() const { return recall_; }  // with options.measure_recall
   const std::vector<int64_t>& hot_token_ids() const { return hot_ids_; }
   TieredCacheOptions& options() { return options_; }

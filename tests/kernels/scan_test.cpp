@@ -134,7 +134,7 @@ void NewQueries(Problems* pr, uint64_t seed) {
 // The state a caller keeps between guessing calls (ScanSelectArgs::guess, guess_counts).
 struct Guesses {
   explicit Guesses(uint32_t count)
-      : values(std::vector<float>(count, std::nanf(""))), counts(std::vector<uint32_t>(2, 0)) {}
+      : values(std::vector<float>(count, std::nanf(""))), counts(std::vector<uint32_t>(4, 0)) {}
   void Set(float z) {
     const std::vector<float> all(values.Download().size(), z);
     REQUIRE(cudaMemcpy(values.get(), all.data(), all.size() * sizeof(float),
@@ -142,6 +142,8 @@ struct Guesses {
   }
   uint32_t held() const { return counts.Download()[0]; }
   uint32_t missed() const { return counts.Download()[1]; }
+  uint32_t missed_few() const { return counts.Download()[2]; }    // of the misses
+  uint32_t missed_many() const { return counts.Download()[3]; }
   DeviceArray<float> values;
   DeviceArray<uint32_t> counts;
 };
@@ -503,6 +505,8 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.held() == 0);
     CHECK(guesses.missed() == 9);
+    CHECK(guesses.missed_few() == 9);  // no guess yet counts as too few
+    CHECK(guesses.missed_many() == 0);
     for (uint64_t step = 1; step <= 3; ++step) {  // later steps: new queries, the guesses hold
       NewQueries(&pr, 100 + step);
       CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
@@ -512,9 +516,11 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
     guesses.Set(1e30f);  // above every score: fewer than c tokens at or above it
     CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.missed() == 18);
+    CHECK(guesses.missed_few() == 18);
     guesses.Set(-1e30f);  // below every score: more tokens than the candidate buffer holds
     CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.missed() == 27);
+    CHECK(guesses.missed_many() == 9);
     NewQueries(&pr, 200);  // the last call (a miss) set the guesses again: they hold
     CheckScanSelect(pr, 342, 0, 3, &guesses, path.quick_finish, path.one_vote);
     CHECK(guesses.held() == 36);
@@ -587,6 +593,17 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
   args.guess = guesses.values.get();
   CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
   CHECK(error.find("with a guess") != std::string::npos);
+  // And a policy for the next guess that the finish can follow.
+  args.c = 342;
+  for (const auto& [target, margin] : {std::pair{0u, 0.25f}, std::pair{65u, 0.25f},
+                                       std::pair{8u, -0.1f}, std::pair{8u, 1.0f},
+                                       std::pair{8u, std::nanf("")}}) {
+    args.guess_target = target;
+    args.guess_margin = margin;
+    error.clear();
+    CHECK(kernels::ScanSelect(args, nullptr, &error) != 0);
+    CHECK(error.find("guess_target must be in 1..64") != std::string::npos);
+  }
 }
 
 TEST_CASE("scan + select with a guess in a CUDA graph: the full select runs only on a miss") {
