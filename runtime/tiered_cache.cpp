@@ -20,6 +20,7 @@
 #include "index/rerank.h"
 #include "runtime/full_cache.h"
 #include "runtime/gpu_scan.h"
+#include "runtime/guess_sim.h"
 #include "runtime/parallel.h"
 
 namespace kiv {
@@ -114,6 +115,10 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   encode_on_gpu_ = gpu_index_ && options.gpu_encode && !options.exact_cold &&
                    !options.measure_recall && !options.oracle && options.summary_page == 0 &&
                    GpuSignatureIndex::CanEncode(codec_, shape.head_dim, dtype);
+  if (const char* sim = std::getenv("KIV_GUESS_SIM"); sim && std::string(sim) == "1" && !gpu_index_)
+    guess_sim_ = std::make_unique<GuessSimulator>(
+        std::vector<uint32_t>{4, 8, 16, 32}, std::vector<float>{0.25f, 0.5f},
+        size_t{shape.num_layers} * shape.num_q_heads);
   static std::atomic<uint64_t> instances{0};
   instance_ = ++instances;
   summary_k_.resize(signatures_.size());
@@ -123,6 +128,7 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
 }
 
 TieredCache::~TieredCache() {
+  if (guess_sim_) std::fprintf(stderr, "kiv %s", guess_sim_->Report().c_str());
   if (PhaseTimer::Enabled())
     std::fprintf(stderr,
                  "kiv profile: cache %llu calls: hot %.3f s, cold %.3f s, merge %.3f s, "
@@ -317,6 +323,7 @@ torch::Tensor TieredCache::ColdAttention(int64_t layer, const torch::Tensor& q,
     blocks.push_back({b0, std::min(b0 + block, tail_begin)});
   for (int64_t i = tail_begin; i < n; ++i) blocks.push_back({i, i + 1});
   std::vector<float> queries;
+  decode_retrieval_ = n == 1;
   for (uint32_t h = 0; h < hkv; ++h) {
     for (const auto& [b0, b1] : blocks) {
       const int64_t m = b1 - b0;
@@ -515,6 +522,17 @@ std::vector<uint32_t> TieredCache::Retrieve(int64_t layer, uint32_t head, const 
                               (options_.signature_bits * std::sqrt(2.0 / M_PI) * std::sqrt(d));
       for (uint32_t j = 0; j < count; ++j) {
         best.push_back(cpu_scan(queries + size_t{j} * d, 1, share));
+        if (guess_sim_ && decode_retrieval_) {  // the GPU guesses a decode step's scans only
+          std::vector<int32_t> qq(options_.signature_bits);
+          const float scale =
+              index::QuantizeProjectedQuery(projection_, queries + size_t{j} * d, 1, qq.data());
+          uint64_t squares = 0;
+          for (int32_t x : qq) squares += uint64_t(int64_t{x} * x);
+          const float unit = scale * std::sqrt(float(squares));  // as the GPU's guess unit
+          const uint32_t g = shape_.num_q_heads / shape_.num_kv_heads;
+          guess_sim_->Observe((size_t(layer) * shape_.num_kv_heads + head) * g + j, scores.data(),
+                              n, share, unit);
+        }
         if (!importance) continue;
         for (size_t t = 0; t < n; ++t) {  // log Σ_j exp(τ · logit_j)
           const double x = to_logit * scores[t], m = std::max(tail_log_mass_[t], x);

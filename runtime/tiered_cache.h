@@ -27,6 +27,7 @@ namespace kiv {
 class GpuSignatureIndex;
 class GpuRecordArena;
 class GpuColdTier;
+class GuessSimulator;
 
 // What retrieval did, summed since the cache was made (for the run summary and the benches).
 struct RetrievalStats {
@@ -170,6 +171,10 @@ class TieredCache : public KvCache {
   // The last single-query CPU retrieval's estimate of each cold token's group attention logit
   // (τ-scaled, tail_importance), for TailAttention; empty when the last retrieval made none.
   std::vector<double> tail_log_mass_;
+  // KIV_GUESS_SIM=1 on the CPU path: each decode scan's scores replayed through the GPU's guess
+  // rule under several policies (runtime/guess_sim.h), reported when the cache is destroyed.
+  std::unique_ptr<GuessSimulator> guess_sim_;
+  bool decode_retrieval_ = false;  // ColdAttention is retrieving for one position (a decode step)
   double profile_[4] = {};  // KIV_PROFILE: seconds in hot, cold, merge, evict
   uint64_t profile_calls_ = 0;
   Status status_;

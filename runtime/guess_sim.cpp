@@ -1,0 +1,78 @@
+#include "runtime/guess_sim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <sstream>
+
+namespace kiv {
+
+GuessSimulator::GuessSimulator(std::vector<uint32_t> targets, std::vector<float> margins,
+                               size_t problems, size_t buffer)
+    : targets_(std::move(targets)),
+      margins_(std::move(margins)),
+      problems_(problems),
+      buffer_(buffer),
+      guesses_(targets_.size() * margins_.size() * problems, std::nanf("")),
+      tallies_(targets_.size() * margins_.size()) {}
+
+void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size_t c,
+                             float unit) {
+  if (c == 0 || c >= n || problem >= problems_) return;  // the GPU guesses nothing then either
+  const uint32_t most = *std::max_element(targets_.begin(), targets_.end());
+  const size_t keep = std::min(n, size_t{most} * c);
+  top_.assign(scores, scores + n);
+  std::partial_sort(top_.begin(), top_.begin() + keep, top_.end(), std::greater<float>());
+  const float z_c = top_[c - 1] / unit;
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    for (size_t m = 0; m < margins_.size(); ++m) {
+      const size_t policy = t * margins_.size() + m;
+      float& guess = guesses_[policy * problems_ + problem];
+      Tally& tally = tallies_[policy];
+      size_t gathered = n;
+      bool held = true;
+      if (n > buffer_) {
+        if (std::isnan(guess) || !(unit > 0.0f)) {
+          held = false;
+          gathered = 0;
+        } else {
+          const float threshold = guess * unit;
+          gathered = size_t(std::count_if(scores, scores + n,
+                                          [&](float s) { return s >= threshold; }));
+          held = gathered >= c && gathered <= buffer_;
+        }
+      }
+      if (held) {
+        ++tally.held;
+        tally.gathered += gathered;
+      } else if (gathered < c) {
+        ++tally.missed_few;
+      } else {
+        ++tally.missed_many;
+      }
+      const size_t target = size_t{targets_[t]} * c;
+      if (held && gathered >= target && target <= keep)
+        guess = top_[target - 1] / unit;
+      else
+        guess = z_c - margins_[m] * std::fabs(z_c);
+    }
+  }
+}
+
+std::string GuessSimulator::Report() const {
+  std::ostringstream out;
+  out << "guess simulation (" << problems_ << " problems, buffer " << buffer_ << "):\n";
+  for (size_t t = 0; t < targets_.size(); ++t) {
+    for (size_t m = 0; m < margins_.size(); ++m) {
+      const Tally& y = tallies_[t * margins_.size() + m];
+      const uint64_t all = y.held + y.missed_few + y.missed_many;
+      out << "  target " << targets_[t] << " margin " << margins_[m] << ": held " << y.held
+          << " of " << all << ", missed " << y.missed_few << " too few, " << y.missed_many
+          << " too many; mean gathered when held "
+          << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
+    }
+  }
+  return out.str();
+}
+
+}  // namespace kiv

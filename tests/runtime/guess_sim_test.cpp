@@ -1,0 +1,55 @@
+// The guess simulator (runtime/guess_sim.h) replays the GPU's guess rule on given scores.
+#include "runtime/guess_sim.h"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace kiv {
+namespace {
+
+// n scores spread evenly over (−1, 1], largest first at index 0.
+std::vector<float> Even(size_t n, float shift = 0.0f) {
+  std::vector<float> s(n);
+  for (size_t i = 0; i < n; ++i) s[i] = 1.0f - 2.0f * float(i) / float(n) + shift;
+  return s;
+}
+
+TEST_CASE("the simulated guess misses first, then holds where the scores stay") {
+  GuessSimulator sim({8}, {0.25f}, 1, 16384);
+  const std::vector<float> s = Even(100000);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);  // no guess yet: a miss, too few
+  CHECK(sim.tally(0).missed_few == 1);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);  // guess 0.25 below the 100th: ~12,600 reach it
+  CHECK(sim.tally(0).held == 1);
+  CHECK(sim.tally(0).gathered > 12000);
+  CHECK(sim.tally(0).gathered < 13000);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);  // now at the 800th largest: 800 gathered
+  CHECK(sim.tally(0).held == 2);
+  CHECK(sim.tally(0).gathered - 12000 < 1500);
+}
+
+TEST_CASE("the simulated guess misses both ways when the scores move") {
+  GuessSimulator sim({8}, {0.25f}, 1, 16384);
+  const std::vector<float> s = Even(100000);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);  // the guess is the 800th largest, ~0.984
+  const std::vector<float> down = Even(100000, -0.1f);
+  sim.Observe(0, down.data(), down.size(), 100, 1.0f);  // none reach it
+  CHECK(sim.tally(0).missed_few == 2);
+  const std::vector<float> up = Even(100000, 0.5f);
+  sim.Observe(0, up.data(), up.size(), 100, 1.0f);  // 41 % of them reach the new guess
+  CHECK(sim.tally(0).missed_many == 1);
+  // At most the buffer's tokens: every token is gathered, the guess always holds.
+  GuessSimulator small({8}, {0.25f}, 1, 16384);
+  const std::vector<float> few = Even(10000);
+  small.Observe(0, few.data(), few.size(), 100, 1.0f);
+  CHECK(small.tally(0).held == 1);
+  CHECK(small.Report().find("held 1 of 1") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiv
