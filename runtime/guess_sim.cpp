@@ -16,9 +16,38 @@ GuessSimulator::GuessSimulator(std::vector<uint32_t> targets, std::vector<float>
       guesses_(targets_.size() * margins_.size() * problems, std::nanf("")),
       tallies_(targets_.size() * margins_.size()) {}
 
+void GuessSimulator::AddSampled(uint32_t stride, std::vector<uint32_t> targets) {
+  stride_ = stride;
+  sampled_targets_ = std::move(targets);
+  sampled_.assign(sampled_targets_.size(), Tally{});
+}
+
 void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size_t c,
                              float unit) {
   if (c == 0 || c >= n || problem >= problems_) return;  // the GPU guesses nothing then either
+  if (stride_ > 0) {
+    sample_.clear();
+    for (size_t t = 0; t < n; t += stride_) sample_.push_back(scores[t]);
+    std::sort(sample_.begin(), sample_.end(), std::greater<float>());
+    for (size_t i = 0; i < sampled_targets_.size(); ++i) {
+      const size_t want = (sampled_targets_[i] * c + stride_ - 1) / stride_;
+      const size_t k = std::min(sample_.size(), std::max<size_t>(1, want));
+      const float threshold = sample_[k - 1];
+      const size_t gathered =
+          n <= buffer_ ? n
+                       : size_t(std::count_if(scores, scores + n,
+                                              [&](float s) { return s >= threshold; }));
+      Tally& tally = sampled_[i];
+      if (gathered >= c && gathered <= buffer_) {
+        ++tally.held;
+        tally.gathered += gathered;
+      } else if (gathered < c) {
+        ++tally.missed_few;
+      } else {
+        ++tally.missed_many;
+      }
+    }
+  }
   const uint32_t most = *std::max_element(targets_.begin(), targets_.end());
   const size_t keep = std::min(n, size_t{most} * c);
   top_.assign(scores, scores + n);
@@ -71,6 +100,14 @@ std::string GuessSimulator::Report() const {
           << " too many; mean gathered when held "
           << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
     }
+  }
+  for (size_t i = 0; i < sampled_.size(); ++i) {
+    const Tally& y = sampled_[i];
+    const uint64_t all = y.held + y.missed_few + y.missed_many;
+    out << "  sampled every " << stride_ << "th token, target " << sampled_targets_[i] << ": held "
+        << y.held << " of " << all << ", missed " << y.missed_few << " too few, "
+        << y.missed_many << " too many; mean gathered when held "
+        << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
   }
   return out.str();
 }

@@ -22,6 +22,10 @@ class GuessSimulator {
   // it, or when n <= buffer (every token is gathered).
   GuessSimulator(std::vector<uint32_t> targets, std::vector<float> margins, size_t problems,
                  size_t buffer = 16384);
+  // Also a guess from the scan's own query, with no memory of the last step: every `stride`-th
+  // token's score (a fixed sample), and the threshold at the sample's ⌈target · c / stride⌉-th
+  // largest, for each of `targets`. Reported after the policies above.
+  void AddSampled(uint32_t stride, std::vector<uint32_t> targets);
 
   // One decode scan of `problem`: its n scores and the c it keeps.
   void Observe(size_t problem, const float* scores, size_t n, size_t c, float unit);
@@ -41,6 +45,10 @@ class GuessSimulator {
   std::vector<float> guesses_;  // [policy][problem]; NaN: none yet
   std::vector<Tally> tallies_;
   std::vector<float> top_;      // scratch: the largest scores, descending
+  uint32_t stride_ = 0;
+  std::vector<uint32_t> sampled_targets_;
+  std::vector<Tally> sampled_;  // [sampled target]
+  std::vector<float> sample_;   // scratch
 };
 
 }  // namespace kiv

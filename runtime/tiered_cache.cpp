@@ -119,6 +119,7 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     guess_sim_ = std::make_unique<GuessSimulator>(
         std::vector<uint32_t>{4, 8, 16, 32}, std::vector<float>{0.25f, 0.5f},
         size_t{shape.num_layers} * shape.num_q_heads);
+  if (guess_sim_) guess_sim_->AddSampled(64, {2, 4, 8, 16});
   static std::atomic<uint64_t> instances{0};
   instance_ = ++instances;
   summary_k_.resize(signatures_.size());

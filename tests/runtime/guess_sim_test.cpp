@@ -51,5 +51,21 @@ TEST_CASE("the simulated guess misses both ways when the scores move") {
   CHECK(small.Report().find("held 1 of 1") != std::string::npos);
 }
 
+TEST_CASE("the sampled guess sets its threshold from the scan's own scores") {
+  GuessSimulator sim({8}, {0.25f}, 1, 16384);
+  sim.AddSampled(64, {8, 1000});
+  const std::vector<float> s = Even(100000);
+  // Target 8 of c = 100: the sample's 13th largest (index 768 of the scores): 769 gathered.
+  sim.Observe(0, s.data(), s.size(), 100, 1.0f);
+  const std::vector<float> up = Even(100000, 0.5f);  // moved: the sample moves with it
+  sim.Observe(0, up.data(), up.size(), 100, 1.0f);
+  const std::string report = sim.Report();
+  CHECK(report.find("target 8: held 2 of 2, missed 0 too few, 0 too many; mean gathered when "
+                    "held 769") != std::string::npos);
+  // Target 1000: the 1,563rd of 1,563 samples, below every other score: all gathered, too many.
+  CHECK(report.find("target 1000: held 0 of 2, missed 0 too few, 2 too many") !=
+        std::string::npos);
+}
+
 }  // namespace
 }  // namespace kiv
