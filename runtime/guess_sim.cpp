@@ -6,6 +6,30 @@
 #include <sstream>
 
 namespace kiv {
+namespace {
+
+// Tokens the guess scan would gather at `threshold`: every token when n <= buffer (the scan takes
+// them all then), else those scoring at or above it.
+size_t Gathered(const float* scores, size_t n, float threshold, size_t buffer) {
+  if (n <= buffer) return n;
+  return size_t(std::count_if(scores, scores + n, [&](float s) { return s >= threshold; }));
+}
+
+// One scan into `tally`; whether its guess held (between c and buffer tokens gathered).
+bool Count(GuessSimulator::Tally* tally, size_t gathered, size_t c, size_t buffer) {
+  const bool held = gathered >= c && gathered <= buffer;
+  if (held) {
+    ++tally->held;
+    tally->gathered += gathered;
+  } else if (gathered < c) {
+    ++tally->missed_few;
+  } else {
+    ++tally->missed_many;
+  }
+  return held;
+}
+
+}  // namespace
 
 GuessSimulator::GuessSimulator(std::vector<uint32_t> targets, std::vector<float> margins,
                                size_t problems, size_t buffer)
@@ -32,20 +56,7 @@ void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size
     for (size_t i = 0; i < sampled_targets_.size(); ++i) {
       const size_t want = (sampled_targets_[i] * c + stride_ - 1) / stride_;
       const size_t k = std::min(sample_.size(), std::max<size_t>(1, want));
-      const float threshold = sample_[k - 1];
-      const size_t gathered =
-          n <= buffer_ ? n
-                       : size_t(std::count_if(scores, scores + n,
-                                              [&](float s) { return s >= threshold; }));
-      Tally& tally = sampled_[i];
-      if (gathered >= c && gathered <= buffer_) {
-        ++tally.held;
-        tally.gathered += gathered;
-      } else if (gathered < c) {
-        ++tally.missed_few;
-      } else {
-        ++tally.missed_many;
-      }
+      Count(&sampled_[i], Gathered(scores, n, sample_[k - 1], buffer_), c, buffer_);
     }
   }
   const uint32_t most = *std::max_element(targets_.begin(), targets_.end());
@@ -57,28 +68,11 @@ void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size
     for (size_t m = 0; m < margins_.size(); ++m) {
       const size_t policy = t * margins_.size() + m;
       float& guess = guesses_[policy * problems_ + problem];
-      Tally& tally = tallies_[policy];
-      size_t gathered = n;
-      bool held = true;
-      if (n > buffer_) {
-        if (std::isnan(guess) || !(unit > 0.0f)) {
-          held = false;
-          gathered = 0;
-        } else {
-          const float threshold = guess * unit;
-          gathered = size_t(std::count_if(scores, scores + n,
-                                          [&](float s) { return s >= threshold; }));
-          held = gathered >= c && gathered <= buffer_;
-        }
-      }
-      if (held) {
-        ++tally.held;
-        tally.gathered += gathered;
-      } else if (gathered < c) {
-        ++tally.missed_few;
-      } else {
-        ++tally.missed_many;
-      }
+      // No guess yet (or a zero query): nothing gathered, unless the scan takes every token.
+      const bool none = std::isnan(guess) || !(unit > 0.0f);
+      const size_t gathered =
+          none && n > buffer_ ? 0 : Gathered(scores, n, none ? 0.0f : guess * unit, buffer_);
+      const bool held = Count(&tallies_[policy], gathered, c, buffer_);
       const size_t target = size_t{targets_[t]} * c;
       if (held && gathered >= target && target <= keep)
         guess = top_[target - 1] / unit;
