@@ -41,6 +41,22 @@ void Check(int err, const std::string& error, const char* what) {
   TORCH_CHECK(err == 0, what, " failed: CUDA error ", err, " ", error);
 }
 
+// An A/B switch that is on unless the environment sets it to "0".
+bool SwitchOn(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr || std::string(value) != "0";
+}
+
+// A number from the environment, or `fallback` when unset; refused unless it is all a number.
+double EnvNumber(const char* name, double fallback) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) return fallback;
+  char* end = nullptr;
+  const double x = std::strtod(value, &end);
+  TORCH_CHECK(end != value && *end == '\0', name, " must be a number, not '", value, "'");
+  return x;
+}
+
 // LibTorch's current stream, where the tensors around the kernels are read and written (and
 // the one a CUDA graph captures); the legacy default stream without a CUDA LibTorch.
 CUstream_st* CurrentStream() {
@@ -387,25 +403,21 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
   most.num_q_heads = most.num_kv_heads * g * std::max<uint32_t>(1, options.prefill_block);
   attn_done_ = torch::zeros({int64_t(kernels::SparseAttentionDoneCount(most))},
                             torch::TensorOptions().dtype(torch::kInt32).device(device_));
-  const char* guess = std::getenv("KIV_SCAN_GUESS");
-  if (guess == nullptr || std::string(guess) != "0")
+  if (SwitchOn("KIV_SCAN_GUESS"))
     scan_guess_ = torch::full({int64_t(L), int64_t(H) * g}, std::nanf(""),
                               torch::TensorOptions().dtype(torch::kFloat32).device(device_));
   scan_guess_counts_ =
       torch::zeros({4}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
-  if (const char* target = std::getenv("KIV_SCAN_GUESS_TARGET"))
-    scan_guess_target_ = uint32_t(std::strtoul(target, nullptr, 10));
-  if (const char* margin = std::getenv("KIV_SCAN_GUESS_MARGIN"))
-    scan_guess_margin_ = std::strtof(margin, nullptr);
-  TORCH_CHECK(scan_guess_target_ >= 1 && scan_guess_target_ <= 64 && scan_guess_margin_ >= 0.0f &&
-                  scan_guess_margin_ < 1.0f,
-              "KIV_SCAN_GUESS_TARGET must be in 1..64 and KIV_SCAN_GUESS_MARGIN in [0, 1)");
-  const char* conditional = std::getenv("KIV_SCAN_CONDITIONAL");
-  scan_conditional_ = conditional == nullptr || std::string(conditional) != "0";
-  const char* quick_finish = std::getenv("KIV_SCAN_QUICK_FINISH");
-  scan_quick_finish_ = quick_finish == nullptr || std::string(quick_finish) != "0";
-  const char* one_vote = std::getenv("KIV_SCAN_ONE_VOTE");
-  scan_one_vote_ = one_vote == nullptr || std::string(one_vote) != "0";
+  const double target = EnvNumber("KIV_SCAN_GUESS_TARGET", scan_guess_target_);
+  scan_guess_margin_ = float(EnvNumber("KIV_SCAN_GUESS_MARGIN", scan_guess_margin_));
+  TORCH_CHECK(target >= 1 && target <= 64 && target == std::floor(target) &&
+                  scan_guess_margin_ >= 0.0f && scan_guess_margin_ < 1.0f,
+              "KIV_SCAN_GUESS_TARGET must be a whole number in 1..64 and KIV_SCAN_GUESS_MARGIN in "
+              "[0, 1)");
+  scan_guess_target_ = uint32_t(target);
+  scan_conditional_ = SwitchOn("KIV_SCAN_CONDITIONAL");
+  scan_quick_finish_ = SwitchOn("KIV_SCAN_QUICK_FINISH");
+  scan_one_vote_ = SwitchOn("KIV_SCAN_ONE_VOTE");
 #endif
 }
 

@@ -29,6 +29,13 @@ bool Count(GuessSimulator::Tally* tally, size_t gathered, size_t c, size_t buffe
   return held;
 }
 
+// "held … of …, missed … too few, … too many; mean gathered when held …"
+void Print(std::ostringstream& out, const GuessSimulator::Tally& y) {
+  out << "held " << y.held << " of " << y.held + y.missed_few + y.missed_many << ", missed "
+      << y.missed_few << " too few, " << y.missed_many << " too many; mean gathered when held "
+      << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
+}
+
 }  // namespace
 
 GuessSimulator::GuessSimulator(std::vector<uint32_t> targets, std::vector<float> margins,
@@ -87,21 +94,13 @@ std::string GuessSimulator::Report() const {
   out << "guess simulation (" << problems_ << " problems, buffer " << buffer_ << "):\n";
   for (size_t t = 0; t < targets_.size(); ++t) {
     for (size_t m = 0; m < margins_.size(); ++m) {
-      const Tally& y = tallies_[t * margins_.size() + m];
-      const uint64_t all = y.held + y.missed_few + y.missed_many;
-      out << "  target " << targets_[t] << " margin " << margins_[m] << ": held " << y.held
-          << " of " << all << ", missed " << y.missed_few << " too few, " << y.missed_many
-          << " too many; mean gathered when held "
-          << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
+      out << "  target " << targets_[t] << " margin " << margins_[m] << ": ";
+      Print(out, tallies_[t * margins_.size() + m]);
     }
   }
   for (size_t i = 0; i < sampled_.size(); ++i) {
-    const Tally& y = sampled_[i];
-    const uint64_t all = y.held + y.missed_few + y.missed_many;
-    out << "  sampled every " << stride_ << "th token, target " << sampled_targets_[i] << ": held "
-        << y.held << " of " << all << ", missed " << y.missed_few << " too few, "
-        << y.missed_many << " too many; mean gathered when held "
-        << (y.held ? double(y.gathered) / double(y.held) : 0.0) << "\n";
+    out << "  sampled every " << stride_ << "th token, target " << sampled_targets_[i] << ": ";
+    Print(out, sampled_[i]);
   }
   return out.str();
 }

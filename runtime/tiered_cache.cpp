@@ -115,11 +115,13 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   encode_on_gpu_ = gpu_index_ && options.gpu_encode && !options.exact_cold &&
                    !options.measure_recall && !options.oracle && options.summary_page == 0 &&
                    GpuSignatureIndex::CanEncode(codec_, shape.head_dim, dtype);
-  if (const char* sim = std::getenv("KIV_GUESS_SIM"); sim && std::string(sim) == "1" && !gpu_index_)
+  if (const char* sim = std::getenv("KIV_GUESS_SIM");
+      sim && std::string(sim) == "1" && !gpu_index_) {
     guess_sim_ = std::make_unique<GuessSimulator>(
         std::vector<uint32_t>{4, 8, 16, 32}, std::vector<float>{0.25f, 0.5f},
         size_t{shape.num_layers} * shape.num_q_heads);
-  if (guess_sim_) guess_sim_->AddSampled(64, {2, 4, 8, 16});
+    guess_sim_->AddSampled(64, {2, 4, 8, 16});
+  }
   static std::atomic<uint64_t> instances{0};
   instance_ = ++instances;
   summary_k_.resize(signatures_.size());
