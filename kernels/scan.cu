@@ -403,7 +403,7 @@ __device__ void FinishFromGuess(uint32_t p, uint32_t c, const Workspace& ws, uin
   const uint32_t target = ws.guess_target * c;
   uint32_t target_key = 0;
   const uint32_t key_k = BlockSelect<kBlock>(total, c, key, hist, &wanted_equal, direct,
-                                             total >= target ? target : 0, &target_key);
+                                             guess && total >= target ? target : 0, &target_key);
   uint32_t equal = 0;
   for (uint32_t i = threadIdx.x; i < total; i += kBlock) equal += keys[i] == key_k;
   equal = WarpSum(equal);
@@ -521,6 +521,65 @@ __device__ int32_t LeastGatheredV(uint32_t key, int32_t sum, float scale) {
   return int32_t(hi);
 }
 
+// The pieces of the product that MmaScanKernel and SampleGuessKernel share (see MmaScanKernel's
+// comment for the layout). A lane's b fragments for one tile of 8 columns: `q` the query half
+// its column g holds (hi or lo), or null (a zero column).
+template <uint32_t kPieces>
+__device__ __forceinline__ void LoadQueryHalf(const uint8_t* q, uint32_t t,
+                                              uint32_t (&b)[kPieces][2]) {
+#pragma unroll
+  for (uint32_t kc = 0; kc < kPieces; ++kc) {
+    b[kc][0] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 4 * t)) : 0u;
+    b[kc][1] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 16 + 4 * t)) : 0u;
+  }
+}
+
+// One signature (kWords words) from shared memory.
+template <uint32_t kWords>
+__device__ __forceinline__ void LoadSignature(const uint64_t* sig, uint64_t (&w)[kWords]) {
+  if constexpr (kWords == 1) {
+    w[0] = sig[0];
+  } else {
+#pragma unroll
+    for (uint32_t i = 0; i < kWords / 2; ++i) {
+      const ulonglong2 x = reinterpret_cast<const ulonglong2*>(sig)[i];
+      w[2 * i] = x.x;
+      w[2 * i + 1] = x.y;
+    }
+  }
+}
+
+// acc[z] += the products of a tile's rows g (w[0]) and g + 8 (w[1]) with tile z's columns.
+template <uint32_t kWords, uint32_t kNT>
+__device__ __forceinline__ void TileProducts(const uint64_t (&w)[2][kWords],
+                                             const uint32_t (&b)[kNT][2 * kWords][2], uint32_t t,
+                                             int32_t (&acc)[kNT][4]) {
+#pragma unroll
+  for (uint32_t kc = 0; kc < 2 * kWords; ++kc) {
+    const uint32_t p0 = uint32_t(w[0][kc / 2] >> (32 * (kc % 2)));
+    const uint32_t p1 = uint32_t(w[1][kc / 2] >> (32 * (kc % 2)));
+    const uint32_t a0 = (p0 >> t) & 0x01010101u, a1 = (p1 >> t) & 0x01010101u;
+    const uint32_t a2 = (p0 >> (t + 4)) & 0x01010101u, a3 = (p1 >> (t + 4)) & 0x01010101u;
+#pragma unroll
+    for (uint32_t z = 0; z < kNT; ++z) MmaS8(acc[z], a0, a1, a2, a3, b[z][kc][0], b[z][kc][1]);
+  }
+}
+
+// A token's score from its product's integer v = 256 · acc_hi + acc_lo: (2v − Σ qq) · scale,
+// times its key norm where there are norms (float(S) is exact: |S| < 2^23).
+__device__ __forceinline__ float TokenScore(int32_t v, int32_t sum, float scale, float norm,
+                                            bool has_norms) {
+  const float plain = __fmul_rn(float(2 * v - sum), scale);
+  return has_norms ? __fmul_rn(norm, plain) : plain;
+}
+
+// A query blob's guess unit, scale · sqrt(Σ qq²) (ScanQueryBytes).
+__device__ __forceinline__ float QueryUnit(const uint8_t* blob, uint32_t bits, float scale) {
+  const unsigned long long squares =
+      __ldg(reinterpret_cast<const unsigned long long*>(blob + 2 * bits + 8));
+  return __fmul_rn(scale, __fsqrt_rn(__ull2float_rn(squares)));
+}
+
 // scores[p][t] for every token, plus the level-0 histogram; the last block chooses b0 and the
 // mode. A block serves `share` problems (blockIdx.y · share + j) that read the same signatures
 // and norms: each token is loaded once and scored for all of them by int8 tensor-core products.
@@ -574,12 +633,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
   for (uint32_t z = 0; z < kNT; ++z) {
     const uint32_t j = 4 * z + g / 2;
-    const uint8_t* q = j < share ? chunk.problems[local + j].query + (g % 2) * kBits : nullptr;
-#pragma unroll
-    for (uint32_t kc = 0; kc < kPieces; ++kc) {
-      b[z][kc][0] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 4 * t)) : 0u;
-      b[z][kc][1] = q ? __ldg(reinterpret_cast<const uint32_t*>(q + kc * 32 + 16 + 4 * t)) : 0u;
-    }
+    LoadQueryHalf(j < share ? chunk.problems[local + j].query + (g % 2) * kBits : nullptr, t,
+                  b[z]);
     const uint32_t mine = 4 * z + t;
     const uint8_t* blob = mine < share ? chunk.problems[local + mine].query : nullptr;
     sum[z] = blob ? __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits)) : 0;
@@ -589,9 +644,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     if constexpr (kGuess) {
       if (blob) {
         const uint32_t p = chunk.first + local + mine;
-        const unsigned long long squares =
-            __ldg(reinterpret_cast<const unsigned long long*>(blob + 2 * kBits + 8));
-        const float unit = __fmul_rn(scale[z], __fsqrt_rn(__ull2float_rn(squares)));
+        const float unit = QueryUnit(blob, kBits, scale[z]);
         const float z_guess = guess[p];
         if (n <= kCandidates)
           gather_key[z] = 0;  // every token: the buffer holds them all
@@ -643,11 +696,11 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
     // kNoGather); rows past n hold whatever the staging buffer held: `test` drops both.
     auto reaches = [&](uint32_t z, int32_t v, float norm, uint32_t* key) {
       if (has_norms) {
-        *key = DeviceKey(__fmul_rn(norm, __fmul_rn(float(2 * v - sum[z]), scale[z])));
+        *key = DeviceKey(TokenScore(v, sum[z], scale[z], norm, true));
         return *key >= gather_key[z];
       }
       if (v < gather_v[z]) return false;  // ⇔ key < gather_key[z]; the key only when taken
-      *key = DeviceKey(__fmul_rn(float(2 * v - sum[z]), scale[z]));
+      *key = DeviceKey(TokenScore(v, sum[z], scale[z], 1.0f, false));
       return true;
     };
     auto test = [&](uint32_t z, int32_t v, float norm, uint32_t tok, uint32_t* key) {
@@ -681,28 +734,11 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 #pragma unroll
       for (uint32_t h = 0; h < 2; ++h) {
         const uint32_t row = 16 * m + 8 * h + g;
-        if constexpr (kWords == 1) {
-          w[h][0] = sig[row];
-        } else {
-#pragma unroll
-          for (uint32_t i = 0; i < kWords / 2; ++i) {
-            const ulonglong2 x = reinterpret_cast<const ulonglong2*>(sig + row * kWords)[i];
-            w[h][2 * i] = x.x;
-            w[h][2 * i + 1] = x.y;
-          }
-        }
+        LoadSignature<kWords>(sig + row * kWords, w[h]);
         norm[h] = has_norms ? norms[row] : 1.0f;
       }
       int32_t acc[kNT][4] = {};
-#pragma unroll
-      for (uint32_t kc = 0; kc < kPieces; ++kc) {
-        const uint32_t p0 = uint32_t(w[0][kc / 2] >> (32 * (kc % 2)));
-        const uint32_t p1 = uint32_t(w[1][kc / 2] >> (32 * (kc % 2)));
-        const uint32_t a0 = (p0 >> t) & 0x01010101u, a1 = (p1 >> t) & 0x01010101u;
-        const uint32_t a2 = (p0 >> (t + 4)) & 0x01010101u, a3 = (p1 >> (t + 4)) & 0x01010101u;
-#pragma unroll
-        for (uint32_t z = 0; z < kNT; ++z) MmaS8(acc[z], a0, a1, a2, a3, b[z][kc][0], b[z][kc][1]);
-      }
+      TileProducts<kWords, kNT>(w, b, t, acc);
       if constexpr (kGuess) {
 #pragma unroll
         for (uint32_t z = 0; z < kNT; ++z) {
@@ -732,9 +768,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
           for (uint32_t h = 0; h < 2; ++h) {
             const uint32_t tok = base + 16 * m + 8 * h + g;
             if (tok >= n) continue;
-            const int32_t S = 2 * (256 * acc[z][2 * h] + acc[z][2 * h + 1]) - sum[z];
-            const float plain = __fmul_rn(float(S), scale[z]);  // float(S) is exact: |S| < 2^23
-            const float score = has_norms ? __fmul_rn(norm[h], plain) : plain;
+            const float score = TokenScore(256 * acc[z][2 * h] + acc[z][2 * h + 1], sum[z],
+                                           scale[z], norm[h], has_norms);
             out[tok] = score;
             atomicAdd(hists + j * kBins0 + (DeviceKey(score) >> 21), 1u);
           }
@@ -784,6 +819,75 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
       }
     }
   }
+}
+
+// Dynamic shared memory of SampleGuessKernel: the sample's signatures, norms and keys, and a
+// histogram for BlockSelect.
+constexpr size_t SampleSharedBytes(uint32_t words) {
+  return size_t{kScanSampleMax} * (words * 8 + 4 + 4) + sizeof(uint32_t) * kBins0;
+}
+
+// ScanSelectArgs::sample, one block a problem, before the guess scan: the scores of the sample
+// (ScanSampleStride; every load in flight at once, into shared memory), by the same products as
+// MmaScanKernel's with the problem's own query in columns 0 and 1 of one tile, and the guess at
+// their ScanSampleRank-th largest. Nothing where the guess scan gathers every token (n <=
+// kCandidates) or nothing is left to choose (c >= n).
+template <uint32_t kWords>
+__global__ void __launch_bounds__(kThreads)
+    SampleGuessKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
+                      Workspace ws, float* guess) {
+  constexpr uint32_t kBits = kWords * 64;
+  const uint32_t n = tokens.Get();
+  if (c >= n || n <= kCandidates) return;
+  const ScanProblem pr = chunk.problems[blockIdx.x];
+  const bool has_norms = pr.norms != nullptr;
+  const uint32_t stride = ScanSampleStride(n), size = (n + stride - 1) / stride;
+  extern __shared__ __align__(16) uint8_t sample_shared[];
+  uint64_t* sigs = reinterpret_cast<uint64_t*>(sample_shared);  // [kScanSampleMax][kWords]
+  float* norms = reinterpret_cast<float*>(sigs + kScanSampleMax * kWords);
+  uint32_t* keys = reinterpret_cast<uint32_t*>(norms + kScanSampleMax);
+  uint32_t* hist = keys + kScanSampleMax;
+  constexpr uint32_t kPiece = kWords == 1 ? 8 : 16, kPer = kWords * 8 / kPiece;
+  for (uint32_t i = threadIdx.x; i < size * kPer; i += kThreads) {
+    const uint32_t s = i / kPer, part = i % kPer;
+    CpAsync<kPiece>(reinterpret_cast<uint8_t*>(sigs + s * kWords) + part * kPiece,
+                    reinterpret_cast<const uint8_t*>(pr.signatures + size_t{s} * stride * kWords) +
+                        part * kPiece);
+  }
+  if (has_norms)
+    for (uint32_t s = threadIdx.x; s < size; s += kThreads)
+      CpAsync<4>(norms + s, pr.norms + size_t{s} * stride);
+  CpAsyncCommit();
+  const uint8_t* blob = pr.query;
+  const int32_t sum = __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits));
+  const float scale = __ldg(reinterpret_cast<const float*>(blob + 2 * kBits + 4));
+  const uint32_t lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  uint32_t b[1][2 * kWords][2];  // column 0: the query's hi, column 1: its lo, the rest zero
+  LoadQueryHalf(g < 2 ? blob + g * kBits : nullptr, t, b[0]);
+  CpAsyncWait<0>();
+  __syncthreads();
+  for (uint32_t tile = threadIdx.x / 32; tile * 16 < size; tile += kThreads / 32) {
+    uint64_t w[2][kWords];  // rows past the sample hold whatever shared memory held
+#pragma unroll
+    for (uint32_t h = 0; h < 2; ++h)
+      LoadSignature<kWords>(sigs + (16 * tile + 8 * h + g) * kWords, w[h]);
+    int32_t acc[1][4] = {};
+    TileProducts<kWords, 1>(w, b, t, acc);
+#pragma unroll
+    for (uint32_t h = 0; h < 2; ++h) {
+      const uint32_t row = 16 * tile + 8 * h + g;
+      if (t == 0 && row < size)
+        keys[row] = DeviceKey(TokenScore(256 * acc[0][2 * h] + acc[0][2 * h + 1], sum, scale,
+                                         has_norms ? norms[row] : 1.0f, has_norms));
+    }
+  }
+  __syncthreads();
+  uint32_t left = 0;
+  const uint32_t key = BlockSelect<kThreads>(
+      size, ScanSampleRank(n, c, ws.guess_target), [&](uint32_t i, bool*) { return keys[i]; },
+      hist, &left, kDirectSelect);
+  if (threadIdx.x == 0)
+    WriteGuess(guess + chunk.first + blockIdx.x, key, QueryUnit(blob, kBits, scale), 0.0f);
 }
 
 // Large mode: histogram of the next key bits among the scores whose higher bits equal the chosen
@@ -1467,6 +1571,8 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
   if (guessing && a.conditional)
     KIV_CUDA_CALL(cudaStreamGetCaptureInfo(stream, &capture, nullptr, &graph));
   const bool conditional = capture == cudaStreamCaptureStatusActive;
+  // Where the finishes write the next call's guess: nowhere when each call samples its own.
+  float* const next_guess = a.sample ? nullptr : a.guess;
   for (uint32_t first = 0; first < a.num_problems; first += per_launch) {
     const uint32_t count = std::min(per_launch, a.num_problems - first);
     const uint32_t groups = count / a.share;
@@ -1488,6 +1594,16 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
     // With a guess, the guess scan first; the full scan then returns at once for every group
     // whose guesses held (skipped when the host knows that nothing is left to choose).
     if (guessing) {
+      if (a.sample) {
+        const size_t smem = SampleSharedBytes(a.words);
+        auto* kernel = a.words == 1   ? SampleGuessKernel<1>
+                       : a.words == 2 ? SampleGuessKernel<2>
+                                      : SampleGuessKernel<4>;
+        KIV_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           int(smem)));
+        KIV_CUDA_CALL(Launch(&sink, kernel, dim3(count), dim3(kThreads), smem, chunk, tokens, a.c,
+                             ws, a.guess));
+      }
       const int rc = a.one_vote
                          ? LaunchScanAny<true, true>(chunk, groups, uint32_t(sms), a, ws, &sink)
                          : LaunchScanAny<true, false>(chunk, groups, uint32_t(sms), a, ws, &sink);
@@ -1501,8 +1617,8 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          int(kFinishBytes)));
       KIV_CUDA_CALL(Launch(&sink, FinishGuessKernel, dim3(count), dim3(kFinishThreads),
-                           kFinishBytes, first, tokens, a.c, ws, a.selected, a.counts, a.guess,
-                           a.guess_counts, conditional, fallback, a.quick_finish));
+                           kFinishBytes, first, tokens, a.c, ws, a.selected, a.counts,
+                           next_guess, a.guess_counts, conditional, fallback, a.quick_finish));
       if (conditional) {
         const cudaGraphNode_t* deps = nullptr;
         const cudaGraphEdgeData* edges = nullptr;
@@ -1529,10 +1645,10 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
       KIV_CUDA_CALL(Launch(&sink, Pass1Kernel, dim3(compact_blocks, count), dim3(kThreads), 0,
                            first, tokens, a.c, a.scores, ws));
       KIV_CUDA_CALL(Launch(&sink, Pass2Kernel, dim3(pass_blocks, count), dim3(kThreads), 0, first,
-                           tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess));
+                           tokens, a.c, a.scores, a.selected, a.counts, ws, next_guess));
     }
     KIV_CUDA_CALL(Launch(&sink, CompactKernel, dim3(compact_blocks, count), dim3(kThreads), 0,
-                         first, tokens, a.c, a.scores, a.selected, a.counts, ws, a.guess));
+                         first, tokens, a.c, a.scores, a.selected, a.counts, ws, next_guess));
   }
   return 0;
 }

@@ -133,7 +133,30 @@ struct ScanSelectArgs {
   // words) and vote once whether any goes to a candidate buffer. False: a vote for each 8 rows
   // of a tile (the A/B switch, KIV_SCAN_ONE_VOTE=0); the candidates are the same.
   bool one_vote = true;
+  // With a guess: each call guesses from its own query (what the tail of this call's scores
+  // looks like), not from the last call's. One block a problem first scores a sample of the
+  // tokens (ScanSampleStride) and sets the guess at the sample's ScanSampleRank-th largest
+  // score, where about guess_target · c tokens reach it; the last call's guess is not read and
+  // the finishes write none (`guess` then holds the sample's guesses after the call; before the
+  // first call it may hold anything). False: the last call's guess (guess_target, guess_margin
+  // as above; the A/B switch, KIV_SCAN_SAMPLE=0).
+  bool sample = false;
 };
+
+// The sampled guess (ScanSelectArgs::sample) of a problem of n tokens: tokens 0, s, 2s, … < n
+// with s = ScanSampleStride(n) (every 64th, spread to at most 4,096 of them), and the rank in
+// the sample, from the largest, of the score it guesses: ⌈target · c / s⌉, at least 1, at most
+// the sample's size. Tokens at or above it: about target · c.
+inline constexpr uint32_t kScanSampleStride = 64, kScanSampleMax = 4096;
+constexpr uint32_t ScanSampleStride(uint32_t n) {
+  const uint32_t spread = (n + kScanSampleMax - 1) / kScanSampleMax;
+  return spread > kScanSampleStride ? spread : kScanSampleStride;
+}
+constexpr uint32_t ScanSampleRank(uint32_t n, uint32_t c, uint32_t target) {
+  const uint32_t s = ScanSampleStride(n), size = (n + s - 1) / s;
+  const uint64_t want = (uint64_t{target} * c + s - 1) / s;
+  return want < 1 ? 1 : want > size ? size : uint32_t(want);
+}
 
 // The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.
 inline constexpr uint32_t kScanGuessMaxC = 1024;

@@ -418,6 +418,7 @@ GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& opti
   scan_conditional_ = SwitchOn("KIV_SCAN_CONDITIONAL");
   scan_quick_finish_ = SwitchOn("KIV_SCAN_QUICK_FINISH");
   scan_one_vote_ = SwitchOn("KIV_SCAN_ONE_VOTE");
+  scan_sample_ = SwitchOn("KIV_SCAN_SAMPLE");
 #endif
 }
 
@@ -625,8 +626,8 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   args.counts = Ptr<uint32_t>(counts);
   args.workspace = workspace.data_ptr();
   args.workspace_bytes = size_t(workspace.numel());
-  // A decode step's per-query scans guess from the layer's previous step: the same H_q problems
-  // in the same order every step.
+  // A decode step's per-query scans guess their thresholds (from a sample of their own scores,
+  // or from the layer's previous step: the same H_q problems in the same order every step).
   if (per_query && reps == 1 && scan_guess_.defined() && c <= kernels::kScanGuessMaxC &&
       tables == uint32_t(scan_guess_.size(1))) {
     args.guess = Ptr<float>(scan_guess_) + size_t(layer) * tables;
@@ -634,6 +635,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     args.conditional = scan_conditional_;
     args.quick_finish = scan_quick_finish_;
     args.one_vote = scan_one_vote_;
+    args.sample = scan_sample_;
     args.guess_target = scan_guess_target_;
     args.guess_margin = scan_guess_margin_;
   }

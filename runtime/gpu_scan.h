@@ -229,6 +229,9 @@ class GpuColdTier {
   // The guess scan's one vote a round (kernels/scan.h, ScanSelectArgs::one_vote);
   // KIV_SCAN_ONE_VOTE=0: a ballot for every 8 rows.
   bool scan_one_vote_ = true;
+  // Each decode scan guesses from a sample scored against its own query (kernels/scan.h,
+  // ScanSelectArgs::sample); KIV_SCAN_SAMPLE=0: from the layer's last step.
+  bool scan_sample_ = true;
   at::Tensor last_decode_ids_, last_decode_counts_;
 };
 

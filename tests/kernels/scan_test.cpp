@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -146,6 +147,7 @@ struct Guesses {
   uint32_t missed_many() const { return counts.Download()[3]; }
   DeviceArray<float> values;
   DeviceArray<uint32_t> counts;
+  bool sample = false;  // ScanSelectArgs::sample
 };
 
 size_t BitMismatches(const float* a, const float* b, size_t n, size_t* first) {
@@ -233,6 +235,7 @@ struct DeviceScan {
     if (guesses) {
       args.guess = guesses->values.get();
       args.guess_counts = guesses->counts.get();
+      args.sample = guesses->sample;
     }
   }
   // New query blobs (same size) and count in device memory, and the outputs reset to kUntouched.
@@ -606,6 +609,104 @@ TEST_CASE("scan + select with a guess: the same selections, whether the guess ho
   }
 }
 
+// The sampled guess (ScanSelectArgs::sample) of problem p over its first n tokens, on the CPU:
+// the sample's ScanSampleRank-th largest score over the query's unit, as the device computes it.
+float SampledGuess(const Problems& pr, size_t p, uint32_t share, uint32_t n, uint32_t c,
+                   uint32_t target) {
+  const size_t source = SourceProblem(p, share);
+  std::vector<float> scores(n);
+  index::AsymmetricScan(&pr.sigs[source * pr.n * pr.words],
+                        ReadsNorms(p, share) ? &pr.norms[source * pr.n] : nullptr, n, pr.words,
+                        pr.tables[p], scores.data());
+  std::vector<float> sample;
+  for (uint32_t t = 0; t < n; t += kernels::ScanSampleStride(n)) sample.push_back(scores[t]);
+  const uint32_t k = kernels::ScanSampleRank(n, c, target);
+  std::nth_element(sample.begin(), sample.begin() + (k - 1), sample.end(), std::greater<float>());
+  const uint8_t* blob = &pr.blobs[p * kernels::ScanQueryBytes(pr.bits) + 2 * pr.bits];
+  float scale = 0.0f;
+  uint64_t squares = 0;
+  std::memcpy(&scale, blob + 4, sizeof(scale));
+  std::memcpy(&squares, blob + 8, sizeof(squares));
+  const float unit = scale * std::sqrt(static_cast<float>(squares));
+  return unit > 0.0f ? sample[k - 1] / unit : std::nanf("");
+}
+
+TEST_CASE("the sample's rank and stride") {
+  using kernels::ScanSampleRank, kernels::ScanSampleStride;
+  CHECK(ScanSampleStride(100000) == 64);    // 1,563 samples
+  CHECK(ScanSampleStride(262144) == 64);    // 4,096
+  CHECK(ScanSampleStride(262145) == 65);    // spread to at most 4,096
+  CHECK(ScanSampleStride(1048576) == 256);  // 4,096
+  CHECK(ScanSampleRank(100000, 342, 8) == 43);    // ⌈2,736 / 64⌉
+  CHECK(ScanSampleRank(1048576, 342, 8) == 11);   // ⌈2,736 / 256⌉
+  CHECK(ScanSampleRank(1048576, 1, 1) == 1);      // at least one
+  CHECK(ScanSampleRank(20000, 1024, 64) == 313);  // at most the sample: 313 of 20,000 / 64
+}
+
+TEST_CASE("scan + select with a sampled guess: each call guesses from its own query") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  // A decode step's shape: the guess holds from the first call (no guess yet), whatever the
+  // buffer held before (the last call's guess is not read), and equals the CPU's bit for bit.
+  Problems pr = MakeProblems(128, 100000, 9, Data::kRandom, 41);
+  Guesses guesses(9);
+  guesses.sample = true;
+  auto check_guesses = [&](const Problems& at, uint32_t n, uint32_t c, uint32_t share,
+                           const Guesses& g) {
+    const std::vector<float> got = g.values.Download();
+    for (size_t p = 0; p < at.count; ++p) {
+      CAPTURE(p);
+      const float want = SampledGuess(at, p, share, n, c, 8);
+      CHECK(std::memcmp(&got[p], &want, sizeof(float)) == 0);
+    }
+  };
+  CheckScanSelect(pr, 342, 0, 3, &guesses);
+  CHECK(guesses.held() == 9);
+  CHECK(guesses.missed() == 0);
+  check_guesses(pr, 100000, 342, 3, guesses);
+  for (float stale : {1e30f, -1e30f, std::nanf("")}) {  // would miss as the last call's guess
+    NewQueries(&pr, 700 + uint64_t(stale > 0));
+    guesses.Set(stale);
+    CheckScanSelect(pr, 342, 0, 3, &guesses);
+    check_guesses(pr, 100000, 342, 3, guesses);
+  }
+  CHECK(guesses.held() == 36);
+  // A capacity with the count in device memory: the sample spans the tokens held; at most
+  // 16,384 of them every token is a candidate (nothing sampled); fewer than c take all.
+  Problems big = MakeProblems(128, 300000, 9, Data::kRandom, 42);
+  Guesses grown(9);
+  grown.sample = true;
+  for (uint32_t held : {300000u, 50000u, 16384u, 300u, 270000u}) {
+    NewQueries(&big, held);
+    CheckScanSelect(big, 342, held, 3, &grown);
+    if (held > 16384) check_guesses(big, held, 342, 3, grown);
+  }
+  CHECK(grown.held() == 4 * 9);
+  CHECK(grown.missed() == 0);
+  // 64 and 256 bits, one problem a group, c = 1000 and 1 (the smallest rank).
+  for (uint32_t bits : {64u, 256u}) {
+    for (uint32_t c : {1000u, 1u}) {
+      Guesses other(4);
+      other.sample = true;
+      const Problems q = MakeProblems(bits, 70000, 4, Data::kRandom, bits + c);
+      CheckScanSelect(q, c, 0, 1, &other);
+      CHECK(other.held() == 4);
+      check_guesses(q, 70000, c, 1, other);
+    }
+  }
+  // Heavy ties and ±0 scores of a zero query (no unit: no guess, the full select): the same
+  // selections either way.
+  for (Data data : {Data::kFew, Data::kZeros}) {
+    Guesses odd(3);
+    odd.sample = true;
+    CheckScanSelect(MakeProblems(128, 100000, 3, data, 43), 342, 0, 1, &odd);
+    CHECK(odd.held() + odd.missed() == 3);
+    if (data == Data::kZeros) CHECK(odd.missed() == 3);
+  }
+}
+
 TEST_CASE("scan + select with a guess in a CUDA graph: the full select runs only on a miss") {
   if (!HaveDevice()) {
     MESSAGE("skipped: no CUDA device");
@@ -620,18 +721,22 @@ TEST_CASE("scan + select with a guess in a CUDA graph: the full select runs only
   DeviceScan scan(pr, 342, 50000, 3, &guesses);
   cudaStream_t stream = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
-  for (bool conditional : {true, false}) {
+  for (const auto& [conditional, sample] :
+       {std::pair{true, false}, std::pair{false, false}, std::pair{true, true}}) {
     CAPTURE(conditional);
+    CAPTURE(sample);
     scan.args.conditional = conditional;
+    scan.args.sample = sample;
     cudaGraph_t graph = nullptr;
     REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
     std::string error;
     const int rc = kernels::ScanSelect(scan.args, stream, &error);
     REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
     REQUIRE_MESSAGE(rc == 0, error);
-    // Guess scan and finish outside; the scan, Pass1, Pass2 and Compact in the body, or not.
+    // Guess scan and finish outside (after the sample), the scan, Pass1, Pass2 and Compact in
+    // the body, or not.
     CHECK(CountNodes(graph, cudaGraphNodeTypeConditional) == (conditional ? 1 : 0));
-    CHECK(CountNodes(graph, cudaGraphNodeTypeKernel) == (conditional ? 2 : 6));
+    CHECK(CountNodes(graph, cudaGraphNodeTypeKernel) == (conditional ? 2 : 6) + (sample ? 1 : 0));
     cudaGraphExec_t exec = nullptr;
     REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
     guesses.Set(std::nanf(""));
@@ -655,9 +760,10 @@ TEST_CASE("scan + select with a guess in a CUDA graph: the full select runs only
       scan.Check(pr, step.tokens);
     }
     // Misses: no guess, too high, too low (more than the candidate buffer holds); "take all"
-    // (300 tokens < c) counts neither; the five other replays hold.
-    CHECK(guesses.missed() - missed0 == 3 * 9);
-    CHECK(guesses.held() - held0 == 5 * 9);
+    // (300 tokens < c) counts neither; the five other replays hold. Sampled, the buffer's
+    // guess is not read: the eight replays that choose all hold.
+    CHECK(guesses.missed() - missed0 == (sample ? 0 : 3 * 9));
+    CHECK(guesses.held() - held0 == (sample ? 8 : 5) * 9);
     REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
     REQUIRE(cudaGraphDestroy(graph) == cudaSuccess);
   }
@@ -689,16 +795,17 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
   // do not change), with norms and without (kiv's speed runs scan without: --no-scan-norms), and
   // without a guess and without norms, to compare; then the guess without norms and without the
   // finish's quick selects (ScanSelectArgs::quick_finish = false), and with a ballot for every
-  // 8 rows (ScanSelectArgs::one_vote = false): the A/Bs.
-  const uint32_t configs[][7] = {
-      {3, 1, 1024, 0, 1, 1, 1},  {9, 1, 1024, 0, 1, 1, 1}, {9, 1, 342, 0, 1, 1, 1},
-      {9, 3, 342, 0, 1, 1, 1},   {48, 1, 1024, 0, 1, 1, 1}, {48, 8, 1024, 0, 1, 1, 1},
-      {9, 3, 342, 1, 1, 1, 1},   {9, 3, 342, 1, 0, 1, 1},   {9, 3, 342, 0, 0, 1, 1},
-      {9, 3, 342, 1, 0, 0, 1},   {9, 3, 342, 1, 0, 1, 0}};
+  // 8 rows (ScanSelectArgs::one_vote = false): the A/Bs. Last, the guess sampled from each
+  // call's own query (ScanSelectArgs::sample), without norms.
+  const uint32_t configs[][8] = {
+      {3, 1, 1024, 0, 1, 1, 1, 0}, {9, 1, 1024, 0, 1, 1, 1, 0}, {9, 1, 342, 0, 1, 1, 1, 0},
+      {9, 3, 342, 0, 1, 1, 1, 0},  {48, 1, 1024, 0, 1, 1, 1, 0}, {48, 8, 1024, 0, 1, 1, 1, 0},
+      {9, 3, 342, 1, 1, 1, 1, 0},  {9, 3, 342, 1, 0, 1, 1, 0},  {9, 3, 342, 0, 0, 1, 1, 0},
+      {9, 3, 342, 1, 0, 0, 1, 0},  {9, 3, 342, 1, 0, 1, 0, 0},  {9, 3, 342, 1, 0, 1, 1, 1}};
   // KIV_SCAN_TIMING_CONFIGS=3,6 runs only those (tools/gpu/scan_profile.sh, to profile a few).
   const char* only = std::getenv("KIV_SCAN_TIMING_CONFIGS");
   int index = -1;
-  for (const auto& [count, share, c, guess, with_norms, quick, one_vote] : configs) {
+  for (const auto& [count, share, c, guess, with_norms, quick, one_vote, sample] : configs) {
     ++index;
     if (only && ("," + std::string(only) + ",").find("," + std::to_string(index) + ",") ==
                     std::string::npos)
@@ -729,6 +836,7 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
     args.workspace_bytes = kernels::ScanSelectWorkspaceBytes(count, n);
     args.quick_finish = quick != 0;
     args.one_vote = one_vote != 0;
+    args.sample = sample != 0;
     Guesses guesses(count);
     if (guess) {
       args.guess = guesses.values.get();
@@ -754,12 +862,13 @@ TEST_CASE("timing: 1M tokens, 128 bits") {
                                       << std::string(with_norms ? "" : ", no norms")
                                       << std::string(quick ? "" : ", slow finish")
                                       << std::string(one_vote ? "" : ", a vote every 8 rows")
+                                      << std::string(sample ? ", sampled" : "")
                                       << ": " << us
                                       << " us per call, " << read_bytes / (us * 1e3)
                                       << " GB/s of signatures + norms");
     if (guess) {
       MESSAGE("  guesses held " << guesses.held() << ", missed " << guesses.missed());
-      CHECK(guesses.missed() == count);  // the first call's only
+      CHECK(guesses.missed() == (sample ? 0 : count));  // the first call's only, unsampled
     }
   }
 }

@@ -16,6 +16,8 @@
 #               one vote a round): before the third 2026-12-07 session
 #     1m-hostalloc  the same with KIV_RECORD_ARENA=hostalloc (the records in cudaHostAlloc memory,
 #               not registered anonymous memory)
+#     1m-last   the same with KIV_SCAN_SAMPLE=0 (each decode scan's guess from the layer's last
+#               step, not from a sample of its own scores): before the fourth 2026-12-07 session
 #   default: quick,1m. Speed flags: --no-scan-norms --evict-batch 16 (docs/performance.md).
 #   The 1m steps run in the order given and may repeat (an A/B/A: 1m,1m-slow,1m).
 #
@@ -60,6 +62,7 @@ for mode in ${STEPS//,/ }; do
     1m-slow) env_set="KIV_SCAN_QUICK_FINISH=0" ;;
     1m-votes) env_set="KIV_SCAN_ONE_VOTE=0" ;;
     1m-hostalloc) env_set="KIV_RECORD_ARENA=hostalloc" ;;
+    1m-last) env_set="KIV_SCAN_SAMPLE=0" ;;
     *) continue ;;
   esac
   run=$((run + 1))
