@@ -97,8 +97,9 @@ struct PassState {
   // FinishGuessKernel's blocks have finished, and how many of their problems missed.
   uint32_t finished;
   uint32_t missed;
+  uint32_t sampled;  // SampleGuessKernel: the problem's blocks that have finished
 };
-static_assert(sizeof(PassState) == 48);
+static_assert(sizeof(PassState) == 52);
 
 struct Workspace {
   PassState* states;          // [P]
@@ -289,7 +290,7 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     const uint32_t wide = (hi - lo) >> 11;
     const uint32_t shift = wide ? 32 - __clz(wide) : 0;  // (hi − lo) >> shift < kBins
     for (uint32_t i = threadIdx.x; i < kBins; i += kBlock) hist[i] = 0;
-    if (threadIdx.x == 0) pick = PassState{0, k, {}, 0, 0, 0, 0, 0.0f, 0, 0};
+    if (threadIdx.x == 0) pick = PassState{0, k, {}, 0, 0, 0, 0, 0.0f, 0, 0, 0};
     __syncthreads();
     for (uint32_t i = threadIdx.x; i < total; i += kBlock) {
       bool in = true;
@@ -303,7 +304,7 @@ __device__ uint32_t BlockSelect(uint32_t total, uint32_t k, KeyOf key_of, uint32
     k = pick.k;
     if (also_k != 0) {  // the first level: the same histogram, the also_k-th
       __syncthreads();  // pick was read
-      if (threadIdx.x == 0) pick = PassState{0, also_k, {}, 0, 0, 0, 0, 0.0f, 0, 0};
+      if (threadIdx.x == 0) pick = PassState{0, also_k, {}, 0, 0, 0, 0, 0.0f, 0, 0, 0};
       __syncthreads();
       ChooseBin<kBins, 0, false, kBlock>(hist, &pick);
       __syncthreads();
@@ -801,7 +802,7 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
       if (!LastBlockOfProblem(&ws.states[p].done[0])) continue;
       PassState* state = &ws.states[p];
       if (c >= n) {  // everything is kept: every key is above key 0 (no non-NaN float has it)
-        if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, 0, 0};
+        if (threadIdx.x == 0) *state = PassState{0, n, {}, 0, kModeLarge, n, 0, 0.0f, 0, 0, 0};
         continue;
       }
       if (guess_counts && threadIdx.x == 0 && !GuessHeld(state, c, n)) {
@@ -821,17 +822,24 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
   }
 }
 
-// Dynamic shared memory of SampleGuessKernel: the sample's signatures, norms and keys, and a
-// histogram for BlockSelect.
+// SampleGuessKernel's blocks: each scores kSampleBlock of a problem's sample, so that the
+// sample's scattered reads are in flight on many SMs at once (one block a problem took 13 us a
+// layer on an H100, most of it waiting on its 4,096 reads); its dynamic shared memory: the
+// block's signatures and norms, then (the last block) the sample's keys and a histogram.
+constexpr uint32_t kSampleBlock = 512, kSampleBlocks = kScanSampleMax / kSampleBlock;
 constexpr size_t SampleSharedBytes(uint32_t words) {
-  return size_t{kScanSampleMax} * (words * 8 + 4 + 4) + sizeof(uint32_t) * kBins0;
+  const size_t staging = size_t{kSampleBlock} * (words * 8 + 4);
+  const size_t select = sizeof(uint32_t) * (kScanSampleMax + kBins0);
+  return staging > select ? staging : select;
 }
 
-// ScanSelectArgs::sample, one block a problem, before the guess scan: the scores of the sample
-// (ScanSampleStride; every load in flight at once, into shared memory), by the same products as
-// MmaScanKernel's with the problem's own query in columns 0 and 1 of one tile, and the guess at
-// their ScanSampleRank-th largest. Nothing where the guess scan gathers every token (n <=
-// kCandidates) or nothing is left to choose (c >= n).
+// ScanSelectArgs::sample, before the guess scan; grid (kSampleBlocks, problems). Each block
+// scores its part of the sample (ScanSampleStride; its loads in flight at once, into shared
+// memory) by the same products as MmaScanKernel's, with the problem's own query in columns 0
+// and 1 of one tile, and leaves the keys in the problem's candidate buffer (free until the
+// guess scan); the problem's last block sets the guess at their ScanSampleRank-th largest.
+// Nothing where the guess scan gathers every token (n <= kCandidates) or nothing is left to
+// choose (c >= n).
 template <uint32_t kWords>
 __global__ void __launch_bounds__(kThreads)
     SampleGuessKernel(const __grid_constant__ ProblemChunk chunk, TokenCount tokens, uint32_t c,
@@ -839,24 +847,25 @@ __global__ void __launch_bounds__(kThreads)
   constexpr uint32_t kBits = kWords * 64;
   const uint32_t n = tokens.Get();
   if (c >= n || n <= kCandidates) return;
-  const ScanProblem pr = chunk.problems[blockIdx.x];
+  const uint32_t p = chunk.first + blockIdx.y;
+  const ScanProblem pr = chunk.problems[blockIdx.y];
   const bool has_norms = pr.norms != nullptr;
   const uint32_t stride = ScanSampleStride(n), size = (n + stride - 1) / stride;
+  const uint32_t first = blockIdx.x * kSampleBlock;
+  const uint32_t mine = first < size ? min(kSampleBlock, size - first) : 0;
   extern __shared__ __align__(16) uint8_t sample_shared[];
-  uint64_t* sigs = reinterpret_cast<uint64_t*>(sample_shared);  // [kScanSampleMax][kWords]
-  float* norms = reinterpret_cast<float*>(sigs + kScanSampleMax * kWords);
-  uint32_t* keys = reinterpret_cast<uint32_t*>(norms + kScanSampleMax);
-  uint32_t* hist = keys + kScanSampleMax;
+  uint64_t* sigs = reinterpret_cast<uint64_t*>(sample_shared);  // [kSampleBlock][kWords]
+  float* norms = reinterpret_cast<float*>(sigs + kSampleBlock * kWords);
   constexpr uint32_t kPiece = kWords == 1 ? 8 : 16, kPer = kWords * 8 / kPiece;
-  for (uint32_t i = threadIdx.x; i < size * kPer; i += kThreads) {
+  for (uint32_t i = threadIdx.x; i < mine * kPer; i += kThreads) {
     const uint32_t s = i / kPer, part = i % kPer;
+    const uint64_t* from = pr.signatures + size_t{first + s} * stride * kWords;
     CpAsync<kPiece>(reinterpret_cast<uint8_t*>(sigs + s * kWords) + part * kPiece,
-                    reinterpret_cast<const uint8_t*>(pr.signatures + size_t{s} * stride * kWords) +
-                        part * kPiece);
+                    reinterpret_cast<const uint8_t*>(from) + part * kPiece);
   }
   if (has_norms)
-    for (uint32_t s = threadIdx.x; s < size; s += kThreads)
-      CpAsync<4>(norms + s, pr.norms + size_t{s} * stride);
+    for (uint32_t s = threadIdx.x; s < mine; s += kThreads)
+      CpAsync<4>(norms + s, pr.norms + size_t{first + s} * stride);
   CpAsyncCommit();
   const uint8_t* blob = pr.query;
   const int32_t sum = __ldg(reinterpret_cast<const int32_t*>(blob + 2 * kBits));
@@ -866,8 +875,9 @@ __global__ void __launch_bounds__(kThreads)
   LoadQueryHalf(g < 2 ? blob + g * kBits : nullptr, t, b[0]);
   CpAsyncWait<0>();
   __syncthreads();
-  for (uint32_t tile = threadIdx.x / 32; tile * 16 < size; tile += kThreads / 32) {
-    uint64_t w[2][kWords];  // rows past the sample hold whatever shared memory held
+  uint32_t* sample_keys = ws.cand_key + size_t{p} * kCandidates;  // [size]
+  for (uint32_t tile = threadIdx.x / 32; tile * 16 < mine; tile += kThreads / 32) {
+    uint64_t w[2][kWords];  // rows past the block's samples hold whatever shared memory held
 #pragma unroll
     for (uint32_t h = 0; h < 2; ++h)
       LoadSignature<kWords>(sigs + (16 * tile + 8 * h + g) * kWords, w[h]);
@@ -876,18 +886,22 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (uint32_t h = 0; h < 2; ++h) {
       const uint32_t row = 16 * tile + 8 * h + g;
-      if (t == 0 && row < size)
-        keys[row] = DeviceKey(TokenScore(256 * acc[0][2 * h] + acc[0][2 * h + 1], sum, scale,
-                                         has_norms ? norms[row] : 1.0f, has_norms));
+      if (t == 0 && row < mine)
+        sample_keys[first + row] =
+            DeviceKey(TokenScore(256 * acc[0][2 * h] + acc[0][2 * h + 1], sum, scale,
+                                 has_norms ? norms[row] : 1.0f, has_norms));
     }
   }
+  if (!LastBlockOfProblem(&ws.states[p].sampled)) return;
+  uint32_t* keys = reinterpret_cast<uint32_t*>(sample_shared);  // the staging is done with
+  uint32_t* hist = keys + kScanSampleMax;
+  for (uint32_t i = threadIdx.x; i < size; i += kThreads) keys[i] = __ldcg(sample_keys + i);
   __syncthreads();
   uint32_t left = 0;
   const uint32_t key = BlockSelect<kThreads>(
       size, ScanSampleRank(n, c, ws.guess_target), [&](uint32_t i, bool*) { return keys[i]; },
       hist, &left, kDirectSelect);
-  if (threadIdx.x == 0)
-    WriteGuess(guess + chunk.first + blockIdx.x, key, QueryUnit(blob, kBits, scale), 0.0f);
+  if (threadIdx.x == 0) WriteGuess(guess + p, key, QueryUnit(blob, kBits, scale), 0.0f);
 }
 
 // Large mode: histogram of the next key bits among the scores whose higher bits equal the chosen
@@ -1599,10 +1613,8 @@ int ScanSelect(const ScanSelectArgs& a, CUstream_st* stream, std::string* error)
         auto* kernel = a.words == 1   ? SampleGuessKernel<1>
                        : a.words == 2 ? SampleGuessKernel<2>
                                       : SampleGuessKernel<4>;
-        KIV_CUDA_CALL(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(smem)));
-        KIV_CUDA_CALL(Launch(&sink, kernel, dim3(count), dim3(kThreads), smem, chunk, tokens, a.c,
-                             ws, a.guess));
+        KIV_CUDA_CALL(Launch(&sink, kernel, dim3(kSampleBlocks, count), dim3(kThreads), smem,
+                             chunk, tokens, a.c, ws, a.guess));
       }
       const int rc = a.one_vote
                          ? LaunchScanAny<true, true>(chunk, groups, uint32_t(sms), a, ws, &sink)
