@@ -22,10 +22,15 @@
 //                problem's guessed key, unordered, into the candidate buffer
 //   FinishGuess  one block per problem whose guess held (at least c, at most kCandidates
 //                gathered): the selection from them, and the next guess
-// and the four above return at once for the problems whose guess held. Captured in a CUDA graph
-// (ScanSelectArgs::conditional), the four go into the body of a conditional node instead, which
-// the finish's last block turns on only when a guess of the chunk missed: a replay whose guesses
-// all held launches the guess scan and the finish alone. docs/performance.md has the times ("The
+// and the four above return at once for the problems whose guess held. With
+// ScanSelectArgs::sample, one more kernel comes before them:
+//   SampleGuess  8 blocks a problem score a sample of its tokens (every 64th, at most 4,096)
+//                against its own query; the last sets the guess at the sample's
+//                ScanSampleRank-th largest score (about guess_target · c tokens reach it)
+// Captured in a CUDA graph (ScanSelectArgs::conditional), the four go into the body of a
+// conditional node instead, which the finish's last block turns on only when a guess of the chunk
+// missed: a replay whose guesses all held launches the guess scan and the finish alone (and the
+// sample before them). docs/performance.md has the times ("The
 // decode select guesses its threshold"); the numbers below predate it.
 //
 // Measured on an H100 SXM (n = 1M, 128 bits, c = 1024, mean of 50 calls): 66 us for P = 3 and

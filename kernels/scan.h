@@ -20,7 +20,10 @@
 // writes no scores and no histogram; it only gathers the tokens that score above the guess. When
 // at least c and at most 16384 of them did, the c largest are among them, and one block finishes
 // from them; otherwise (the first call, a jump in the scores) the path above runs for that
-// problem. The selection is the same either way: only the time differs.
+// problem. The selection is the same either way: only the time differs. The guess is either the
+// last call's (set by its finish) or, with ScanSelectArgs::sample, this call's own: the threshold
+// of a small sample of the tokens scored against this call's query (kiv's decode steps: a real
+// model's query tail moves from one step to the next, so the last step's guess misses often).
 //
 // Plain C++: no CUDA headers. Streams travel as `CUstream_st*` (what cudaStream_t is); launchers
 // return a cudaError_t as int (0 = cudaSuccess) and put the reason for a refused shape in `*error`.
