@@ -5,6 +5,8 @@
 # (`kiv run --logits-out`), and so must the answers. Exit 0 only then.
 #
 #   bash tools/gpu/logits_check.sh MODEL_DIR     # KIV_LOGITS_DEVICE=cpu runs it on the CPU
+#   KIV_LOGITS_BYTES=80000 (default 12000): a longer prompt (~20K tokens: more than the 16,384
+#   cold tokens below which the decode scans gather every token, so their guesses are sampled)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
@@ -14,7 +16,7 @@ DEVICE=${KIV_LOGITS_DEVICE:-cuda}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 status=0
-head -c 12000 "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
+head -c "${KIV_LOGITS_BYTES:-12000}" "$KIV_CACHE/text/austen/emma.txt" >"$work/prompt.txt"
 for mode in eager graphs; do
   flag="--no-cuda-graphs"; [ "$mode" = graphs ] && flag=""
   # shellcheck disable=SC2086
