@@ -94,12 +94,17 @@ struct Point {
   // those that fell back to the full select (kernels/scan.h).
   uint64_t scan_guess_held = 0, scan_guess_missed = 0;
   uint64_t scan_guess_missed_few = 0, scan_guess_missed_many = 0;
+  // SessionStats::decode_read_bytes at the point, and that over the measured GPU bandwidth
+  // (the step's limit; NaN without a measurement).
+  uint64_t decode_read_bytes = 0;
+  double decode_limit_ms = std::nan("");
 };
 
 // Grows one session through the contexts; false after saying why.
+// bandwidth: the GPU's measured bandwidth in bytes/s, or 0.
 bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_t>& ids,
-            uint64_t max_context, const std::string& label, std::vector<Point>* points,
-            double* prefill_rate) {
+            uint64_t max_context, double bandwidth, const std::string& label,
+            std::vector<Point>* points, double* prefill_rate) {
   auto r = Session::Open(so);
   if (!r.ok()) {
     Fail(label + ": cannot open a session: " + r.status().ToString());
@@ -160,12 +165,17 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.scan_guess_missed = st.scan_guess_missed - before.scan_guess_missed;
     p.scan_guess_missed_few = st.scan_guess_missed_few - before.scan_guess_missed_few;
     p.scan_guess_missed_many = st.scan_guess_missed_many - before.scan_guess_missed_many;
+    p.decode_read_bytes = st.decode_read_bytes;
+    if (bandwidth > 0) p.decode_limit_ms = 1e3 * double(p.decode_read_bytes) / bandwidth;
     std::cerr << label << ": " << context << " tokens: prefill " << prefill_s << " s, decode "
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
               << " tokens/s)";
     if (p.gpu_used_bytes > 0) std::cerr << ", GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use";
     if (p.whole_step_captures > 0)
       std::cerr << ", whole-step graphs captured " << p.whole_step_captures;
+    if (bandwidth > 0)
+      std::cerr << ", reads ~" << double(p.decode_read_bytes) / 1e9 << " GB a step (limit "
+                << p.decode_limit_ms << " ms)";
     if (p.scan_guess_held + p.scan_guess_missed > 0)
       std::cerr << ", scan guesses held " << p.scan_guess_held << " missed "
                 << p.scan_guess_missed << " (" << p.scan_guess_missed_few << " too few, "
@@ -197,6 +207,7 @@ void WritePoints(JsonWriter& w, const std::vector<Point>& points) {
         .Field("scan_guess_missed_many", p.scan_guess_missed_many);
     if (p.cold_tokens > 0)
       w.Field("archive_bytes_per_cold_token", double(p.archive_bytes) / double(p.cold_tokens));
+    w.Field("decode_read_bytes", p.decode_read_bytes).Field("decode_limit_ms", p.decode_limit_ms);
     w.EndObject();
   }
   w.EndArray();
@@ -240,7 +251,7 @@ int Run(const Options& o) {
 
   std::vector<Point> kiv_points, full_points;
   double kiv_rate = 0, full_rate = 0;
-  if (!RunArm(o, kiv_options, ids, max_context, "kiv", &kiv_points, &kiv_rate))
+  if (!RunArm(o, kiv_options, ids, max_context, bandwidth, "kiv", &kiv_points, &kiv_rate))
     return kExitFailure;
   // Reopen the archive and produce the first token, against prefilling the context again.
   double reopen_s = std::nan(""), first_token_s = std::nan("");
@@ -259,8 +270,8 @@ int Run(const Options& o) {
   full_options.full_cache = true;
   full_options.archive.clear();
   if (o.full_max > 0 &&
-      !RunArm(o, full_options, ids, std::min(o.full_max, max_context), "full", &full_points,
-              &full_rate))
+      !RunArm(o, full_options, ids, std::min(o.full_max, max_context), bandwidth, "full",
+              &full_points, &full_rate))
     return kExitFailure;
 
   std::ofstream file;

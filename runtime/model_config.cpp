@@ -263,6 +263,15 @@ Result<ModelConfig> ParseModelConfig(const std::string& json_text, const std::st
   return c;
 }
 
+int64_t DecodeWeightElements(const ModelConfig& c) {
+  const int64_t h = c.hidden_size, q = c.num_q_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  int64_t layer = 2 * h + h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size;
+  if (c.qkv_bias) layer += q + 2 * kv;
+  if (c.o_bias) layer += h;
+  if (c.mlp_bias) layer += 2 * c.intermediate_size + h;
+  return c.num_layers * layer + h + c.vocab_size * h;
+}
+
 Result<ModelConfig> LoadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
   std::ifstream in(path, std::ios::binary);

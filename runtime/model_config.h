@@ -49,6 +49,11 @@ struct ModelConfig {
   int64_t gqa_group() const { return num_q_heads / num_kv_heads; }
 };
 
+// The weights a decode step reads, in elements: every layer's norms, projections and biases, the
+// final norm and the lm_head ([vocab, hidden]); of the embedding only one row, not counted. With
+// tied embeddings this is the model's parameter count (SmolLM2-135M: 134,515,008).
+int64_t DecodeWeightElements(const ModelConfig& c);
+
 // Parses config.json text. Refuses, naming them, architectures outside the Llama family and the
 // features the runner does not implement (sliding-window attention, other RoPE types, activations
 // other than SiLU, partial rotary embeddings). `source` names the file in messages.

@@ -246,6 +246,12 @@ SessionStats Session::stats() const {
     s.hot_tokens = s.context_tokens;
   }
   if (impl_->writer) s.archive_bytes = impl_->writer->file_bytes();
+  const ModelConfig& c = impl_->model->config();
+  const uint64_t element = c10::elementSize(impl_->model->dtype());
+  s.decode_read_bytes = element * (uint64_t(DecodeWeightElements(c)) +
+                                   2 * uint64_t(c.num_layers * c.num_kv_heads * c.head_dim) *
+                                       s.hot_tokens);
+  if (impl_->tiered) s.decode_read_bytes += impl_->tiered->decode_index_read_bytes();
   return s;
 }
 

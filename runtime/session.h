@@ -54,6 +54,11 @@ struct SessionStats {
   // Of the misses: too few tokens reached the guess (or there was none yet), or more than the
   // candidate buffer holds.
   uint64_t scan_guess_missed_few = 0, scan_guess_missed_many = 0;
+  // An estimate of the memory a decode step reads where the model runs: the weights
+  // (DecodeWeightElements), the attended keys and values (the hot tier's; a full cache's all),
+  // and on the GPU the scans' signatures and norms. Not counted: the records the step reads from
+  // host memory, activations, scratch. Over the GPU's memory bandwidth: the step's limit.
+  uint64_t decode_read_bytes = 0;
 };
 
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

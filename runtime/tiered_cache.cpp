@@ -1014,6 +1014,12 @@ std::array<uint64_t, 4> TieredCache::scan_guess_counts() const {
   return {c.held, c.missed, c.missed_few, c.missed_many};
 }
 
+uint64_t TieredCache::decode_index_read_bytes() const {
+  if (!gpu_index_) return 0;
+  const uint64_t per_token = options_.signature_bits / 8 + (options_.scan_norms ? 4 : 0);
+  return uint64_t(shape_.num_layers) * shape_.num_kv_heads * cold_tokens_ * per_token;
+}
+
 uint64_t TieredCache::device_bytes() const {
   uint64_t bytes = gpu_index_ ? gpu_index_->device_bytes() : 0;
   return bytes + uint64_t(hot_k_buf_.nbytes() + hot_v_buf_.nbytes());

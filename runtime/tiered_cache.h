@@ -81,6 +81,9 @@ class TieredCache : public KvCache {
   // Bytes the cache holds on its device: the hot tier, and on CUDA the resident signatures and
   // norms (as allocated). Pinned host records are not counted (they are host memory).
   uint64_t device_bytes() const;
+  // The index bytes a decode step's scans read on the GPU: every layer's kv-heads' signatures
+  // (and norms) over the cold tokens; 0 when the index is not on the GPU.
+  uint64_t decode_index_read_bytes() const;
   // Decode scans on the GPU whose guessed threshold held / missed so far (GpuColdTier::
   // ScanGuessCounts; waits for the device). Zeros without the GPU cold tier.
   // held, missed, and of the misses too few gathered / too many.

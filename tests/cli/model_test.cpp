@@ -136,4 +136,14 @@ TEST_CASE("bench speed on the CPU: every length measured, the archive reopened, 
   CHECK(text.find("\"reopen_first_token_s\": ") != std::string::npos);
   CHECK(text.find("\"reopen_first_token_s\": null") == std::string::npos);
   CHECK(o.err.find("reopen ") != std::string::npos);
+  // The bytes a step reads: at least the weights, 134,515,008 float32s here (the CPU's model);
+  // no limit without a GPU's bandwidth.
+  size_t reads = 0;
+  for (size_t at = 0; (at = text.find("\"decode_read_bytes\": ", at)) != std::string::npos; ++at) {
+    const uint64_t bytes = std::stoull(text.substr(at + 21, 20));
+    CHECK(bytes > 134515008ull * 4);
+    ++reads;
+  }
+  CHECK(reads == 3);
+  CHECK(text.find("\"decode_limit_ms\": null") != std::string::npos);
 }

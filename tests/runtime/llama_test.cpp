@@ -208,6 +208,12 @@ TEST_CASE("config.json of the Llama family parses with transformers' defaults") 
   CHECK(c->tie_word_embeddings);
   CHECK_FALSE(c->qkv_bias);
   CHECK(c->eos_token_ids == std::vector<int64_t>{2});
+  // A decode step reads every weight once (the tied embedding as the lm_head): the parameter
+  // count of SmolLM2-135M. Biases add theirs.
+  CHECK(kiv::DecodeWeightElements(*c) == 134515008);
+  kiv::ModelConfig biased = *c;
+  biased.qkv_bias = biased.o_bias = biased.mlp_bias = true;
+  CHECK(kiv::DecodeWeightElements(biased) == 134515008 + 30 * (576 + 2 * 192 + 576 + 2 * 1536 + 576));
   const kiv::ModelFingerprint f = kiv::MakeModelFingerprint(*c, 7, 9);
   CHECK(f.architecture == "llama");
   CHECK(f.num_layers == 30);
