@@ -98,6 +98,8 @@ struct Point {
   // (the step's limit; NaN without a measurement).
   uint64_t decode_read_bytes = 0;
   double decode_limit_ms = std::nan("");
+  // LibTorch's caching allocator after the decode steps (TorchGpuMemory); 0 without CUDA.
+  uint64_t torch_reserved_bytes = 0, torch_allocated_bytes = 0;
 };
 
 // Grows one session through the contexts; false after saying why.
@@ -155,6 +157,7 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
     p.decode_ms_p90 = sorted.empty() ? std::nan("") : sorted[sorted.size() * 9 / 10];
     p.steps = uint32_t(ms.size());
     p.gpu_used_bytes = GpuMemoryUsed();
+    TorchGpuMemory(&p.torch_reserved_bytes, &p.torch_allocated_bytes);
     const SessionStats st = s.stats();
     p.cache_device_bytes = st.cache_device_bytes;
     p.host_rss = HostRss();
@@ -171,6 +174,9 @@ bool RunArm(const Options& o, const SessionOptions& so, const std::vector<int32_
               << p.decode_ms_median << " ms/token (" << 1e3 / p.decode_ms_median
               << " tokens/s)";
     if (p.gpu_used_bytes > 0) std::cerr << ", GPU " << double(p.gpu_used_bytes) / 1e9 << " GB in use";
+    if (p.torch_reserved_bytes > 0)
+      std::cerr << " (LibTorch holds " << double(p.torch_reserved_bytes) / 1e9 << " GB, "
+                << double(p.torch_allocated_bytes) / 1e9 << " GB in tensors)";
     if (p.whole_step_captures > 0)
       std::cerr << ", whole-step graphs captured " << p.whole_step_captures;
     if (bandwidth > 0)
@@ -200,6 +206,8 @@ void WritePoints(JsonWriter& w, const std::vector<Point>& points) {
     w.Field("decode_ms_median", p.decode_ms_median).Field("decode_ms_p90", p.decode_ms_p90);
     w.Field("decode_tok_s", 1e3 / p.decode_ms_median).Field("decode_steps", p.steps);
     w.Field("gpu_used_bytes", p.gpu_used_bytes).Field("cache_device_bytes", p.cache_device_bytes);
+    w.Field("torch_reserved_bytes", p.torch_reserved_bytes)
+        .Field("torch_allocated_bytes", p.torch_allocated_bytes);
     w.Field("host_rss_bytes", p.host_rss).Field("archive_bytes", p.archive_bytes);
     w.Field("cold_tokens", p.cold_tokens).Field("whole_step_captures", p.whole_step_captures);
     w.Field("scan_guess_held", p.scan_guess_held).Field("scan_guess_missed", p.scan_guess_missed);

@@ -8,6 +8,11 @@
 #include <fstream>
 #include <string>
 
+#if KIV_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #ifdef KIV_HAVE_KERNELS
 #include "kernels/device.h"
 #endif
@@ -36,6 +41,20 @@ uint64_t GpuMemoryUsed() {
     return total - free_bytes;
 #endif
   return 0;
+}
+
+bool TorchGpuMemory(uint64_t* reserved, uint64_t* allocated) {
+#if KIV_TORCH_CUDA
+  if (!torch::cuda::is_available()) return false;
+  // [0]: StatType::AGGREGATE, both pools.
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+  *reserved = uint64_t(stats.reserved_bytes[0].current);
+  *allocated = uint64_t(stats.allocated_bytes[0].current);
+  return true;
+#else
+  (void)reserved, (void)allocated;
+  return false;
+#endif
 }
 
 double MeasureGpuBandwidth() {

@@ -26,6 +26,11 @@ DeviceInfo QueryDevices();
 // Bytes in use on the current CUDA device (total − free: the CUDA context, LibTorch's cached
 // blocks, kiv's own buffers); 0 without a device or a build without the kernels.
 uint64_t GpuMemoryUsed();
+// LibTorch's caching allocator on the current CUDA device: the bytes it holds from CUDA
+// (reserved: tensors and its cached free blocks, CUDA graphs' pools among them) and those in live
+// tensors (allocated). What GpuMemoryUsed counts beyond `reserved` is the CUDA context and
+// memory kiv allocates itself. False without a CUDA LibTorch or device.
+bool TorchGpuMemory(uint64_t* reserved, uint64_t* allocated);
 // The device's copy bandwidth in bytes/s (read + written, a 1 GiB device-to-device copy, best of
 // 5): the limit a memory-bound decode step is held against. 0 on the CPU.
 double MeasureGpuBandwidth();
