@@ -3,12 +3,15 @@
 #include <sys/statfs.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 #ifndef KIV_BUILD_TYPE
@@ -115,6 +118,18 @@ std::string CommandLine() {
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> KivVariables() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (char** e = environ; e && *e; ++e) {
+    const std::string_view entry(*e);
+    const size_t eq = entry.find('=');
+    if (entry.starts_with("KIV_") && eq != std::string_view::npos)
+      out.emplace_back(std::string(entry.substr(0, eq)), std::string(entry.substr(eq + 1)));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 std::string TimeUtc() {
   const std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -144,6 +159,7 @@ BenchEnvironment CollectEnvironment(const std::string& dir) {
   env.kernel = Kernel();
   Filesystem(dir, env);
   env.command_line = CommandLine();
+  env.kiv_variables = KivVariables();
   env.time_utc = TimeUtc();
   return env;
 }
@@ -161,6 +177,9 @@ void WriteEnvironmentJson(JsonWriter& w, const BenchEnvironment& env) {
   w.Field("cpus", uint32_t{env.cpus}).Field("kernel", env.kernel);
   w.Field("filesystem", env.filesystem).Field("filesystem_type", env.filesystem_type);
   w.Field("command_line", env.command_line);
+  w.Key("kiv_variables").BeginObject();
+  for (const auto& [name, value] : env.kiv_variables) w.Field(name, value);
+  w.EndObject();
   w.Field("time_utc", env.time_utc).EndObject();
 }
 

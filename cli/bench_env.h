@@ -3,6 +3,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cli/json.h"
 
@@ -20,6 +22,9 @@ struct BenchEnvironment {
   std::string filesystem_type;  // statfs f_type of the benchmark directory, in hex
   std::string command_line;     // /proc/self/cmdline, shell-quoted
   std::string time_utc;         // when the result was written, ISO 8601
+  // The KIV_* environment variables set when it ran (the A/B switches such as KIV_SCAN_SAMPLE=0,
+  // KIV_DTYPE, ...), sorted by name: a result says which paths measured it.
+  std::vector<std::pair<std::string, std::string>> kiv_variables;
 };
 
 // `dir` is the directory the benchmark wrote to.

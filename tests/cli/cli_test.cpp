@@ -197,14 +197,18 @@ TEST_CASE("a file-size limit is an error, not a kill") {
 TEST_CASE("bench append runs and writes a result with its environment") {
   TempDir dir;
   const fs::path result = dir / "result.json";
+  // A KIV_* variable set when a benchmark runs is part of its environment (the A/B switches).
+  REQUIRE(setenv("KIV_TEST_SWITCH", "0", 1) == 0);
   const Outcome o = RunKiv({"bench", "append", "--dir", dir.path().string(), "--gib", "0.01",
                             "--runs", "1", "--segment-tokens", "64", "--out", result.string()});
+  unsetenv("KIV_TEST_SWITCH");
   INFO(o.all());
   CHECK(o.code == 0);
   const std::string json = ReadFile(result);
   CHECK(json.find("\"append_gbps_median\"") != std::string::npos);
   CHECK(json.find("\"environment\"") != std::string::npos);
   CHECK(json.find("\"git_commit\"") != std::string::npos);
+  CHECK(json.find("\"KIV_TEST_SWITCH\": \"0\"") != std::string::npos);
   size_t archives = 0;
   for (const auto& e : fs::directory_iterator(dir.path()))
     archives += e.path().extension() == ".kiv";
