@@ -828,8 +828,8 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 }
 
 // SampleGuessKernel's blocks: each scores kSampleBlock of a problem's sample, so that the
-// sample's scattered reads are in flight on many SMs at once (one block a problem took 13 us a
-// layer on an H100, most of it waiting on its 4,096 reads); its dynamic shared memory: the
+// sample's scattered reads are in flight on many SMs at once (one block a problem took 13-15 us a
+// layer on an H100, eight take about 4.6); its dynamic shared memory: the
 // block's signatures and norms, then (the last block) the sample's keys and a histogram.
 constexpr uint32_t kSampleBlock = 512, kSampleBlocks = kScanSampleMax / kSampleBlock;
 constexpr size_t SampleSharedBytes(uint32_t words) {
