@@ -828,9 +828,9 @@ __global__ void __launch_bounds__(kThreads, kScanBlocksPerSm)
 }
 
 // SampleGuessKernel's blocks: each scores kSampleBlock of a problem's sample, so that the
-// sample's scattered reads are in flight on many SMs at once (one block a problem took 13-15 us a
-// layer on an H100, eight take about 4.6); its dynamic shared memory: the
-// block's signatures and norms, then (the last block) the sample's keys and a histogram.
+// sample's scattered reads are in flight on many SMs at once (one block a problem took 13-15 us
+// a layer on an H100, eight take about 4.6); its dynamic shared memory: the block's signatures
+// and norms, then (the last block) the sample's keys and a histogram.
 constexpr uint32_t kSampleBlock = 512, kSampleBlocks = kScanSampleMax / kSampleBlock;
 constexpr size_t SampleSharedBytes(uint32_t words) {
   const size_t staging = size_t{kSampleBlock} * (words * 8 + 4);
