@@ -5,6 +5,8 @@
 #include <functional>
 #include <sstream>
 
+#include "kernels/scan.h"
+
 namespace kiv {
 namespace {
 
@@ -57,11 +59,12 @@ void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size
                              float unit) {
   if (c == 0 || c >= n || problem >= problems_) return;  // the GPU guesses nothing then either
   if (stride_ > 0) {
+    const size_t stride = stride_ == kGpuSample ? kernels::ScanSampleStride(uint32_t(n)) : stride_;
     sample_.clear();
-    for (size_t t = 0; t < n; t += stride_) sample_.push_back(scores[t]);
+    for (size_t t = 0; t < n; t += stride) sample_.push_back(scores[t]);
     std::sort(sample_.begin(), sample_.end(), std::greater<float>());
     for (size_t i = 0; i < sampled_targets_.size(); ++i) {
-      const size_t want = (sampled_targets_[i] * c + stride_ - 1) / stride_;
+      const size_t want = (sampled_targets_[i] * c + stride - 1) / stride;
       const size_t k = std::min(sample_.size(), std::max<size_t>(1, want));
       Count(&sampled_[i], Gathered(scores, n, sample_[k - 1], buffer_), c, buffer_);
     }
@@ -99,7 +102,10 @@ std::string GuessSimulator::Report() const {
     }
   }
   for (size_t i = 0; i < sampled_.size(); ++i) {
-    out << "  sampled every " << stride_ << "th token, target " << sampled_targets_[i] << ": ";
+    if (stride_ == kGpuSample)
+      out << "  sampled as the GPU samples, target " << sampled_targets_[i] << ": ";
+    else
+      out << "  sampled every " << stride_ << "th token, target " << sampled_targets_[i] << ": ";
     Print(out, sampled_[i]);
   }
   return out.str();

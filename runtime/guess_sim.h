@@ -24,9 +24,10 @@ class GuessSimulator {
                  size_t buffer = 16384);
   // Also a guess from the scan's own query, with no memory of the last step: every `stride`-th
   // token's score (a fixed sample), and the threshold at the sample's ⌈target · c / stride⌉-th
-  // largest, for each of `targets`. Reported after the policies above. (The GPU's sample,
-  // kernels/scan.h ScanSampleStride, is every 64th token up to 262,144 tokens and at most 4,096
-  // tokens beyond; at stride 64 the two agree.)
+  // largest, for each of `targets`. Reported after the policies above. stride = kGpuSample:
+  // the GPU's own sample (kernels/scan.h, ScanSampleStride: every 64th token up to 262,144
+  // tokens, at most 4,096 tokens beyond), what ScanSelectArgs::sample does.
+  static constexpr uint32_t kGpuSample = 0xFFFFFFFFu;
   void AddSampled(uint32_t stride, std::vector<uint32_t> targets);
 
   // One decode scan of `problem`: its n scores and the c it keeps.

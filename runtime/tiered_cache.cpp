@@ -120,7 +120,7 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     guess_sim_ = std::make_unique<GuessSimulator>(
         std::vector<uint32_t>{4, 8, 16, 32}, std::vector<float>{0.25f, 0.5f},
         size_t{shape.num_layers} * shape.num_q_heads);
-    guess_sim_->AddSampled(64, {2, 4, 8, 16});
+    guess_sim_->AddSampled(GuessSimulator::kGpuSample, {2, 4, 8, 16});
   }
   static std::atomic<uint64_t> instances{0};
   instance_ = ++instances;

@@ -65,6 +65,16 @@ TEST_CASE("the sampled guess sets its threshold from the scan's own scores") {
   // Target 1000: the 1,563rd of 1,563 samples, below every other score: all gathered, too many.
   CHECK(report.find("target 1000: held 0 of 2, missed 0 too few, 2 too many") !=
         std::string::npos);
+  // The GPU's own sample: every 64th up to 262,144 tokens (the same as above at 100,000), spread
+  // beyond. At 1,000,000 tokens: every 245th (4,082 samples), target 8 of c = 100 at the
+  // ⌈800 / 245⌉ = 4th largest sample, index 735 of the scores: 736 gathered.
+  GuessSimulator gpu({8}, {0.25f}, 1, 16384);
+  gpu.AddSampled(GuessSimulator::kGpuSample, {8});
+  gpu.Observe(0, s.data(), s.size(), 100, 1.0f);
+  const std::vector<float> big = Even(1000000);
+  gpu.Observe(0, big.data(), big.size(), 100, 1.0f);
+  CHECK(gpu.Report().find("sampled as the GPU samples, target 8: held 2 of 2, missed 0 too few, "
+                          "0 too many; mean gathered when held 752.5") != std::string::npos);
 }
 
 }  // namespace
