@@ -192,6 +192,11 @@ uint64_t GpuSignatureIndex::device_bytes() const {
                   projection_.nbytes());
 }
 
+uint64_t GpuSignatureIndex::held_bytes() const {
+  const uint64_t per_token = uint64_t{words_} * 8 + (norms_.defined() ? 4 : 0);
+  return uint64_t(signatures_.size(0)) * size_ * per_token;
+}
+
 const uint64_t* GpuSignatureIndex::signatures(uint32_t slot) const {
   return reinterpret_cast<const uint64_t*>(signatures_[slot].data_ptr());
 }

@@ -57,6 +57,8 @@ class GpuSignatureIndex {
   const float* norms(uint32_t slot) const;  // null without norms
   const at::Tensor& projection() const { return projection_; }
   uint64_t device_bytes() const;  // signatures and norms as allocated (capacity, not size)
+  // Signatures and norms of the tokens held in every slot: what one scan of each slot reads.
+  uint64_t held_bytes() const;
 
   // The `c` best-scoring tokens of `slot` for each of `count` queries on its own ([count][dim],
   // host floats): indices ascending per query, as index::SelectLargest gives them.

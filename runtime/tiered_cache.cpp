@@ -1015,9 +1015,7 @@ std::array<uint64_t, 4> TieredCache::scan_guess_counts() const {
 }
 
 uint64_t TieredCache::decode_index_read_bytes() const {
-  if (!gpu_index_) return 0;
-  const uint64_t per_token = options_.signature_bits / 8 + (options_.scan_norms ? 4 : 0);
-  return uint64_t(shape_.num_layers) * shape_.num_kv_heads * cold_tokens_ * per_token;
+  return gpu_index_ ? gpu_index_->held_bytes() : 0;
 }
 
 uint64_t TieredCache::device_bytes() const {
