@@ -156,10 +156,15 @@ constexpr uint32_t ScanSampleStride(uint32_t n) {
   const uint32_t spread = (n + kScanSampleMax - 1) / kScanSampleMax;
   return spread > kScanSampleStride ? spread : kScanSampleStride;
 }
-constexpr uint32_t ScanSampleRank(uint32_t n, uint32_t c, uint32_t target) {
-  const uint32_t s = ScanSampleStride(n), size = (n + s - 1) / s;
-  const uint64_t want = (uint64_t{target} * c + s - 1) / s;
+// The rank for a sample of `size` tokens taken every `stride`-th (also the CPU's guess
+// simulator's, runtime/guess_sim.h, for other strides).
+constexpr uint32_t SampleRank(uint32_t size, uint32_t stride, uint32_t c, uint32_t target) {
+  const uint64_t want = (uint64_t{target} * c + stride - 1) / stride;
   return want < 1 ? 1 : want > size ? size : uint32_t(want);
+}
+constexpr uint32_t ScanSampleRank(uint32_t n, uint32_t c, uint32_t target) {
+  const uint32_t s = ScanSampleStride(n);
+  return SampleRank((n + s - 1) / s, s, c, target);
 }
 
 // The most a problem may keep (c) when it guesses: the finish sorts its selection in shared memory.

@@ -64,8 +64,8 @@ void GuessSimulator::Observe(size_t problem, const float* scores, size_t n, size
     for (size_t t = 0; t < n; t += stride) sample_.push_back(scores[t]);
     std::sort(sample_.begin(), sample_.end(), std::greater<float>());
     for (size_t i = 0; i < sampled_targets_.size(); ++i) {
-      const size_t want = (sampled_targets_[i] * c + stride - 1) / stride;
-      const size_t k = std::min(sample_.size(), std::max<size_t>(1, want));
+      const uint32_t k = kernels::SampleRank(uint32_t(sample_.size()), uint32_t(stride),
+                                             uint32_t(c), sampled_targets_[i]);
       Count(&sampled_[i], Gathered(scores, n, sample_[k - 1], buffer_), c, buffer_);
     }
   }
