@@ -46,12 +46,12 @@ has needle && run needle "" --parts needle
 has needle-fp32 && run needle-fp32 "KIV_DTYPE=float32" --parts needle
 FAITHFUL=(--window 1024 --tail-samples 1024 --candidates 4096)
 has faithful && run needle-faithful-fp32 "KIV_DTYPE=float32" --parts needle "${FAITHFUL[@]}"
-has faithful && run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
 has faithful-a && run needle-faithful-fp32-a "KIV_DTYPE=float32" --parts needle \
   --needle-cells 0,1,2,3,4,5,6,7,8,9 "${FAITHFUL[@]}"
 has faithful-b && run needle-faithful-fp32-b "KIV_DTYPE=float32" --parts needle \
   --needle-cells 10,11,12,13,14 "${FAITHFUL[@]}"
-has faithful-b && run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
+{ has faithful || has faithful-b; } &&
+  run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
 if has cell-ab; then
   CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-9}")
   run cell-fp32 "KIV_DTYPE=float32" "${CELLS[@]}"
