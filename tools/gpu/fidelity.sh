@@ -11,7 +11,8 @@
 #                   docs/quality.md), then the KL at it (bf16, no codec arm, no recall). Longer
 #                   than one call (the grid alone ran ~11 minutes on 2026-12-07): split it as
 #     faithful-a    the grid's cells 0-9 at that setting (2K and 4K tokens; ~6 minutes)
-#     faithful-b    cells 10-14 (8K tokens) and the KL at that setting
+#     faithful-b    cells 10-14 (8K tokens)
+#     kl-faithful   the KL at that setting (bf16, no codec arm, no recall)
 #     cell-ab       the grid's cells $KIV_NEEDLE_CELLS (default 9: 4096 tokens, depth 0.9, the one
 #                   the CPU passes and CUDA missed) in float32, once as is and once with each of
 #                   KIV_ATTENTION_REFERENCE=1, KIV_UNFUSED_LAYER=1, KIV_SCAN_GUESS=0: which GPU
@@ -50,7 +51,7 @@ has faithful-a && run needle-faithful-fp32-a "KIV_DTYPE=float32" --parts needle 
   --needle-cells 0,1,2,3,4,5,6,7,8,9 "${FAITHFUL[@]}"
 has faithful-b && run needle-faithful-fp32-b "KIV_DTYPE=float32" --parts needle \
   --needle-cells 10,11,12,13,14 "${FAITHFUL[@]}"
-{ has faithful || has faithful-b; } &&
+{ has faithful || has kl-faithful; } &&
   run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
 if has cell-ab; then
   CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-9}")
