@@ -623,14 +623,10 @@ void SetupBenchFidelity(CLI::App& bench) {
                 "kiv arms pick the true top-k by exact attention (the ceiling of any selection)");
   sub->add_flag("--tail-every-chunk", s.cache.tail_every_chunk,
                 "Every prefill chunk's last queries retrieve one by one (not only a prompt's last)");
-  sub->add_option("--tail-samples", s.cache.tail_samples,
-                  "Also attend to this many unpicked cold tokens, sampled and weighted (0: off)")
-      ->capture_default_str();
+  AddTailSampleOptions(*sub, s.cache);
   sub->add_option("--tail-importance", s.cache.tail_importance,
-                  "Draw the tail sample in proportion to exp(this x the scan's logit estimate)")
-      ->capture_default_str();
-  sub->add_option("--tail-recent", s.cache.tail_recent,
-                  "The tail sample's most recent stratum: this many unpicked tokens, half the samples")
+                  "Draw the tail sample in proportion to exp(this x the scan's logit estimate; "
+                  "the CPU's scan makes the estimate: on cuda the sample stays uniform)")
       ->capture_default_str();
   sub->add_option("--summary-page", s.cache.summary_page,
                   "Cold pages of this many tokens also attend as one summary (0: off)")

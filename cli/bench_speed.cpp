@@ -300,6 +300,7 @@ int Run(const Options& o) {
   w.Field("candidates", c.candidates).Field("signature_bits", c.signature_bits);
   w.Field("codec", c.codec_id).Field("chunk", kiv_options.chunk_tokens);
   w.Field("prefill_block", c.prefill_block).Field("prefill_tail", c.prefill_tail);
+  w.Field("tail_samples", c.tail_samples).Field("tail_recent", c.tail_recent);
   w.Field("decode_steps", o.decode_steps).Field("warmup", o.warmup).EndObject();
   w.Field("gpu_copy_bandwidth_bytes_s", bandwidth).Field("gpu_used_idle_bytes", gpu_idle);
   w.Key("kiv").BeginObject().Key("points");
@@ -361,6 +362,7 @@ void SetupBenchSpeed(CLI::App& bench) {
       ->capture_default_str();
   sub->add_flag("!--no-scan-norms", s.cache.scan_norms,
                 "Scan without key norms (none on the GPU: 377 MB less at 1M tokens of SmolLM2)");
+  AddTailSampleOptions(*sub, s.cache);
   sub->add_flag("!--no-reserve", o->reserve,
                 "Let the GPU index grow by quarters instead of reserving the longest context and "
                 "the tokens decoded on the way");

@@ -23,6 +23,17 @@ void InstallInterruptHandler() { std::signal(SIGINT, OnInterrupt); }
 
 std::string DefaultModelDir() { return KivCacheDir() + "/models/SmolLM2-135M-Instruct"; }
 
+void AddTailSampleOptions(CLI::App& sub, TieredCacheOptions& cache) {
+  sub.add_option("--tail-samples", cache.tail_samples,
+                 "Also attend to this many unpicked cold tokens, sampled and weighted (0: off; "
+                 "with --window 1024 and --candidates 4096 the setting that passes docs/quality.md)")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 4096u));
+  sub.add_option("--tail-recent", cache.tail_recent,
+                 "The tail sample's most recent stratum: this many unpicked tokens, half the samples")
+      ->capture_default_str();
+}
+
 void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
   f.session.model_dir = DefaultModelDir();
   SessionOptions& s = f.session;
@@ -55,6 +66,7 @@ void AddSessionOptions(CLI::App& sub, SessionFlags& f) {
       ->capture_default_str();
   sub.add_flag("!--no-scan-norms", s.cache.scan_norms,
                "Scan without weighting keys by their norm (no norms on the GPU)");
+  AddTailSampleOptions(sub, s.cache);
   sub.add_option("--reserve-cold", s.cache.reserve_cold_tokens,
                  "GPU: room for this many cold tokens' signatures from the start (0: grow)")
       ->capture_default_str();

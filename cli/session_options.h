@@ -22,6 +22,8 @@ struct SessionFlags {
 // The default model directory: $KIV_CACHE (or ~/.cache/kiv)/models/SmolLM2-135M-Instruct.
 std::string DefaultModelDir();
 void AddSessionOptions(CLI::App& sub, SessionFlags& flags);
+// --tail-samples and --tail-recent (runtime/cache_options.h): run, chat and the benches.
+void AddTailSampleOptions(CLI::App& sub, TieredCacheOptions& cache);
 
 // Set by SIGINT: the answer stops, the session commits, the command exits.
 extern std::atomic<bool> g_interrupted;

@@ -137,7 +137,7 @@ __device__ __forceinline__ void WritePartials(const AttentionLaunch& a, float* p
       for (uint32_t q = 0; q < kMaxHeadDim / 32; ++q)
         if (q < per_lane) dot += qs[jj][lane + 32 * q] * k[q];
       dot = WarpSum(dot);
-      if (lane == 0) ps[jj][t] = dot;
+      if (lane == 0) ps[jj][t] = kv.bias ? dot + kv.bias[size_t{hk} * kv.max_rows + t0 + t] : dot;
     }
   }
   __syncthreads();

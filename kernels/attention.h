@@ -3,8 +3,8 @@
 // kernels/gather.h, the sinks), as one softmax over that union. The device twin of
 // runtime/full_cache.h AttentionWithLse (with every key visible), applied to the concatenation.
 //
-// score(h, t) = (q_h / √d) · k_t in float32; lse_h = log Σ_t exp(score(h, t));
-// out_h = Σ_t exp(score(h, t) − lse_h) v_t. Query head h reads kv-head h / (H_q / H_kv).
+// score(h, t) = (q_h / √d) · k_t (+ the set's bias of row t) in float32;
+// lse_h = log Σ_t exp(score(h, t)); out_h = Σ_t exp(score(h, t) − lse_h) v_t. Query head h reads kv-head h / (H_q / H_kv).
 // A head that sees no key gets out = 0 and lse = −inf (so merging it with anything is a no-op).
 // Computed split-K in one kernel: blocks of 32 keys give partial (max, sum, weighted values); the
 // last block of a head's group to finish merges them (a done-counter per group), in a fixed order,
@@ -34,6 +34,9 @@ struct KvSet {
   uint64_t head_stride = 0;          // elements from one kv-head to the next; 0 means max_rows · d
   const uint32_t* counts = nullptr;  // [H_kv] device, optional: kv-head h uses its first
                                      // min(counts[h], max_rows) rows (e.g. gather's out_counts)
+  const float* bias = nullptr;  // [H_kv][max_rows] device, optional: added to row t's score for
+                                // kv-head h (bias[h · max_rows + t]): a log weight, as a tail
+                                // sample's token stands for several (gather.h, LaunchTailSample)
 };
 
 struct SparseAttentionParams {

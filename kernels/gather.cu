@@ -1,6 +1,7 @@
 // Re-rank, gather and dequantize (see gather.h). Two kernels:
 //   RerankScoreKernel   grid (⌈c/32⌉, P): 32 candidates' stored keys → [P][g][c] logits;
 //   RerankSelectKernel  grid P: group weights, radix top-k, sort of the ids, gather + decode.
+// And the tail sample's: TailSampleKernel, grid P: the draw of index::TailSample, gather + decode.
 // The score work is spread over many blocks so that many record reads are in flight at once
 // (over PCIe each read costs a round trip of about a microsecond); the selection is one block per
 // problem because it needs every candidate's weight.
@@ -44,9 +45,10 @@ constexpr uint32_t kGatherLoads =
     (kGatherSlices * kRecordWords + kSelectThreads - 1) / kSelectThreads;
 // Selection key: weight bits (non-negative floats order as their bits) above the inverted
 // candidate index, so a larger key is a larger weight, or an equal weight at a lower index.
-constexpr uint32_t kIndexBits = 12;
+constexpr uint32_t kIndexBits = 13;
 static_assert(kGatherMaxCandidates <= (1u << kIndexBits));
-constexpr int kKeyTopShift = 40;  // 8-bit radix digits from bit 40 down cover the 44-bit keys
+constexpr int kKeyTopShift = 40;  // 8-bit radix digits from bit 40 down cover the 45-bit keys
+static_assert(32 + kIndexBits <= kKeyTopShift + 8);
 
 // index/half.h HalfToFloat: the conversion is exact, so the hardware's is the same for every
 // finite or infinite half (a NaN's payload could differ; the encoder never stores one).
@@ -353,26 +355,57 @@ __device__ uint64_t RadixSelect(const uint64_t (&keys)[kItemsPerThread], uint32_
   return prefix;
 }
 
-// Decodes `n` gathered record slices from `raw` (one warp each): keys un-rotated, values.
-__device__ void DecodeSlices(const RerankGatherParams& pr, uint32_t p, uint32_t r0, uint32_t n,
-                             const uint32_t (*raw)[kRecordWords]) {
+// Decodes `n` gathered record slices from `raw` (one warp each): keys un-rotated, values. Slice
+// r0 + r is slice (r0 + r) % s of row (r0 + r) / s, written at row `first_row` + that row of the
+// [rows][d] outputs.
+__device__ void DecodeSlices(const index::RecordCodec& codec, uint32_t d, DType dtype,
+                             void* out_keys, void* out_values, size_t first_row, uint32_t r0,
+                             uint32_t n, const uint32_t (*raw)[kRecordWords]) {
   const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint32_t kb = pr.codec.key_bits, vb = pr.codec.value_bits, d = pr.head_dim;
+  const uint32_t kb = codec.key_bits, vb = codec.value_bits;
   const uint32_t slices = d / kRecordDim;
   for (uint32_t r = warp; r < n; r += kSelectWarps) {
     const uint8_t* rec = reinterpret_cast<const uint8_t*>(raw[r]);
     const uint8_t* vrec = rec + 8 * kb + 4;
     float klo = Dequant(rec, rec + 8 * kb, lane, kb);
     float khi = Dequant(rec, rec + 8 * kb, lane + 32, kb);
-    if (pr.codec.rotate) Hadamard64Warp(klo, khi);  // (H/8)(H/8) = I
+    if (codec.rotate) Hadamard64Warp(klo, khi);  // (H/8)(H/8) = I
     const float vlo = Dequant(vrec, vrec + 8 * vb, lane, vb);
     const float vhi = Dequant(vrec, vrec + 8 * vb, lane + 32, vb);
     const uint32_t t = (r0 + r) / slices, s = (r0 + r) % slices;
-    const size_t at = (size_t{p} * pr.top_k + t) * d + s * kRecordDim + lane;
-    Store(pr.out_keys, pr.out_dtype, at, klo);
-    Store(pr.out_keys, pr.out_dtype, at + 32, khi);
-    Store(pr.out_values, pr.out_dtype, at, vlo);
-    Store(pr.out_values, pr.out_dtype, at + 32, vhi);
+    const size_t at = (first_row + t) * d + s * kRecordDim + lane;
+    Store(out_keys, dtype, at, klo);
+    Store(out_keys, dtype, at + 32, khi);
+    Store(out_values, dtype, at, vlo);
+    Store(out_values, dtype, at + 32, vhi);
+  }
+}
+
+// The records of tokens ids[0 .. m) of one problem, gathered through `raw` a round of
+// kGatherSlices slices at a time and decoded to rows first_row .. first_row + m of the outputs;
+// then rows m .. rows of the problem zeroed, so a reader that ignores the count attends to
+// nothing stale. Every thread of a kSelectThreads block calls it.
+__device__ void GatherDecodeRows(const uint8_t* base, uint64_t stride, const uint32_t* ids,
+                                 uint32_t m, uint32_t rows, const index::RecordCodec& codec,
+                                 uint32_t d, DType dtype, void* out_keys, void* out_values,
+                                 size_t first_row, uint32_t (*raw)[kRecordWords]) {
+  const bool aligned = ((reinterpret_cast<uintptr_t>(base) | stride) & 3) == 0;
+  const uint32_t slices = d / kRecordDim, total = m * slices;
+  for (uint32_t r0 = 0; r0 < total; r0 += kGatherSlices) {
+    const uint32_t n = min(kGatherSlices, total - r0);
+    if (aligned)
+      LoadSlices<kSelectThreads, kGatherLoads, true>(base, stride, ids, slices, r0, n,
+                                                     kRecordWords, raw[0], kRecordWords);
+    else
+      LoadSlices<kSelectThreads, kGatherLoads, false>(base, stride, ids, slices, r0, n,
+                                                      kRecordWords, raw[0], kRecordWords);
+    __syncthreads();
+    DecodeSlices(codec, d, dtype, out_keys, out_values, first_row, r0, n, raw);
+    __syncthreads();
+  }
+  for (size_t x = size_t{m} * d + threadIdx.x; x < size_t{rows} * d; x += kSelectThreads) {
+    Store(out_keys, dtype, first_row * d + x, 0.0f);
+    Store(out_values, dtype, first_row * d + x, 0.0f);
   }
 }
 
@@ -387,7 +420,6 @@ __global__ void __launch_bounds__(kSelectThreads)
   const uint32_t c = pr.num_candidates, g = pr.group, k = pr.top_k, d = pr.head_dim;
   const uint32_t used = CandidatesUsed(pr, p), m = min(k, used);
   const uint8_t* base = pr.records[p];  // loaded now, used at the end: off the critical path
-  const bool aligned = ((reinterpret_cast<uintptr_t>(base) | pr.record_stride_bytes) & 3) == 0;
   if (tid == 0) picked_count = 0;
   uint64_t keys[kItemsPerThread];
   GroupWeightKeys(logits + size_t{p} * g * c, g, c, used, stats, keys);
@@ -411,24 +443,72 @@ __global__ void __launch_bounds__(kSelectThreads)
   for (uint32_t t = tid; t < k; t += kSelectThreads)
     pr.out_ids[size_t{p} * k + t] = t < m ? sorted[t] : 0;
   if (tid == 0) pr.out_counts[p] = m;
-  const uint32_t slices = d / kRecordDim, total = m * slices;
-  for (uint32_t r0 = 0; r0 < total; r0 += kGatherSlices) {
-    const uint32_t n = min(kGatherSlices, total - r0);
-    if (aligned)
-      LoadSlices<kSelectThreads, kGatherLoads, true>(base, pr.record_stride_bytes, sorted, slices,
-                                                     r0, n, kRecordWords, raw[0], kRecordWords);
-    else
-      LoadSlices<kSelectThreads, kGatherLoads, false>(base, pr.record_stride_bytes, sorted, slices,
-                                                      r0, n, kRecordWords, raw[0], kRecordWords);
-    __syncthreads();
-    DecodeSlices(pr, p, r0, n, raw);
-    __syncthreads();
+  GatherDecodeRows(base, pr.record_stride_bytes, sorted, m, k, pr.codec, d, pr.out_dtype,
+                   pr.out_keys, pr.out_values, size_t{p} * k, raw);
+}
+
+// index::SplitMix64 and index::TailSampleOffset, on the device.
+__device__ __forceinline__ double TailSampleOffset(uint64_t seed, uint32_t layer, uint32_t head,
+                                                  int64_t position) {
+  uint64_t z = seed ^ (uint64_t{layer} << 48) ^ (uint64_t{head} << 40) ^ uint64_t(position);
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return double(z >> 11) * 0x1.0p-53;
+}
+
+// One block per problem: index::TailSample's draw, then the drawn records decoded. Sample i's rank
+// r among the unpicked is computed on its own, and the unpicked token of rank r is r + (the
+// number of picked ids j with picked[j] − j ≤ r): a binary search over that nondecreasing list.
+__global__ void __launch_bounds__(kSelectThreads) TailSampleKernel(TailSampleParams pr) {
+  __shared__ uint32_t shifted[kGatherMaxTopK];  // picked[j] − j
+  __shared__ uint32_t ids[kTailMaxSamples];
+  __shared__ uint32_t raw[kGatherSlices][kRecordWords];
+  const uint32_t p = blockIdx.x, tid = threadIdx.x, m = pr.samples;
+  const uint32_t head = p % pr.kv_heads, rep = p / pr.kv_heads;
+  const uint8_t* base = pr.records[p];
+  const uint64_t cold = pr.cold_device ? *pr.cold_device : pr.cold;
+  const uint32_t count = min(pr.picked_counts[p], pr.picked_stride);
+  const uint32_t* picked = pr.picked + size_t{p} * pr.picked_stride;
+  for (uint32_t j = tid; j < count; j += kSelectThreads) shifted[j] = picked[j] - j;
+  const int64_t position = (pr.position_device ? *pr.position_device : 0) + pr.position +
+                           int64_t{rep} * pr.position_step;
+  const double u = TailSampleOffset(pr.seed, pr.layer, head, position);
+  const uint64_t rest = cold > count ? cold - count : 0;
+  const uint64_t recent = min(uint64_t{pr.recent}, rest), older = rest - recent;
+  const uint64_t recent_samples =
+      recent == 0 ? 0 : min(recent, rest <= m ? recent : uint64_t{m / 2});
+  const uint64_t older_samples = min(older, uint64_t{m} - recent_samples);
+  const uint32_t total = uint32_t(older_samples + recent_samples);
+  __syncthreads();
+  for (uint32_t i = tid; i < m; i += kSelectThreads) {
+    if (i >= total) {
+      pr.out_ids[size_t{p} * m + i] = 0;
+      pr.out_log_weights[size_t{p} * m + i] = 0.0f;
+      continue;
+    }
+    const bool old = i < older_samples;
+    const uint64_t begin = old ? 0 : older, size = old ? older : recent;
+    const uint64_t samples = old ? older_samples : recent_samples, ii = old ? i : i - older_samples;
+    const double weight = double(size) / double(samples);
+    const uint64_t rank =
+        begin + (samples == size ? ii : min(size - 1, uint64_t((double(ii) + u) * weight)));
+    uint32_t lo = 0, hi = count;  // the first j with shifted[j] > rank
+    while (lo < hi) {
+      const uint32_t mid = (lo + hi) / 2;
+      if (shifted[mid] <= rank) lo = mid + 1;
+      else hi = mid;
+    }
+    const uint32_t token = uint32_t(rank + lo);
+    ids[i] = token;
+    pr.out_ids[size_t{p} * m + i] = token;
+    pr.out_log_weights[size_t{p} * m + i] = float(log(weight));
   }
-  // Rows past the count are zero, so a reader that ignores out_counts attends to nothing stale.
-  for (size_t x = size_t{m} * d + tid; x < size_t{k} * d; x += kSelectThreads) {
-    Store(pr.out_keys, pr.out_dtype, size_t{p} * k * d + x, 0.0f);
-    Store(pr.out_values, pr.out_dtype, size_t{p} * k * d + x, 0.0f);
-  }
+  if (tid == 0) pr.out_counts[p] = total;
+  __syncthreads();
+  GatherDecodeRows(base, pr.record_stride_bytes, ids, total, m, pr.codec, pr.head_dim,
+                   pr.out_dtype, pr.out_keys, pr.out_values, size_t{p} * m, raw);
 }
 
 }  // namespace
@@ -446,7 +526,8 @@ std::string CheckRerankGather(const RerankGatherParams& pr) {
     return bad("head_dim must be 64 or 128", pr.head_dim);
   if (pr.group < 1 || pr.group > kGatherMaxGroup) return bad("group must be in 1..256", pr.group);
   if (pr.num_candidates > kGatherMaxCandidates)
-    return bad("num_candidates must be at most 4096", pr.num_candidates);
+    return bad(("num_candidates must be at most " + std::to_string(kGatherMaxCandidates)).c_str(),
+               pr.num_candidates);
   if (pr.top_k < 1 || pr.top_k > kGatherMaxTopK) return bad("top_k must be in 1..1024", pr.top_k);
   if (pr.codec.key_bits < 1 || pr.codec.key_bits > 11)
     return bad("codec.key_bits must be in 1..11", pr.codec.key_bits);
@@ -486,6 +567,46 @@ int LaunchRerankGather(const RerankGatherParams& pr, CUstream_st* stream, std::s
     KIV_CUDA_CALL(cudaGetLastError());
   }
   RerankSelectKernel<<<pr.num_problems, kSelectThreads, 0, stream>>>(pr, logits);
+  return int(cudaGetLastError());
+}
+
+std::string CheckTailSample(const TailSampleParams& pr) {
+  auto bad = [](const char* what, uint64_t value) {
+    return std::string(what) + " (got " + std::to_string(value) + ")";
+  };
+  if (pr.num_problems > 65535) return bad("num_problems must be at most 65535", pr.num_problems);
+  if (pr.kv_heads < 1) return bad("kv_heads must be at least 1", pr.kv_heads);
+  if (pr.head_dim != 64 && pr.head_dim != 128)
+    return bad("head_dim must be 64 or 128", pr.head_dim);
+  if (pr.samples < 1 || pr.samples > kTailMaxSamples)
+    return bad("samples must be in 1..4096", pr.samples);
+  if (pr.picked_stride < 1 || pr.picked_stride > kGatherMaxTopK)
+    return bad("picked_stride must be in 1..1024", pr.picked_stride);
+  if (pr.codec.key_bits < 1 || pr.codec.key_bits > 11 ||
+      pr.codec.key_bits + pr.codec.value_bits != 12)
+    return bad("codec.key_bits must be in 1..11 and key_bits + value_bits 12", pr.codec.key_bits);
+  if (pr.out_dtype != DType::kFloat32 && pr.out_dtype != DType::kBFloat16)
+    return bad("out_dtype must be kFloat32 or kBFloat16", uint32_t(pr.out_dtype));
+  const uint64_t record = uint64_t{pr.head_dim / 64} * index::kRecordBytes;
+  if (pr.record_stride_bytes < record)
+    return bad("record_stride_bytes must be at least 104 * head_dim / 64", pr.record_stride_bytes);
+  if (pr.num_problems == 0) return {};
+  if (!pr.records || !pr.picked || !pr.picked_counts || !pr.out_ids || !pr.out_counts ||
+      !pr.out_log_weights || !pr.out_keys || !pr.out_values)
+    return "a required pointer is null (records, picked, picked_counts or an output)";
+  return {};
+}
+
+int LaunchTailSample(const TailSampleParams& pr, CUstream_st* stream, std::string* error) {
+  if (std::string why = CheckTailSample(pr); !why.empty()) {
+    if (error)
+      *error = std::move(why);
+    else
+      std::fprintf(stderr, "kiv kernels: LaunchTailSample: %s\n", why.c_str());
+    return int(cudaErrorInvalidValue);
+  }
+  if (pr.num_problems == 0) return int(cudaSuccess);
+  TailSampleKernel<<<pr.num_problems, kSelectThreads, 0, stream>>>(pr);
   return int(cudaGetLastError());
 }
 

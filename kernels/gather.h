@@ -27,7 +27,8 @@
 
 namespace kiv::kernels {
 
-inline constexpr uint32_t kGatherMaxCandidates = 4096;  // c
+inline constexpr uint32_t kGatherMaxCandidates = 5120;  // c (C = 4,096 split over 3 query heads
+                                                        // unites up to 4,098)
 inline constexpr uint32_t kGatherMaxTopK = 1024;        // k
 inline constexpr uint32_t kGatherMaxGroup = 256;        // g
 
@@ -76,5 +77,52 @@ std::string CheckRerankGather(const RerankGatherParams& params);
 // launch status.
 int LaunchRerankGather(const RerankGatherParams& params, CUstream_st* stream,
                        std::string* error = nullptr);
+
+// The tail sample on the GPU: the device twin of index::TailSample followed by RecordCodec::Decode
+// of the drawn tokens (runtime/cache_options.h, tail_samples). One launch serves P problems, each
+// one (rep, kv-head) of a layer, p = rep · kv_heads + head: of the `cold` tokens of its slot, those
+// not among its picked ids (RerankGather's out_ids and out_counts) are the unpicked; it draws at
+// most `samples` of them with the offset index::TailSampleOffset(seed, layer, head, position + rep ·
+// position_step), bit for bit the CPU's ids and log weights, and decodes their records as
+// RerankGather decodes its winners.
+inline constexpr uint32_t kTailMaxSamples = 4096;
+
+struct TailSampleParams {
+  uint32_t num_problems = 0;  // P, at most 65535
+  uint32_t kv_heads = 1;      // problem p is kv-head p % kv_heads of rep p / kv_heads
+  uint32_t head_dim = 64;     // d = 64 · s
+  uint32_t samples = 0;       // m, 1..kTailMaxSamples
+  uint32_t recent = 0;        // index::TailSample's recent stratum (0: one stratum)
+  index::RecordCodec codec;
+  DType out_dtype = DType::kFloat32;  // of out_keys and out_values
+  uint64_t record_stride_bytes = index::kRecordBytes;
+  const uint8_t* const* records = nullptr;  // [P] device array, as RerankGatherParams::records
+
+  const uint32_t* picked = nullptr;         // [P][picked_stride] device: ids ascending
+  const uint32_t* picked_counts = nullptr;  // [P] device: problem p's first min(count, stride)
+  uint32_t picked_stride = 0;               // 1..kGatherMaxTopK
+  uint32_t cold = 0;                        // cold tokens of every problem's slot
+  const uint32_t* cold_device = nullptr;    // [1] device, optional: read instead of `cold`
+
+  uint64_t seed = 0;                          // the session's projection seed
+  uint32_t layer = 0;
+  int64_t position = 0;                       // rep 0's position
+  const int64_t* position_device = nullptr;   // [1] device, optional: added to `position`
+  int64_t position_step = 0;                  // rep r's position: position + r · position_step
+
+  uint32_t* out_ids = nullptr;       // [P][m] device: drawn ids ascending, then zeros
+  uint32_t* out_counts = nullptr;    // [P] device: ids drawn (≤ m; 0 when nothing is unpicked)
+  float* out_log_weights = nullptr;  // [P][m] device: each drawn token's log weight, then zeros
+  void* out_keys = nullptr;          // [P][m][d] out_dtype: decoded keys, zero rows past the count
+  void* out_values = nullptr;        // [P][m][d] out_dtype: decoded values, likewise
+};
+
+// Empty when the launch is supported; otherwise what is wrong, naming the value.
+std::string CheckTailSample(const TailSampleParams& params);
+
+// Enqueues the kernel on `stream` (nullptr: the legacy default stream); no host sync. Returns the
+// cudaError_t as int, as LaunchRerankGather does.
+int LaunchTailSample(const TailSampleParams& params, CUstream_st* stream,
+                     std::string* error = nullptr);
 
 }  // namespace kiv::kernels

@@ -21,6 +21,7 @@ constexpr uint32_t kPer = kMergeMaxTokens / kThreads;  // entries (and lists) pe
 constexpr uint32_t kNoSlot = 0xFFFFFFFFu;              // an entry past its list's count
 static_assert(kPer * kThreads == kMergeMaxTokens);
 static_assert(kMergeMaxTokens <= 0xFFFF, "list starts are kept as uint16_t");
+static_assert(kMergeMaxLists <= kThreads * kPer);
 
 // One barrier per scan (the warp-scans variant: warp aggregates through shared memory).
 using Scan = cub::BlockScan<uint32_t, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
@@ -48,7 +49,7 @@ __device__ __forceinline__ uint32_t Bound(const uint32_t* v, uint32_t begin, uin
 // each round leaves every run ascending.
 __global__ void __launch_bounds__(kThreads) MergeKernel(MergeCandidatesArgs a) {
   __shared__ uint32_t merged[2][kMergeMaxTokens];  // ping-pong between rounds
-  __shared__ uint16_t start[kMergeMaxTokens + 1];  // [g + 1] each list's first slot, then n
+  __shared__ uint16_t start[kMergeMaxLists + 1];   // [g + 1] each list's first slot, then n
   __shared__ typename Scan::TempStorage scan_storage;
   const uint32_t p = blockIdx.x, g = a.lists, c = a.length, total = g * c;
   const uint32_t* in = a.in + size_t{p} * total;
@@ -120,6 +121,8 @@ std::string CheckMergeCandidates(const MergeCandidatesArgs& a) {
   if (a.num_problems == 0 || a.num_problems > 65535)
     return "num_problems " + std::to_string(a.num_problems) + " is not in 1..65535";
   if (a.lists == 0 || a.length == 0) return "lists and length must be >= 1";
+  if (a.lists > kMergeMaxLists)
+    return "lists " + std::to_string(a.lists) + " exceeds " + std::to_string(kMergeMaxLists);
   if (uint64_t{a.lists} * a.length > kMergeMaxTokens)
     return "lists x length " + std::to_string(uint64_t{a.lists} * a.length) + " exceeds " +
            std::to_string(kMergeMaxTokens);

@@ -13,11 +13,14 @@
 
 namespace kiv::kernels {
 
-inline constexpr uint32_t kMergeMaxTokens = 4096;  // g · c, the lists of one problem together
+// g · c, the lists of one problem together: room for C = 4,096 candidates shared by up to 5 query
+// heads (⌈C / g⌉ each, 4,098 for SmolLM2's g = 3).
+inline constexpr uint32_t kMergeMaxTokens = 5120;
+inline constexpr uint32_t kMergeMaxLists = 1024;  // g
 
 struct MergeCandidatesArgs {
   uint32_t num_problems = 0;  // P, at most 65535
-  uint32_t lists = 1;         // g lists per problem
+  uint32_t lists = 1;         // g lists per problem, at most kMergeMaxLists
   uint32_t length = 0;        // c entries per list (its row length); g · c ≤ kMergeMaxTokens
   const uint32_t* in = nullptr;         // [P][g][c] device: each list ascending (equal
                                         // neighbours allowed); an unsorted list gives a wrong

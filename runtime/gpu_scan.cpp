@@ -377,7 +377,8 @@ bool GpuColdTier::Supports(const CacheShape& shape, const TieredCacheOptions& o)
          o.candidates <= kernels::kGatherMaxCandidates && o.candidates <= kernels::kMergeMaxTokens &&
          share * g <= kernels::kMergeMaxTokens &&
          g * std::max<uint32_t>(1, o.prefill_block) <= kernels::kGatherMaxGroup &&
-         shape.head_dim <= 128;
+         shape.head_dim <= 128 && o.tail_samples <= kernels::kTailMaxSamples &&
+         (o.tail_samples == 0 || o.tail_importance == 0.0f);
 }
 
 GpuColdTier::GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
@@ -441,7 +442,7 @@ GpuColdTier::GuessCounts GpuColdTier::ScanGuessCounts() const {
 }
 
 PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
-                                     int64_t per_query_begin) {
+                                     int64_t per_query_begin, int64_t position) {
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   const int64_t n = q.size(1), B = std::max<int64_t>(1, options_.prefill_block);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({Hkv, g, n, d});
@@ -455,7 +456,7 @@ PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
     for (int64_t r0 = 0; r0 < nb; r0 += max_reps_) {
       const int64_t r1 = std::min<int64_t>(nb, r0 + max_reps_);
       PartialAttention o = Retrieve(layer, qb.slice(0, r0, r1).contiguous(), uint32_t(r1 - r0),
-                                    uint32_t(g * B), /*per_query=*/false);
+                                    uint32_t(g * B), /*per_query=*/false, position + r0 * B, B);
       outs.push_back(o.out.reshape({r1 - r0, Hkv, g, B, d}).permute({1, 2, 0, 3, 4})
                          .reshape({Hkv * g, (r1 - r0) * B, d}));
       lses.push_back(o.lse.reshape({r1 - r0, Hkv, g, B}).permute({1, 2, 0, 3})
@@ -476,7 +477,8 @@ PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
     for (int64_t r0 = 0; r0 < m; r0 += piece) {
       const int64_t r1 = std::min(m, r0 + piece);
       PartialAttention o = Retrieve(layer, qt.slice(0, r0, r1).contiguous(), uint32_t(r1 - r0),
-                                    uint32_t(g), /*per_query=*/true);
+                                    uint32_t(g), /*per_query=*/true,
+                                    position + per_query_begin + r0, 1);
       outs.push_back(o.out.reshape({r1 - r0, Hkv * g, d}).permute({1, 0, 2}));
       lses.push_back(o.lse.reshape({r1 - r0, Hkv * g}).permute({1, 0}));
     }
@@ -489,14 +491,14 @@ PartialAttention GpuColdTier::Attend(int64_t layer, const torch::Tensor& q,
 // over both. [H_q, 1, d] in out_dtype (float32 or bf16).
 torch::Tensor GpuColdTier::AttendDecode(int64_t layer, const torch::Tensor& q,
                                         const torch::Tensor& hot_k, const torch::Tensor& hot_v,
-                                        torch::ScalarType out_dtype) {
+                                        int64_t position, torch::ScalarType out_dtype) {
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   TORCH_CHECK(q.size(1) == 1, "AttendDecode takes one position, not ", q.size(1));
   TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
               "AttendDecode writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
-  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, nullptr,
-                  out_dtype == torch::kBFloat16)
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, position, 0, &hot_k, &hot_v,
+                  nullptr, out_dtype == torch::kBFloat16)
       .out.view({Hkv * g, 1, d});
 }
 
@@ -509,12 +511,14 @@ torch::Tensor GpuColdTier::AttendDecodeCapturable(int64_t layer, const torch::Te
   const int64_t Hkv = shape_.num_kv_heads, g = shape_.num_q_heads / Hkv, d = shape_.head_dim;
   TORCH_CHECK(q.size(1) == 1, "AttendDecodeCapturable takes one position, not ", q.size(1));
   TORCH_CHECK(counts.hot && counts.cold, "AttendDecodeCapturable needs both device counts");
+  TORCH_CHECK(options_.tail_samples == 0 || counts.position,
+              "AttendDecodeCapturable with a tail sample needs the step's position on the device");
   TORCH_CHECK(index_->size() >= options_.candidates, "a capturable decode step needs at least ",
               options_.candidates, " cold tokens (C), the index holds ", index_->size());
   TORCH_CHECK(out_dtype == torch::kFloat32 || out_dtype == torch::kBFloat16,
               "AttendDecodeCapturable writes float32 or bf16, not ", out_dtype);
   const torch::Tensor qf = q.to(torch::kFloat32).reshape({1, Hkv, g, d}).contiguous();
-  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, &hot_k, &hot_v, &counts,
+  return Retrieve(layer, qf, 1, uint32_t(g), /*per_query=*/true, 0, 0, &hot_k, &hot_v, &counts,
                   out_dtype == torch::kBFloat16, blobs.defined() ? &blobs : nullptr)
       .out.view({Hkv * g, 1, d});
 }
@@ -569,7 +573,8 @@ torch::Tensor GpuColdTier::WriteDecodeKv(const torch::Tensor& q, const torch::Te
 // queries: [reps][H_kv][G][d] float, contiguous. Problem p = (rep, kv-head) re-ranks with its G
 // queries; per_query: each of them first scans on its own (G = g), else their sum scans once.
 PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queries, uint32_t reps,
-                                       uint32_t G, bool per_query, const torch::Tensor* hot_k,
+                                       uint32_t G, bool per_query, int64_t position,
+                                       int64_t position_step, const torch::Tensor* hot_k,
                                        const torch::Tensor* hot_v, const DeviceCounts* dc,
                                        bool bf16_out, const torch::Tensor* prebuilt_blobs) {
 #ifdef KIV_HAVE_KERNELS
@@ -710,6 +715,50 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   at.sets[0].max_rows = k;
   at.sets[0].counts = Ptr<const uint32_t>(picked);
   at.num_sets = 1;
+  // The unpicked tokens' sample, each weighted as those it stands for: alive until the attention
+  // that reads it is enqueued (a tensor freed earlier could be handed to its output).
+  torch::Tensor sample_ids, sampled, log_weights, sample_keys, sample_values;
+  if (options_.tail_samples > 0) {
+    const uint32_t m = options_.tail_samples;
+    sample_ids = torch::empty({int64_t(P), int64_t(m)}, i32);
+    sampled = torch::empty({int64_t(P)}, i32);
+    log_weights = torch::empty({int64_t(P), int64_t(m)}, f32);
+    sample_keys = torch::empty({int64_t(P), int64_t(m), int64_t(d)}, f32);
+    sample_values = torch::empty_like(sample_keys);
+    kernels::TailSampleParams ts;
+    ts.num_problems = P;
+    ts.kv_heads = Hkv;
+    ts.head_dim = d;
+    ts.samples = m;
+    ts.recent = options_.tail_recent;
+    ts.codec = codec_;
+    ts.out_dtype = kernels::DType::kFloat32;
+    ts.record_stride_bytes = rg.record_stride_bytes;
+    ts.records = rg.records;
+    ts.picked = Ptr<const uint32_t>(ids);
+    ts.picked_counts = Ptr<const uint32_t>(picked);
+    ts.picked_stride = k;
+    ts.cold = n;
+    ts.cold_device = dc ? dc->cold : nullptr;
+    ts.seed = options_.projection_seed;
+    ts.layer = uint32_t(layer);
+    ts.position = position;
+    ts.position_device = dc ? dc->position : nullptr;
+    ts.position_step = position_step;
+    ts.out_ids = Ptr<uint32_t>(sample_ids);
+    ts.out_counts = Ptr<uint32_t>(sampled);
+    ts.out_log_weights = Ptr<float>(log_weights);
+    ts.out_keys = sample_keys.data_ptr();
+    ts.out_values = sample_values.data_ptr();
+    Check(kernels::LaunchTailSample(ts, CurrentStream(), &error), error, "LaunchTailSample");
+    kernels::KvSet& tail = at.sets[at.num_sets++];
+    tail.keys = sample_keys.data_ptr();
+    tail.values = sample_values.data_ptr();
+    tail.dtype = kernels::DType::kFloat32;
+    tail.max_rows = m;
+    tail.counts = Ptr<const uint32_t>(sampled);
+    tail.bias = Ptr<const float>(log_weights);
+  }
   if (hot_k) {  // a decode step: the hot tier in the same softmax
     TORCH_CHECK(reps == 1 && hot_k->stride(2) == 1 && hot_k->stride(1) == d &&
                     hot_v->stride(2) == 1 && hot_v->stride(1) == d &&
@@ -744,7 +793,8 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
         "LaunchSparseDecodeAttention");
   return {out, lse};
 #else
-  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)hot_k, (void)hot_v,
+  (void)layer, (void)queries, (void)reps, (void)G, (void)per_query, (void)position,
+      (void)position_step, (void)hot_k, (void)hot_v,
       (void)dc, (void)bf16_out;
   TORCH_CHECK(false, "not implemented: the GPU cold tier in a build without the CUDA kernels");
   return {};

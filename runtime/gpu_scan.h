@@ -132,28 +132,34 @@ class GpuRecordArena {
 class GpuColdTier {
  public:
   // Whether the kernels take these knobs (k ≤ 1,024; a group's candidates ≤ 4,096; g x
-  // prefill_block ≤ 256 queries per re-rank); the cache keeps the cold step on the CPU otherwise.
+  // prefill_block ≤ 256 queries per re-rank; tail_samples ≤ 4,096 and drawn uniformly, not by
+  // tail_importance); the cache keeps the cold step on the CPU otherwise.
   static bool Supports(const CacheShape& shape, const TieredCacheOptions& options);
   GpuColdTier(const CacheShape& shape, const TieredCacheOptions& options,
               const index::RecordCodec& codec, const GpuSignatureIndex* index,
               const GpuRecordArena* arena, c10::Device device);
   ~GpuColdTier();
-  // q: [H_q, n, d] on the device (any float dtype, any strides). Queries [0, per_query_begin)
-  // share block retrievals; [per_query_begin, n) retrieve one by one. out is float32.
-  PartialAttention Attend(int64_t layer, const at::Tensor& q, int64_t per_query_begin);
+  // q: [H_q, n, d] on the device (any float dtype, any strides), the positions of a chunk that
+  // begins at `position`. Queries [0, per_query_begin) share block retrievals; [per_query_begin,
+  // n) retrieve one by one. out is float32. With options.tail_samples, each retrieval's tail
+  // sample (index::TailSample) is seeded by the position of its first query, as on the CPU.
+  PartialAttention Attend(int64_t layer, const at::Tensor& q, int64_t per_query_begin,
+                          int64_t position);
   // A decode step (q [H_q, 1, d]): retrieval as Attend's per-query positions, and one attention
   // kernel over the retrieved tokens and the hot tier hot_k/hot_v [H_kv, n_hot, d] (rows of d
   // contiguous elements, any head stride; bf16 or float32) together: no second attention and no
   // merge. [H_q, 1, d] in out_dtype: float32, or bf16 written by the kernel itself, rounded as
   // ATen's cast rounds (the float32 result's .to(kBFloat16) bit for bit, without the cast kernel).
   at::Tensor AttendDecode(int64_t layer, const at::Tensor& q, const at::Tensor& hot_k,
-                          const at::Tensor& hot_v, at::ScalarType out_dtype = at::kFloat);
+                          const at::Tensor& hot_v, int64_t position,
+                          at::ScalarType out_dtype = at::kFloat);
 
   // Counts in device memory, read by the kernels as they run: a decode step built from them may
   // be captured in a CUDA graph and replayed while the cold tier and the hot window change.
   struct DeviceCounts {
     const uint32_t* hot = nullptr;   // [H_kv] rows of the hot tier each kv-head attends to
     const uint32_t* cold = nullptr;  // [1] cold tokens in the index
+    const int64_t* position = nullptr;  // [1] the step's position (seeds the tail sample)
   };
   // AttendDecode with the counts in device memory: every launch is sized for the hot tensors'
   // rows and the index's capacity, so the call may be captured. Needs the index to hold at
@@ -196,9 +202,12 @@ class GpuColdTier {
 
  private:
   // bf16_out: the attention's out is bf16 (AttendDecode's out_dtype), else float32.
+  // rep r's position (its first query's: the tail sample's seed) is position + r ·
+  // position_step, plus counts->position with device counts.
   PartialAttention Retrieve(int64_t layer, const at::Tensor& queries, uint32_t reps,
-                            uint32_t per_problem, bool per_query,
-                            const at::Tensor* hot_k = nullptr, const at::Tensor* hot_v = nullptr,
+                            uint32_t per_problem, bool per_query, int64_t position,
+                            int64_t position_step, const at::Tensor* hot_k = nullptr,
+                            const at::Tensor* hot_v = nullptr,
                             const DeviceCounts* counts = nullptr, bool bf16_out = false,
                             const at::Tensor* prebuilt_blobs = nullptr);
 

@@ -18,6 +18,7 @@
 
 #include "index/asym_scan.h"
 #include "index/rerank.h"
+#include "index/tail_sample.h"
 #include "runtime/full_cache.h"
 #include "runtime/gpu_scan.h"
 #include "runtime/guess_sim.h"
@@ -105,8 +106,7 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
   if (gpu_index_ && options.reserve_cold_tokens > 0)
     gpu_index_->Reserve(options.reserve_cold_tokens);
   if (gpu_index_ && options.gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
-      options.summary_page == 0 && options.tail_samples == 0 &&
-      GpuColdTier::Supports(shape, options)) {
+      options.summary_page == 0 && GpuColdTier::Supports(shape, options)) {
     gpu_records_ = std::make_unique<GpuRecordArena>(uint32_t(signatures_.size()), record_bytes(),
                                                     options.max_cold_tokens);
     gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),
@@ -149,6 +149,14 @@ void TieredCache::CountDecodeRetrievals(uint64_t layers) {
   stats_.tokens_scanned += layers * shape_.num_q_heads * cold_tokens_;
   stats_.tokens_retrieved +=
       layers * shape_.num_kv_heads * std::min<uint64_t>(options_.top_k, cold_tokens_);
+  stats_.tokens_sampled += layers * shape_.num_kv_heads * TailSampledPerRetrieval();
+}
+
+// The tail sample's size on the GPU for a retrieval that picked min(k, cold) tokens (its picks
+// are fewer only where fewer candidates came).
+uint64_t TieredCache::TailSampledPerRetrieval() const {
+  const uint64_t rest = cold_tokens_ - std::min<uint64_t>(options_.top_k, cold_tokens_);
+  return std::min<uint64_t>(options_.tail_samples, rest);
 }
 
 namespace {
@@ -201,12 +209,13 @@ bool TieredCache::PrepareCapturedDecode(uint64_t* key) {
   const int64_t H = shape_.num_kv_heads, row_at = StepRowOffset();
   ReserveHot(int64_t(rows));
   if (!step_.defined())
-    step_ = torch::zeros({row_at + 2}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
-  std::vector<int32_t> host(size_t(row_at + 2), int32_t(hot + 1));  // the new row attends too
+    step_ = torch::zeros({row_at + 4}, torch::TensorOptions().dtype(torch::kInt32).device(device_));
+  std::vector<int32_t> host(size_t(row_at + 4), int32_t(hot + 1));  // the new row attends too
   host[size_t(H)] = int32_t(cold_tokens_);
   const int64_t row = int64_t(hot);
   std::memcpy(&host[size_t(row_at)], &row, sizeof(row));
-  step_.copy_(torch::from_blob(host.data(), {row_at + 2}, torch::kInt32));  // read before it returns
+  std::memcpy(&host[size_t(row_at + 2)], &length_, sizeof(length_));  // the step's position
+  step_.copy_(torch::from_blob(host.data(), {row_at + 4}, torch::kInt32));  // read before it returns
   // What a captured step bakes in: the cache, its buffers' addresses and sizes, the index's.
   uint64_t h = 1469598103934665603ull;
   for (uint64_t x : {instance_, uint64_t(reinterpret_cast<uintptr_t>(hot_k_buf_.data_ptr())),
@@ -246,6 +255,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     GpuColdTier::DeviceCounts counts;
     counts.hot = reinterpret_cast<const uint32_t*>(step_.data_ptr<int32_t>());
     counts.cold = counts.hot + H;
+    counts.position = step_.slice(0, row_at + 2, row_at + 4).view(torch::kInt64).data_ptr<int64_t>();
     return gpu_cold_
         ->AttendDecodeCapturable(layer, qf, hot_k_buf_[layer].narrow(1, 0, rows),
                                  hot_v_buf_[layer].narrow(1, 0, rows), counts, DecodeOutDtype(q),
@@ -268,7 +278,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     if (gpu_cold_ && q.size(1) == 1 && options_.retrieval && cold_tokens_ > 0) {
       CountDecodeRetrievals(1);
       torch::Tensor out =
-          gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer], DecodeOutDtype(q))
+          gpu_cold_->AttendDecode(layer, q, hot_k_[layer], hot_v_[layer], length_,
+                                  DecodeOutDtype(q))
               .to(q.dtype());
       if (RetrievalTrace()) {
         const torch::Tensor ids = gpu_cold_->last_decode_ids().to(torch::kCPU).contiguous();
@@ -299,7 +310,8 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
       stats_.tokens_scanned += uint64_t(blocks * hkv + singles * shape_.num_q_heads) * cold_tokens_;
       stats_.tokens_retrieved += uint64_t((blocks + singles) * hkv) *
                                  std::min<uint64_t>(options_.top_k, cold_tokens_);
-      cold = gpu_cold_->Attend(layer, q, per_query_begin);
+      stats_.tokens_sampled += uint64_t((blocks + singles) * hkv) * TailSampledPerRetrieval();
+      cold = gpu_cold_->Attend(layer, q, per_query_begin, length_);
     } else {
       cold.out = ColdAttention(layer, q, per_query_begin, &cold.lse).to(hot.out.device());
       cold.lse = cold.lse.to(hot.out.device());
@@ -378,19 +390,17 @@ void TieredCache::ColdKeysValues(int64_t layer, uint32_t head, const std::vector
 }
 
 // The seeded offset in [0, 1) of a systematic tail sample, fixed by (layer, kv-head, position)
-// so that a resumed session draws the same sample.
+// so that a resumed session draws the same.
 double TieredCache::SampleOffset(int64_t layer, uint32_t head, int64_t position) const {
-  uint64_t state = options_.projection_seed ^ (uint64_t(layer) << 48) ^ (uint64_t{head} << 40) ^
-                   uint64_t(position);
-  return double(index::SplitMix64(&state) >> 11) * 0x1.0p-53;
+  return index::TailSampleOffset(options_.projection_seed, layer, head, position);
 }
 
 // The attention of the group's queries qb [g, m, d] over a sample of the cold tokens that
 // `picked` does not hold, each standing for rest / tail_samples of them: a systematic sample (one
 // random offset, then evenly spaced in token order, so every stretch of the context is
-// represented), seeded by (layer, head, position) so that a resumed session draws the same.
-// Its log-sum-exp carries the weight: merged with the picked tokens' attention it estimates the
-// softmax over the whole cold tier without bias in its numerator and denominator.
+// represented; index::TailSample), seeded by (layer, head, position) so that a resumed session
+// draws the same. Its log-sum-exp carries the weight: merged with the picked tokens' attention it
+// estimates the softmax over the whole cold tier without bias in its numerator and denominator.
 PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const torch::Tensor& qb,
                                             std::vector<uint32_t> picked, int64_t position) {
   const int64_t g = qb.size(0), m = qb.size(1), d = shape_.head_dim;
@@ -402,33 +412,10 @@ PartialAttention TieredCache::TailAttention(int64_t layer, uint32_t head, const 
             torch::full({g, m}, -INFINITY, torch::kFloat32)};
   if (rest > samples && tail_log_mass_.size() == n)
     return ImportanceTail(layer, head, qb, picked, position);
-  const double u = SampleOffset(layer, head, position);
-  // Strata of unpicked ranks: [0, older) and, with tail_recent, the most recent [older, rest),
-  // which gets half the samples (all its tokens when they fit); each a systematic sample.
-  const uint64_t recent = std::min<uint64_t>(options_.tail_recent, rest), older = rest - recent;
-  const uint64_t recent_samples =
-      recent == 0 ? 0 : std::min<uint64_t>(recent, rest <= samples ? recent : samples / 2);
-  const uint64_t older_samples = std::min<uint64_t>(older, samples - recent_samples);
-  std::vector<uint64_t> ranks;  // ascending ranks among the unpicked tokens
-  std::vector<float> bias;      // log weight of each sampled token
-  auto stratum = [&](uint64_t begin, uint64_t size, uint64_t count) {
-    if (size == 0 || count == 0) return;
-    const double weight = double(size) / double(count);
-    for (uint64_t i = 0; i < count; ++i) {
-      ranks.push_back(begin + (count == size ? i
-                                             : std::min(size - 1, uint64_t((double(i) + u) * weight))));
-      bias.push_back(float(std::log(weight)));
-    }
-  };
-  stratum(0, older, older_samples);
-  stratum(older, recent, recent_samples);
   std::vector<uint32_t> tokens;
-  size_t j = 0;  // picked tokens at or below the current one
-  for (uint64_t rank : ranks) {
-    uint64_t token = rank + j;
-    while (j < picked.size() && picked[j] <= token) token = rank + ++j;
-    tokens.push_back(uint32_t(token));
-  }
+  std::vector<float> bias;  // log weight of each sampled token
+  index::TailSample(n, picked.data(), picked.size(), options_.tail_samples, options_.tail_recent,
+                    SampleOffset(layer, head, position), &tokens, &bias);
   return BiasedAttention(layer, head, qb, tokens, bias);
 }
 

@@ -127,6 +127,7 @@ class TieredCache : public KvCache {
   int64_t StepRowOffset() const { return (int64_t{shape_.num_kv_heads} + 2) / 2 * 2; }
   // The stats of GPU decode retrievals over `layers` layers (one per kv-head and layer).
   void CountDecodeRetrievals(uint64_t layers);
+  uint64_t TailSampledPerRetrieval() const;
   void ReserveHot(int64_t rows);
   Status Restore(const HotCheckpoint& cp);
 
@@ -159,8 +160,9 @@ class TieredCache : public KvCache {
   // A captured-decode step is under way (PrepareCapturedDecode until EndChunk): Attend takes the
   // device counts in step_, and EndChunk widens the hot views by the row Attend wrote.
   bool captured_step_ = false;
-  // int32 [H_kv + pad + 2] on the device: the hot rows each kv-head attends to, the cold count,
-  // then (as one int64 at an even offset) the row the step's key and value go to.
+  // int32 [H_kv + pad + 4] on the device: the hot rows each kv-head attends to, the cold count,
+  // then (as int64s at an even offset) the row the step's key and value go to and the step's
+  // position (the tail sample's seed).
   torch::Tensor step_;
   uint64_t instance_ = 0;  // told apart from other caches in PrepareCapturedDecode's key
   std::vector<torch::Tensor> exact_k_, exact_v_;

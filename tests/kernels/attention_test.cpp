@@ -31,6 +31,7 @@ struct HostSet {
   uint32_t head_stride = 0;      // elements; rows · d plus padding
   std::vector<float> k, v;       // [H_kv][head_stride]
   std::vector<uint32_t> counts;  // empty: every row
+  std::vector<float> bias;       // empty: none; else [H_kv][rows], added to each row's score
   uint32_t Used(uint32_t h) const { return counts.empty() ? rows : std::min(counts[h], rows); }
 };
 
@@ -56,13 +57,16 @@ HostSet RandomSet(Rng& rng, uint32_t hkv, uint32_t d, uint32_t rows, uint32_t pa
 struct DeviceSet {
   DeviceBuffer<uint8_t> k, v;
   DeviceBuffer<uint32_t> counts;
+  DeviceBuffer<float> bias;
   explicit DeviceSet(const HostSet& s)
       : k(s.k.size() * DTypeBytes(s.dtype)),
         v(s.v.size() * DTypeBytes(s.dtype)),
-        counts(s.counts.size()) {
+        counts(s.counts.size()),
+        bias(s.bias.size()) {
     k.Upload(Bytes(s.k, s.dtype));
     v.Upload(Bytes(s.v, s.dtype));
     if (!s.counts.empty()) counts.Upload(s.counts);
+    if (!s.bias.empty()) bias.Upload(s.bias);
   }
   static std::vector<uint8_t> Bytes(const std::vector<float>& x, DType dtype) {
     std::vector<uint8_t> out(x.size() * DTypeBytes(dtype));
@@ -84,6 +88,7 @@ struct DeviceSet {
     kv.max_rows = s.rows;
     kv.head_stride = s.head_stride;
     kv.counts = s.counts.empty() ? nullptr : counts.get();
+    kv.bias = s.bias.empty() ? nullptr : bias.get();
     return kv;
   }
 };
@@ -110,7 +115,8 @@ Reference ReferenceAttention(const std::vector<float>& q, uint32_t hq, uint32_t 
         const float* krow = &s->k[size_t{kvh} * s->head_stride + size_t{t} * d];
         double dot = 0;
         for (uint32_t e = 0; e < d; ++e) dot += double(q[h * d + e]) * krow[e];
-        scores.push_back(dot / std::sqrt(double(d)));
+        scores.push_back(dot / std::sqrt(double(d)) +
+                         (s->bias.empty() ? 0.0 : s->bias[size_t{kvh} * s->rows + t]));
         vrows.push_back(&s->v[size_t{kvh} * s->head_stride + size_t{t} * d]);
       }
     if (scores.empty()) continue;
@@ -272,6 +278,20 @@ TEST_CASE("SparseDecodeAttention equals one softmax over the union of its sets")
                    1.0f,
                    {RandomSet(rng, 2, 64, 0, 0, bf16), RandomSet(rng, 2, 64, 64, 0, f32, {0, 0})}});
   cases.push_back({"3/1 heads, no sets", 64, 3, 1, f32, 1.0f, {}});
+  // A tail sample's rows weigh several tokens each: a log weight per row, added to its score.
+  {
+    HostSet sample = RandomSet(rng, 3, 64, 100, 0, f32, {100, 37, 0});
+    sample.bias.resize(3 * 100);
+    for (float& b : sample.bias) b = 4.0f * std::fabs(rng.Uniform());
+    cases.push_back({"9/3 heads, d 64: retrieved, a biased tail sample, hot",
+                     64,
+                     9,
+                     3,
+                     f32,
+                     1.0f,
+                     {RandomSet(rng, 3, 64, 64, 0, f32, {64, 64, 5}), std::move(sample),
+                      RandomSet(rng, 3, 64, 260, 0, bf16)}});
+  }
   for (const AttnCase& cs : cases) RunAttention(rng, cs);
 }
 

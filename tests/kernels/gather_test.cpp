@@ -15,6 +15,7 @@
 
 #include "index/record.h"
 #include "index/rerank.h"
+#include "index/tail_sample.h"
 #include "tests/kernels/kernel_test_util.h"
 
 namespace kiv::kernels::test {
@@ -74,6 +75,7 @@ struct Case {
   uint32_t base_offset, stride_pad;  // misaligned or padded record placement
   bool rotate_on_host, bf16_out, with_counts;
   uint32_t group = 3;  // queries per problem: a decode step's GQA group, or a prefill block's
+  uint32_t candidates = 1000;
 };
 
 std::string Describe(const Case& cs) {
@@ -81,14 +83,15 @@ std::string Describe(const Case& cs) {
          PlaceName(cs.place) + ", offset " + std::to_string(cs.base_offset) + ", stride pad " +
          std::to_string(cs.stride_pad) + (cs.rotate_on_host ? ", host-rotated q" : "") +
          (cs.bf16_out ? ", bf16 out" : "") + (cs.with_counts ? ", counts" : "") + ", g " +
-         std::to_string(cs.group);
+         std::to_string(cs.group) + ", c " + std::to_string(cs.candidates);
 }
 
 void RunCase(const Case& cs) {
   INFO(Describe(cs));
   RecordCodec codec;
   REQUIRE(RecordCodec::FromId(cs.codec_id, &codec));
-  const uint32_t P = 3, g = cs.group, N = 2500, c = 1000, k = 64, d = cs.head_dim, slices = d / 64;
+  const uint32_t P = 3, g = cs.group, c = cs.candidates, N = std::max(2500u, 2 * c), k = 64;
+  const uint32_t d = cs.head_dim, slices = d / 64;
   const uint64_t stride = slices * kRecordBytes + cs.stride_pad;
   RecordBuffer buf(cs.base_offset + P * N * stride, cs.place);
   Rng rng{1000 + cs.codec_id * 10 + d + uint32_t(cs.place)};
@@ -217,6 +220,165 @@ TEST_CASE("RerankGather chooses as RerankTopK and decodes as RecordCodec::Decode
   // A prefill block's re-rank: g · 64 queries, in several of the score kernel's query chunks.
   for (uint32_t d : {64u, 128u})
     for (uint32_t g : {37u, 192u}) RunCase(Case{3, d, Place::kMappedHost, 0, 0, false, false, true, g});
+  // The most candidates: C = 4,096 split over SmolLM2's 3 query heads unites up to 4,098.
+  RunCase(Case{2, 64, Place::kMappedHost, 0, 0, false, false, true, 3, 4098});
+  RunCase(Case{1, 128, Place::kDevice, 0, 0, false, false, false, 3, 5120});
+}
+
+struct TailCase {
+  uint32_t head_dim, samples, recent;
+  Place place;
+  bool bf16_out, device_counts;  // cold count and position read from device memory
+  uint32_t base_offset = 0;      // 1: byte-aligned records
+};
+
+// LaunchTailSample against index::TailSample (ids and log weights, bit for bit) and
+// RecordCodec::Decode of the drawn records (bit for bit): 2 reps × 3 kv-heads, picked lists of
+// 64, 10 and 0 ids, the reps at positions `position` and `position` + 7.
+void RunTailCase(const TailCase& cs) {
+  INFO("d ", cs.head_dim, ", samples ", cs.samples, ", recent ", cs.recent, ", ",
+       PlaceName(cs.place), cs.bf16_out ? ", bf16 out" : "",
+       cs.device_counts ? ", device counts" : "", cs.base_offset ? ", byte-aligned" : "");
+  RecordCodec codec;
+  REQUIRE(RecordCodec::FromId(2, &codec));
+  const uint32_t H = 3, reps = 2, P = reps * H, N = 3000, stride_ids = 64, d = cs.head_dim;
+  const uint32_t slices = d / 64, m = cs.samples;
+  const uint64_t stride = slices * kRecordBytes, seed = 0x6b6976, layer = 5;
+  const int64_t position = 123456, step = 7;
+  RecordBuffer buf(cs.base_offset + P * N * stride, cs.place);
+  Rng rng{77 + d + m};
+  auto record = [&](uint8_t* base, uint32_t p, uint32_t t) {
+    return base + cs.base_offset + (uint64_t{p} * N + t) * stride;
+  };
+  for (uint32_t p = 0; p < P; ++p)
+    for (uint32_t t = 0; t < N; ++t)
+      for (uint32_t s = 0; s < slices; ++s) {
+        float key[64], value[64];
+        for (uint32_t e = 0; e < 64; ++e) key[e] = 4 * rng.Uniform(), value[e] = 2 * rng.Uniform();
+        codec.Encode(key, value, record(buf.host(), p, t) + s * kRecordBytes);
+      }
+  buf.Publish();
+  // Picked ids ascending and distinct; past the count, garbage the kernel must not read.
+  const std::vector<uint32_t> counts = {64, 10, 0, 64, 64, 3};
+  std::vector<uint32_t> picked(size_t{P} * stride_ids, 0xDEADBEEFu);
+  for (uint32_t p = 0; p < P; ++p) {
+    std::vector<uint32_t> ids(N);
+    std::iota(ids.begin(), ids.end(), 0u);
+    for (uint32_t i = 0; i < counts[p]; ++i) std::swap(ids[i], ids[i + rng.Below(N - i)]);
+    if (p == 4) std::iota(ids.begin(), ids.begin() + 64, N - 64);  // the 64 most recent
+    std::sort(ids.begin(), ids.begin() + counts[p]);
+    std::copy(ids.begin(), ids.begin() + counts[p], picked.begin() + size_t{p} * stride_ids);
+  }
+  std::vector<const uint8_t*> bases(P);
+  for (uint32_t p = 0; p < P; ++p) bases[p] = record(buf.device(), p, 0);
+  DeviceBuffer<const uint8_t*> d_bases(bases);
+  DeviceBuffer<uint32_t> d_picked(picked), d_counts(counts), d_ids(size_t{P} * m), d_out_count(P);
+  DeviceBuffer<uint32_t> d_cold(std::vector<uint32_t>{N});
+  DeviceBuffer<int64_t> d_position(std::vector<int64_t>{position - 1000});
+  DeviceBuffer<float> d_logw(size_t{P} * m);
+  const size_t elem = cs.bf16_out ? 2 : 4;
+  DeviceBuffer<uint8_t> d_keys(size_t{P} * m * d * elem), d_values(size_t{P} * m * d * elem);
+  KIV_CUDA_REQUIRE(cudaMemset(d_keys.get(), 0x7F, d_keys.size()));  // stale rows must be zeroed
+  TailSampleParams pr;
+  pr.num_problems = P;
+  pr.kv_heads = H;
+  pr.head_dim = d;
+  pr.samples = m;
+  pr.recent = cs.recent;
+  pr.codec = codec;
+  pr.out_dtype = cs.bf16_out ? DType::kBFloat16 : DType::kFloat32;
+  pr.record_stride_bytes = stride;
+  pr.records = d_bases.get();
+  pr.picked = d_picked.get();
+  pr.picked_counts = d_counts.get();
+  pr.picked_stride = stride_ids;
+  pr.cold = cs.device_counts ? 17 : N;  // a stale host value the device count overrides
+  pr.cold_device = cs.device_counts ? d_cold.get() : nullptr;
+  pr.seed = seed;
+  pr.layer = layer;
+  pr.position = cs.device_counts ? 1000 : position;
+  pr.position_device = cs.device_counts ? d_position.get() : nullptr;
+  pr.position_step = step;
+  pr.out_ids = d_ids.get();
+  pr.out_counts = d_out_count.get();
+  pr.out_log_weights = d_logw.get();
+  pr.out_keys = d_keys.get();
+  pr.out_values = d_values.get();
+  REQUIRE(CheckTailSample(pr).empty());
+  KIV_CUDA_REQUIRE(cudaError_t(LaunchTailSample(pr, nullptr)));
+  KIV_CUDA_REQUIRE(cudaDeviceSynchronize());
+  const std::vector<uint32_t> ids = d_ids.Download(), got_count = d_out_count.Download();
+  const std::vector<float> logw = d_logw.Download();
+  const std::vector<uint8_t> keys = d_keys.Download(), values = d_values.Download();
+  for (uint32_t p = 0; p < P; ++p) {
+    INFO("problem ", p);
+    const uint32_t head = p % H, rep = p / H;
+    std::vector<uint32_t> want;
+    std::vector<float> want_logw;
+    index::TailSample(N, &picked[size_t{p} * stride_ids], counts[p], m, cs.recent,
+                      index::TailSampleOffset(seed, layer, head, position + rep * step), &want,
+                      &want_logw);
+    REQUIRE(got_count[p] == want.size());
+    const std::vector<uint32_t> got(ids.begin() + size_t{p} * m,
+                                    ids.begin() + size_t{p} * m + want.size());
+    CHECK(got == want);
+    CHECK(std::memcmp(&logw[size_t{p} * m], want_logw.data(), want.size() * sizeof(float)) == 0);
+    for (size_t i = want.size(); i < m; ++i) CHECK(ids[size_t{p} * m + i] == 0);
+    size_t mismatches = 0;
+    for (uint32_t t = 0; t < m; ++t) {
+      float key[128] = {}, value[128] = {};
+      if (t < want.size())
+        for (uint32_t s = 0; s < slices; ++s)
+          codec.Decode(record(buf.host(), p, want[t]) + s * kRecordBytes, key + s * 64,
+                       value + s * 64);
+      for (uint32_t e = 0; e < d; ++e) {
+        const size_t at = (size_t{p} * m + t) * d + e;
+        if (cs.bf16_out) {
+          uint16_t gk, gv;
+          std::memcpy(&gk, &keys[at * 2], 2);
+          std::memcpy(&gv, &values[at * 2], 2);
+          mismatches += gk != FloatToBf16(key[e]) || gv != FloatToBf16(value[e]);
+        } else {
+          mismatches += std::memcmp(&keys[at * 4], &key[e], 4) != 0 ||
+                        std::memcmp(&values[at * 4], &value[e], 4) != 0;
+        }
+      }
+    }
+    CHECK_MESSAGE(mismatches == 0, mismatches, " decoded elements differ from RecordCodec::Decode");
+  }
+}
+
+TEST_CASE("TailSample draws as index::TailSample and decodes as RecordCodec::Decode, bit for bit") {
+  if (!HaveDevice()) {
+    MESSAGE("skipped: no CUDA device");
+    return;
+  }
+  RunTailCase({64, 1024, 0, Place::kMappedHost, false, false});
+  RunTailCase({64, 1024, 0, Place::kDevice, false, true});
+  RunTailCase({128, 1024, 300, Place::kMappedHost, true, true});
+  RunTailCase({64, 256, 5000, Place::kDevice, false, false});  // the recent stratum is all
+  RunTailCase({64, 4096, 0, Place::kMappedHost, false, true});  // more than unpicked: all, weight 1
+  RunTailCase({128, 1, 0, Place::kDevice, false, false, 1});
+}
+
+TEST_CASE("TailSample refuses unsupported shapes, naming the value") {
+  TailSampleParams pr;
+  pr.num_problems = 1;
+  pr.picked_stride = 64;
+  pr.samples = 0;
+  CHECK(CheckTailSample(pr).find("samples") != std::string::npos);
+  pr.samples = kTailMaxSamples + 1;
+  CHECK(CheckTailSample(pr).find("4096") != std::string::npos);
+  pr.samples = 64;
+  pr.picked_stride = 2000;
+  CHECK(CheckTailSample(pr).find("picked_stride") != std::string::npos);
+  pr.picked_stride = 64;
+  pr.head_dim = 96;
+  CHECK(CheckTailSample(pr).find("head_dim") != std::string::npos);
+  pr.head_dim = 64;
+  CHECK(CheckTailSample(pr).find("null") != std::string::npos);
+  pr.num_problems = 0;
+  CHECK(CheckTailSample(pr).empty());
 }
 
 TEST_CASE("RerankGather breaks equal weights toward the lower candidate index") {
@@ -285,8 +447,8 @@ TEST_CASE("RerankGather refuses unsupported shapes, naming the value") {
   pr.head_dim = 96;
   CHECK(CheckRerankGather(pr).find("head_dim must be 64 or 128 (got 96)") != std::string::npos);
   pr.head_dim = 64;
-  pr.num_candidates = 5000;
-  CHECK(CheckRerankGather(pr).find("got 5000") != std::string::npos);
+  pr.num_candidates = 6000;
+  CHECK(CheckRerankGather(pr).find("at most 5120 (got 6000)") != std::string::npos);
   pr.num_candidates = 10;
   pr.codec = RecordCodec{4, 7, true};
   CHECK(CheckRerankGather(pr).find("must be 12 (got 11)") != std::string::npos);

@@ -144,13 +144,16 @@ TEST_CASE("the GPU union of candidate lists equals the CPU's, random lists") {
   CheckShape(9, 3, 342, 700, 2);         // many ids shared between the heads
   CheckShape(64, 4, 256, 300, 3);        // heavy overlap, full 1,024
   CheckShape(5, 1, 1, 2, 4);             // one list of one
-  CheckShape(3, 8, 512, 1u << 30, 5);    // the largest: 4,096 entries
+  CheckShape(3, 8, 512, 1u << 30, 5);    // 4,096 entries
+  CheckShape(3, 10, 512, 1u << 30, 12);  // the largest: 5,120 entries
+  CheckShape(6, 3, 1366, 5000, 13);      // C = 4,096 shared by SmolLM2's 3 query heads
   CheckShape(1000, 2, 100, 150, 6);      // many problems
   CheckShape(4, 8, 512, 600, 7);         // the largest, heavy overlap
   CheckShape(3, 7, 585, 2000, 8);        // an odd number of lists: a run without a partner
   CheckShape(2, 64, 64, 500, 9);         // many lists, six rounds
-  CheckShape(2, 4096, 1, 3000, 10);      // the most lists: twelve rounds of one-entry runs
-  CheckShape(3, 1, 4096, 1u << 31, 11);  // one list: no round, only the compaction
+  CheckShape(2, 1024, 1, 3000, 10);      // the most lists: ten rounds of one-entry runs
+  CheckShape(2, 1024, 5, 3000, 14);      // the most lists, the most entries
+  CheckShape(3, 1, 5120, 1u << 31, 11);  // one list: no round, only the compaction
 }
 
 TEST_CASE("the GPU union of candidate lists: ties, overlaps and layouts") {
@@ -209,7 +212,7 @@ TEST_CASE("the GPU union of candidate lists: ties, overlaps and layouts") {
               [&](uint32_t p, uint32_t j) { return Drawn(rng, used[(j + p) % 5], 0, 10); });
     CheckMade(3, 4, 9, true, [](uint32_t, uint32_t) { return std::vector<uint32_t>{}; });
     CheckMade(3, 1, 9, true, [](uint32_t, uint32_t) { return std::vector<uint32_t>{}; });
-    CheckMade(2, 4096, 1, true, [&](uint32_t, uint32_t j) {
+    CheckMade(2, 1024, 1, true, [&](uint32_t, uint32_t j) {
       return j % 3 == 0 ? std::vector<uint32_t>{rng.Below(500)} : std::vector<uint32_t>{};
     });
   }
@@ -242,10 +245,13 @@ TEST_CASE("the GPU union of candidate lists: ties, overlaps and layouts") {
 
 TEST_CASE("unsupported merge shapes are refused by name") {
   MergeCandidatesArgs a;
-  a.num_problems = 1, a.lists = 8, a.length = 513;
+  a.num_problems = 1, a.lists = 10, a.length = 513;
   uint32_t dummy = 0;
   a.in = &dummy, a.out = &dummy, a.out_counts = &dummy;
-  CHECK(CheckMergeCandidates(a).find("exceeds 4096") != std::string::npos);
+  CHECK(CheckMergeCandidates(a).find("exceeds 5120") != std::string::npos);
+  a.lists = 1025, a.length = 1;
+  CHECK(CheckMergeCandidates(a).find("lists 1025 exceeds 1024") != std::string::npos);
+  a.lists = 8;
   a.length = 4, a.num_problems = 0;
   CHECK(CheckMergeCandidates(a).find("num_problems 0") != std::string::npos);
   a.num_problems = 1, a.out = nullptr;

@@ -451,6 +451,10 @@ TEST_CASE("on CUDA, resume on the GPU cold tier: the records, signatures and nor
     o.evict_batch = norms ? 1 : 4;  // segments of one token and of four
     CheckResume(CudaSteps(10), o, torch::kCUDA);
   }
+  // The tail sample is seeded by position: a resumed session draws what the first one would have.
+  TieredCacheOptions o = SmallGpuOptions();
+  o.tail_samples = 128;
+  CheckResume(CudaSteps(10), o, torch::kCUDA);
 }
 
 // Runs `steps` into a fresh archive at `path` with the options, commits and closes it; returns
@@ -578,6 +582,43 @@ TEST_CASE("on CUDA, the whole cold step on the GPU matches the CPU path") {
   CHECK(RelError(b_gpu, b_cpu) < 1e-3);
 }
 
+TEST_CASE("on CUDA, the tail sample on the GPU matches the CPU path's") {
+  if (!torch::cuda::is_available()) {
+    MESSAGE("skipped: no CUDA device for LibTorch");
+    return;
+  }
+  const auto steps = CudaSteps(8);
+  for (const uint32_t recent : {0u, 100u}) {
+    CAPTURE(recent);
+    TieredCacheOptions o = WholeColdStepOptions();
+    o.tail_samples = 256;
+    o.tail_recent = recent;
+    TieredCache gpu(kShape, o, torch::kCUDA, torch::kFloat32);
+    if (!gpu.cold_on_gpu()) {
+      MESSAGE("skipped: this build has no CUDA kernels (KIV_WITH_CUDA)");
+      return;
+    }
+    o.gpu_cold = false;  // the scan on the GPU (the same picks), the rest on the CPU
+    TieredCache cpu(kShape, o, torch::kCUDA, torch::kFloat32);
+    CHECK_FALSE(cpu.cold_on_gpu());
+    o.tail_samples = 0;
+    o.gpu_cold = true;
+    TieredCache unsampled(kShape, o, torch::kCUDA, torch::kFloat32);
+    const auto got = Run(gpu, steps), want = Run(cpu, steps), plain = Run(unsampled, steps);
+    CHECK(gpu.stats().tokens_sampled == cpu.stats().tokens_sampled);
+    CHECK(gpu.stats().tokens_sampled > 0);
+    // The same draws from the same picks; the re-rank's float softmax may order a near-tie
+    // differently (one pick apart shifts that retrieval's sample by a rank), and attention sums
+    // in another order. Without the sample the answer is far from both.
+    const double err = RelError(got, want), err_plain = RelError(plain, want);
+    MESSAGE("tail sample on the GPU vs the CPU path: relative error " << err
+                                                                      << "; without the sample "
+                                                                      << err_plain);
+    CHECK(err < 1e-3);
+    CHECK(err_plain > 100 * err);
+  }
+}
+
 TEST_CASE("on CUDA, KIV_TRACE_RETRIEVAL traces the GPU's decode picks as the CPU path's") {
   if (!torch::cuda::is_available()) {
     MESSAGE("skipped: no CUDA device for LibTorch");
@@ -621,10 +662,13 @@ TEST_CASE("on CUDA, decode steps captured in one CUDA graph equal the eager step
     return;
   }
   const auto steps = CudaSteps(9);
-  for (const uint32_t batch : {1u, 8u}) {
+  for (const std::pair<uint32_t, uint32_t> config : {std::pair{1u, 0u}, {8u, 0u}, {8u, 200u}}) {
+    const uint32_t batch = config.first, tail = config.second;
     CAPTURE(batch);
+    CAPTURE(tail);
     TieredCacheOptions o = SmallGpuOptions();
     o.evict_batch = batch;  // 8: the hot count changes from step to step under one graph
+    o.tail_samples = tail;  // seeded by the step's position, which the graph reads on the device
     TieredCache eager(kShape, o, torch::kCUDA, torch::kFloat32);
     TieredCache graphed(kShape, o, torch::kCUDA, torch::kFloat32);
     if (!graphed.cold_on_gpu()) {
