@@ -8,8 +8,9 @@
 #     needle-fp32   the needle grid with the model in float32 (KIV_DTYPE=float32), as on the CPU
 #     faithful      the needle grid in float32 at the setting that passes, on the CPU, every needle
 #                   the full cache passes (--window 1024 --tail-samples 1024 --candidates 4096;
-#                   docs/quality.md), then the KL at it (bf16, no codec arm, no recall). Longer
-#                   than one call (the grid alone ran ~11 minutes on 2026-12-07): split it as
+#                   docs/quality.md), then the KL at it (bf16, no codec arm, no recall). Before
+#                   883a633 the tail sample kept the cold step on the CPU and the grid alone ran
+#                   ~11 minutes (2026-12-07); the parts below split it to fit a call each:
 #     faithful-a    the grid's cells 0-9 at that setting (2K and 4K tokens; ~6 minutes)
 #     faithful-b    cells 10-14 (8K tokens)
 #     kl-faithful   the KL at that setting (bf16, no codec arm, no recall)
