@@ -47,6 +47,19 @@ bool SwitchOn(const char* name) {
   return value == nullptr || std::string(value) != "0";
 }
 
+// Device scratch of at least `bytes` bytes for one launch (uint8), rounded up to a power of two
+// from 1 MiB on. The scans' scores and workspaces grow with the cold tier, a little every prefill
+// chunk, and LibTorch's caching allocator reuses a cached block only for a request no larger than
+// it: exact sizes leave one new block a chunk in its cache. Rounded, a few sizes serve a whole
+// prefill. KIV_SCRATCH_ROUND=0: exact sizes (for comparison).
+torch::Tensor Scratch(size_t bytes, const torch::TensorOptions& opts) {
+  static const bool round = SwitchOn("KIV_SCRATCH_ROUND");
+  size_t size = bytes;
+  if (round && bytes > (size_t{1} << 20))
+    for (size = size_t{1} << 20; size < bytes;) size <<= 1;
+  return torch::empty({int64_t(size)}, opts.dtype(torch::kUInt8));
+}
+
 // A number from the environment, or `fallback` when unset; refused unless it is all a number.
 double EnvNumber(const char* name, double fallback) {
   const char* value = std::getenv(name);
@@ -228,10 +241,9 @@ std::vector<std::vector<uint32_t>> GpuSignatureIndex::Select(uint32_t slot, cons
   for (uint32_t t = 0; t < tables; ++t)
     problems[t] = {Ptr<const uint64_t>(signatures_[slot]),  // a slot's rows are contiguous
                    norms ? this->norms(slot) : nullptr, Ptr<const uint8_t>(blobs) + t * blob};
-  torch::Tensor scores = torch::empty({int64_t(tables), int64_t(n)}, opts.dtype(torch::kFloat32));
+  torch::Tensor scores = Scratch(size_t{tables} * n * sizeof(float), opts);
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, opts.dtype(torch::kInt32));
-  torch::Tensor workspace = torch::empty({int64_t(kernels::ScanSelectWorkspaceBytes(tables, n))},
-                                         opts.dtype(torch::kUInt8));
+  torch::Tensor workspace = Scratch(kernels::ScanSelectWorkspaceBytes(tables, n), opts);
   kernels::ScanSelectArgs args;
   args.problems = problems.data();
   args.num_problems = tables;
@@ -618,11 +630,10 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
     problems[t] = {index_->signatures(slot), options_.scan_norms ? index_->norms(slot) : nullptr,
                    Ptr<const uint8_t>(blobs) + query * blob};
   }
-  torch::Tensor scores = torch::empty({int64_t(tables), int64_t(scan_n)}, f32);
+  torch::Tensor scores = Scratch(size_t{tables} * scan_n * sizeof(float), opts);
   torch::Tensor selected = torch::empty({int64_t(tables), int64_t(c)}, i32);
   torch::Tensor counts = torch::empty({int64_t(tables)}, i32);
-  torch::Tensor workspace = torch::empty(
-      {int64_t(kernels::ScanSelectWorkspaceBytes(tables, scan_n))}, opts.dtype(torch::kUInt8));
+  torch::Tensor workspace = Scratch(kernels::ScanSelectWorkspaceBytes(tables, scan_n), opts);
   kernels::ScanSelectArgs args;
   args.problems = problems.data();
   args.num_problems = tables;
@@ -690,8 +701,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   rg.out_counts = Ptr<uint32_t>(picked);
   rg.out_keys = keys.data_ptr();
   rg.out_values = values.data_ptr();
-  torch::Tensor rg_workspace = torch::empty(
-      {int64_t(kernels::RerankGatherWorkspaceBytes(rg))}, opts.dtype(torch::kUInt8));
+  torch::Tensor rg_workspace = Scratch(kernels::RerankGatherWorkspaceBytes(rg), opts);
   rg.workspace = rg_workspace.data_ptr();
   rg.workspace_bytes = size_t(rg_workspace.numel());
   Check(kernels::LaunchRerankGather(rg, CurrentStream(), &error), error, "LaunchRerankGather");
@@ -785,8 +795,7 @@ PartialAttention GpuColdTier::Retrieve(int64_t layer, const torch::Tensor& queri
   TORCH_CHECK(kernels::SparseAttentionDoneCount(at) <= uint64_t(attn_done_.numel()),
               "the attention's done-counters are too few for ", at.num_q_heads, " heads");
   at.done = Ptr<uint32_t>(attn_done_);
-  torch::Tensor at_workspace = torch::empty(
-      {int64_t(kernels::SparseAttentionWorkspaceBytes(at))}, opts.dtype(torch::kUInt8));
+  torch::Tensor at_workspace = Scratch(kernels::SparseAttentionWorkspaceBytes(at), opts);
   at.workspace = at_workspace.data_ptr();
   at.workspace_bytes = size_t(at_workspace.numel());
   Check(kernels::LaunchSparseDecodeAttention(at, CurrentStream(), &error), error,
