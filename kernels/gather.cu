@@ -517,46 +517,64 @@ size_t RerankGatherWorkspaceBytes(const RerankGatherParams& pr) {
   return size_t{pr.num_problems} * pr.group * pr.num_candidates * sizeof(float);
 }
 
+namespace {
+
+std::string Bad(const char* what, uint64_t value) {
+  return std::string(what) + " (got " + std::to_string(value) + ")";
+}
+
+// The checks both launches make of the problem count, the records and the outputs.
+std::string CheckRecords(uint32_t num_problems, uint32_t head_dim, const index::RecordCodec& codec,
+                         DType out_dtype, uint64_t record_stride_bytes) {
+  if (num_problems > 65535) return Bad("num_problems must be at most 65535", num_problems);
+  if (head_dim != 64 && head_dim != 128) return Bad("head_dim must be 64 or 128", head_dim);
+  if (codec.key_bits < 1 || codec.key_bits > 11)
+    return Bad("codec.key_bits must be in 1..11", codec.key_bits);
+  if (codec.key_bits + codec.value_bits != 12)
+    return Bad("codec.key_bits + codec.value_bits must be 12", codec.key_bits + codec.value_bits);
+  if (out_dtype != DType::kFloat32 && out_dtype != DType::kBFloat16)
+    return Bad("out_dtype must be kFloat32 or kBFloat16", uint32_t(out_dtype));
+  const uint64_t record = uint64_t{head_dim / 64} * index::kRecordBytes;
+  if (record_stride_bytes < record)
+    return Bad("record_stride_bytes must be at least 104 * head_dim / 64", record_stride_bytes);
+  return {};
+}
+
+// True (and the reason in *error, else on stderr) when `why` refuses the launch.
+bool Refused(std::string why, const char* launch, std::string* error) {
+  if (why.empty()) return false;
+  if (error)
+    *error = std::move(why);
+  else
+    std::fprintf(stderr, "kiv kernels: %s: %s\n", launch, why.c_str());
+  return true;
+}
+
+}  // namespace
+
 std::string CheckRerankGather(const RerankGatherParams& pr) {
-  auto bad = [](const char* what, uint64_t value) {
-    return std::string(what) + " (got " + std::to_string(value) + ")";
-  };
-  if (pr.num_problems > 65535) return bad("num_problems must be at most 65535", pr.num_problems);
-  if (pr.head_dim != 64 && pr.head_dim != 128)
-    return bad("head_dim must be 64 or 128", pr.head_dim);
-  if (pr.group < 1 || pr.group > kGatherMaxGroup) return bad("group must be in 1..256", pr.group);
+  if (pr.group < 1 || pr.group > kGatherMaxGroup) return Bad("group must be in 1..256", pr.group);
   if (pr.num_candidates > kGatherMaxCandidates)
-    return bad(("num_candidates must be at most " + std::to_string(kGatherMaxCandidates)).c_str(),
+    return Bad(("num_candidates must be at most " + std::to_string(kGatherMaxCandidates)).c_str(),
                pr.num_candidates);
-  if (pr.top_k < 1 || pr.top_k > kGatherMaxTopK) return bad("top_k must be in 1..1024", pr.top_k);
-  if (pr.codec.key_bits < 1 || pr.codec.key_bits > 11)
-    return bad("codec.key_bits must be in 1..11", pr.codec.key_bits);
-  if (pr.codec.key_bits + pr.codec.value_bits != 12)
-    return bad("codec.key_bits + codec.value_bits must be 12",
-               pr.codec.key_bits + pr.codec.value_bits);
-  if (pr.out_dtype != DType::kFloat32 && pr.out_dtype != DType::kBFloat16)
-    return bad("out_dtype must be kFloat32 or kBFloat16", uint32_t(pr.out_dtype));
-  const uint64_t record = uint64_t{pr.head_dim / 64} * index::kRecordBytes;
-  if (pr.record_stride_bytes < record)
-    return bad("record_stride_bytes must be at least 104 * head_dim / 64", pr.record_stride_bytes);
+  if (pr.top_k < 1 || pr.top_k > kGatherMaxTopK) return Bad("top_k must be in 1..1024", pr.top_k);
+  if (std::string why = CheckRecords(pr.num_problems, pr.head_dim, pr.codec, pr.out_dtype,
+                                     pr.record_stride_bytes);
+      !why.empty())
+    return why;
   if (pr.num_problems == 0) return {};
   if (!pr.records || !pr.queries || !pr.out_ids || !pr.out_counts || !pr.out_keys ||
       !pr.out_values || (pr.num_candidates > 0 && !pr.candidates))
     return "a required pointer is null (records, candidates, queries or an output)";
   if (pr.workspace_bytes < RerankGatherWorkspaceBytes(pr) ||
       (pr.workspace_bytes > 0 && !pr.workspace))
-    return bad("workspace_bytes is below RerankGatherWorkspaceBytes", pr.workspace_bytes);
+    return Bad("workspace_bytes is below RerankGatherWorkspaceBytes", pr.workspace_bytes);
   return {};
 }
 
 int LaunchRerankGather(const RerankGatherParams& pr, CUstream_st* stream, std::string* error) {
-  if (std::string why = CheckRerankGather(pr); !why.empty()) {
-    if (error)
-      *error = std::move(why);
-    else
-      std::fprintf(stderr, "kiv kernels: LaunchRerankGather: %s\n", why.c_str());
+  if (Refused(CheckRerankGather(pr), "LaunchRerankGather", error))
     return int(cudaErrorInvalidValue);
-  }
   if (pr.num_problems == 0) return int(cudaSuccess);
   float* logits = static_cast<float*>(pr.workspace);
   // As RerankTopK computes it (1/8 exactly for d = 64).
@@ -571,25 +589,15 @@ int LaunchRerankGather(const RerankGatherParams& pr, CUstream_st* stream, std::s
 }
 
 std::string CheckTailSample(const TailSampleParams& pr) {
-  auto bad = [](const char* what, uint64_t value) {
-    return std::string(what) + " (got " + std::to_string(value) + ")";
-  };
-  if (pr.num_problems > 65535) return bad("num_problems must be at most 65535", pr.num_problems);
-  if (pr.kv_heads < 1) return bad("kv_heads must be at least 1", pr.kv_heads);
-  if (pr.head_dim != 64 && pr.head_dim != 128)
-    return bad("head_dim must be 64 or 128", pr.head_dim);
+  if (pr.kv_heads < 1) return Bad("kv_heads must be at least 1", pr.kv_heads);
   if (pr.samples < 1 || pr.samples > kTailMaxSamples)
-    return bad("samples must be in 1..4096", pr.samples);
+    return Bad("samples must be in 1..4096", pr.samples);
   if (pr.picked_stride < 1 || pr.picked_stride > kGatherMaxTopK)
-    return bad("picked_stride must be in 1..1024", pr.picked_stride);
-  if (pr.codec.key_bits < 1 || pr.codec.key_bits > 11 ||
-      pr.codec.key_bits + pr.codec.value_bits != 12)
-    return bad("codec.key_bits must be in 1..11 and key_bits + value_bits 12", pr.codec.key_bits);
-  if (pr.out_dtype != DType::kFloat32 && pr.out_dtype != DType::kBFloat16)
-    return bad("out_dtype must be kFloat32 or kBFloat16", uint32_t(pr.out_dtype));
-  const uint64_t record = uint64_t{pr.head_dim / 64} * index::kRecordBytes;
-  if (pr.record_stride_bytes < record)
-    return bad("record_stride_bytes must be at least 104 * head_dim / 64", pr.record_stride_bytes);
+    return Bad("picked_stride must be in 1..1024", pr.picked_stride);
+  if (std::string why = CheckRecords(pr.num_problems, pr.head_dim, pr.codec, pr.out_dtype,
+                                     pr.record_stride_bytes);
+      !why.empty())
+    return why;
   if (pr.num_problems == 0) return {};
   if (!pr.records || !pr.picked || !pr.picked_counts || !pr.out_ids || !pr.out_counts ||
       !pr.out_log_weights || !pr.out_keys || !pr.out_values)
@@ -598,13 +606,7 @@ std::string CheckTailSample(const TailSampleParams& pr) {
 }
 
 int LaunchTailSample(const TailSampleParams& pr, CUstream_st* stream, std::string* error) {
-  if (std::string why = CheckTailSample(pr); !why.empty()) {
-    if (error)
-      *error = std::move(why);
-    else
-      std::fprintf(stderr, "kiv kernels: LaunchTailSample: %s\n", why.c_str());
-    return int(cudaErrorInvalidValue);
-  }
+  if (Refused(CheckTailSample(pr), "LaunchTailSample", error)) return int(cudaErrorInvalidValue);
   if (pr.num_problems == 0) return int(cudaSuccess);
   TailSampleKernel<<<pr.num_problems, kSelectThreads, 0, stream>>>(pr);
   return int(cudaGetLastError());

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <string>
 #include <unordered_map>
@@ -69,6 +70,63 @@ bool CheckChoice(const std::vector<float>& weight, const uint32_t* cand, size_t 
   return true;
 }
 
+// P slots of N tokens' records, each d / 64 slices, token t of slot p at offset + (p · N + t) ·
+// stride of the buffer in `place`: random keys with a few outlier channels, random values.
+struct RandomRecords {
+  RecordBuffer buf;
+  uint32_t n;
+  uint64_t stride, offset;
+  RandomRecords(const RecordCodec& codec, uint32_t P, uint32_t N, uint32_t d, uint64_t stride_bytes,
+                uint64_t offset_bytes, Place place, Rng& rng)
+      : buf(offset_bytes + uint64_t{P} * N * stride_bytes, place),
+        n(N),
+        stride(stride_bytes),
+        offset(offset_bytes) {
+    for (uint32_t p = 0; p < P; ++p)
+      for (uint32_t t = 0; t < N; ++t)
+        for (uint32_t s = 0; s < d / 64; ++s) {
+          float key[64], value[64];
+          for (uint32_t e = 0; e < 64; ++e) {
+            key[e] = 4 * rng.Uniform() * (e % 16 == 3 ? 6.0f : 1.0f);
+            value[e] = 2 * rng.Uniform();
+          }
+          codec.Encode(key, value, At(buf.host(), p, t) + s * kRecordBytes);
+        }
+    buf.Publish();
+  }
+  uint8_t* At(uint8_t* base, uint32_t p, uint32_t t) const {
+    return base + offset + (uint64_t{p} * n + t) * stride;
+  }
+};
+
+// Rows first_row .. first_row + rows of the launch's keys and values ([..][d], float32 or bf16
+// bytes) against RecordCodec::Decode of tokens ids[0 ..), bit for bit, and zero past them.
+void CheckDecodedRows(const RecordCodec& codec, uint32_t d, bool bf16,
+                      const std::vector<uint8_t>& keys, const std::vector<uint8_t>& values,
+                      size_t first_row, uint32_t rows, const std::vector<uint32_t>& ids,
+                      const std::function<const uint8_t*(uint32_t)>& record) {
+  size_t mismatches = 0;
+  for (uint32_t t = 0; t < rows; ++t) {
+    float key[128] = {}, value[128] = {};
+    if (t < ids.size())
+      for (uint32_t s = 0; s < d / 64; ++s)
+        codec.Decode(record(ids[t]) + s * kRecordBytes, key + s * 64, value + s * 64);
+    for (uint32_t e = 0; e < d; ++e) {
+      const size_t at = (first_row + t) * d + e;
+      if (bf16) {
+        uint16_t gk, gv;
+        std::memcpy(&gk, &keys[at * 2], 2);
+        std::memcpy(&gv, &values[at * 2], 2);
+        mismatches += gk != FloatToBf16(key[e]) || gv != FloatToBf16(value[e]);
+      } else {
+        mismatches += std::memcmp(&keys[at * 4], &key[e], 4) != 0 ||
+                      std::memcmp(&values[at * 4], &value[e], 4) != 0;
+      }
+    }
+  }
+  CHECK_MESSAGE(mismatches == 0, mismatches, " decoded elements differ from RecordCodec::Decode");
+}
+
 struct Case {
   uint32_t codec_id, head_dim;
   Place place;
@@ -93,22 +151,10 @@ void RunCase(const Case& cs) {
   const uint32_t P = 3, g = cs.group, c = cs.candidates, N = std::max(2500u, 2 * c), k = 64;
   const uint32_t d = cs.head_dim, slices = d / 64;
   const uint64_t stride = slices * kRecordBytes + cs.stride_pad;
-  RecordBuffer buf(cs.base_offset + P * N * stride, cs.place);
   Rng rng{1000 + cs.codec_id * 10 + d + uint32_t(cs.place)};
-  auto record = [&](uint8_t* base, uint32_t p, uint32_t t) {
-    return base + cs.base_offset + (uint64_t{p} * N + t) * stride;
-  };
-  for (uint32_t p = 0; p < P; ++p)
-    for (uint32_t t = 0; t < N; ++t)
-      for (uint32_t s = 0; s < slices; ++s) {
-        float key[64], value[64];
-        for (uint32_t e = 0; e < 64; ++e) {
-          key[e] = 4 * rng.Uniform() * (e % 16 == 3 ? 6.0f : 1.0f);  // a few outlier channels
-          value[e] = 2 * rng.Uniform();
-        }
-        codec.Encode(key, value, record(buf.host(), p, t) + s * kRecordBytes);
-      }
-  buf.Publish();
+  RandomRecords recs(codec, P, N, d, stride, cs.base_offset, cs.place, rng);
+  auto record = [&](uint8_t* base, uint32_t p, uint32_t t) { return recs.At(base, p, t); };
+  RecordBuffer& buf = recs.buf;
   std::vector<uint32_t> cand(P * c), counts = {c, 40, 0};
   for (uint32_t p = 0; p < P; ++p) {  // c distinct ids per problem, in random order
     std::vector<uint32_t> ids(N);
@@ -172,27 +218,8 @@ void RunCase(const Case& cs) {
       near_ties += CheckChoice(ReferenceWeights(codec, &qr[p * g * d], g, d, ptrs.data(), used),
                                &cand[p * c], used, k, cpu, gpu);
     // Every row against RecordCodec::Decode of the record the GPU chose, bit for bit.
-    size_t mismatches = 0;
-    for (uint32_t t = 0; t < k; ++t) {
-      float key[128] = {}, value[128] = {};
-      if (t < gpu.size())
-        for (uint32_t s = 0; s < slices; ++s)
-          codec.Decode(record(buf.host(), p, gpu[t]) + s * kRecordBytes, key + s * 64,
-                       value + s * 64);
-      for (uint32_t e = 0; e < d; ++e) {
-        const size_t at = (size_t{p} * k + t) * d + e;
-        if (cs.bf16_out) {
-          uint16_t gk, gv;
-          std::memcpy(&gk, &keys[at * 2], 2);
-          std::memcpy(&gv, &values[at * 2], 2);
-          mismatches += gk != FloatToBf16(key[e]) || gv != FloatToBf16(value[e]);
-        } else {
-          mismatches += std::memcmp(&keys[at * 4], &key[e], 4) != 0 ||
-                        std::memcmp(&values[at * 4], &value[e], 4) != 0;
-        }
-      }
-    }
-    CHECK_MESSAGE(mismatches == 0, mismatches, " decoded elements differ from RecordCodec::Decode");
+    CheckDecodedRows(codec, d, cs.bf16_out, keys, values, size_t{p} * k, k, gpu,
+                     [&](uint32_t id) { return record(buf.host(), p, id); });
   }
   if (near_ties) MESSAGE(near_ties, " problems chose differently within a 1e-5 near-tie");
 }
@@ -245,19 +272,10 @@ void RunTailCase(const TailCase& cs) {
   const uint32_t slices = d / 64, m = cs.samples;
   const uint64_t stride = slices * kRecordBytes, seed = 0x6b6976, layer = 5;
   const int64_t position = 123456, step = 7;
-  RecordBuffer buf(cs.base_offset + P * N * stride, cs.place);
   Rng rng{77 + d + m};
-  auto record = [&](uint8_t* base, uint32_t p, uint32_t t) {
-    return base + cs.base_offset + (uint64_t{p} * N + t) * stride;
-  };
-  for (uint32_t p = 0; p < P; ++p)
-    for (uint32_t t = 0; t < N; ++t)
-      for (uint32_t s = 0; s < slices; ++s) {
-        float key[64], value[64];
-        for (uint32_t e = 0; e < 64; ++e) key[e] = 4 * rng.Uniform(), value[e] = 2 * rng.Uniform();
-        codec.Encode(key, value, record(buf.host(), p, t) + s * kRecordBytes);
-      }
-  buf.Publish();
+  RandomRecords recs(codec, P, N, d, stride, cs.base_offset, cs.place, rng);
+  auto record = [&](uint8_t* base, uint32_t p, uint32_t t) { return recs.At(base, p, t); };
+  RecordBuffer& buf = recs.buf;
   // Picked ids ascending and distinct; past the count, garbage the kernel must not read.
   const std::vector<uint32_t> counts = {64, 10, 0, 64, 64, 3};
   std::vector<uint32_t> picked(size_t{P} * stride_ids, 0xDEADBEEFu);
@@ -324,27 +342,8 @@ void RunTailCase(const TailCase& cs) {
     CHECK(got == want);
     CHECK(std::memcmp(&logw[size_t{p} * m], want_logw.data(), want.size() * sizeof(float)) == 0);
     for (size_t i = want.size(); i < m; ++i) CHECK(ids[size_t{p} * m + i] == 0);
-    size_t mismatches = 0;
-    for (uint32_t t = 0; t < m; ++t) {
-      float key[128] = {}, value[128] = {};
-      if (t < want.size())
-        for (uint32_t s = 0; s < slices; ++s)
-          codec.Decode(record(buf.host(), p, want[t]) + s * kRecordBytes, key + s * 64,
-                       value + s * 64);
-      for (uint32_t e = 0; e < d; ++e) {
-        const size_t at = (size_t{p} * m + t) * d + e;
-        if (cs.bf16_out) {
-          uint16_t gk, gv;
-          std::memcpy(&gk, &keys[at * 2], 2);
-          std::memcpy(&gv, &values[at * 2], 2);
-          mismatches += gk != FloatToBf16(key[e]) || gv != FloatToBf16(value[e]);
-        } else {
-          mismatches += std::memcmp(&keys[at * 4], &key[e], 4) != 0 ||
-                        std::memcmp(&values[at * 4], &value[e], 4) != 0;
-        }
-      }
-    }
-    CHECK_MESSAGE(mismatches == 0, mismatches, " decoded elements differ from RecordCodec::Decode");
+    CheckDecodedRows(codec, d, cs.bf16_out, keys, values, size_t{p} * m, m, want,
+                     [&](uint32_t id) { return record(buf.host(), p, id); });
   }
 }
 
