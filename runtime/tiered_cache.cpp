@@ -105,7 +105,11 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
                                                      device, options.scan_norms);
   if (gpu_index_ && options.reserve_cold_tokens > 0)
     gpu_index_->Reserve(options.reserve_cold_tokens);
-  if (gpu_index_ && options.gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
+  // KIV_GPU_COLD=0: the cold step after the GPU scan on the CPU, as options.gpu_cold = false (for
+  // comparison runs of the CLI, which has no flag for it).
+  const char* gpu_cold_env = std::getenv("KIV_GPU_COLD");
+  const bool gpu_cold = options.gpu_cold && !(gpu_cold_env && std::string(gpu_cold_env) == "0");
+  if (gpu_index_ && gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
       options.summary_page == 0 && GpuColdTier::Supports(shape, options)) {
     gpu_records_ = std::make_unique<GpuRecordArena>(uint32_t(signatures_.size()), record_bytes(),
                                                     options.max_cold_tokens);

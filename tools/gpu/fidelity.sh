@@ -14,6 +14,10 @@
 #     faithful-a    the grid's cells 0-9 at that setting (2K and 4K tokens; ~6 minutes)
 #     faithful-b    cells 10-14 (8K tokens)
 #     kl-faithful   the KL at that setting (bf16, no codec arm, no recall)
+#     kl-faithful-fp32  the same with the model in float32 (KIV_DTYPE=float32), as on the CPU
+#     faithful-cold-ab  the faithful grid's cells $KIV_NEEDLE_CELLS (default 12,13: 8K at depths
+#                   0.5 and 0.75) in float32, the cold step on the GPU and, with KIV_GPU_COLD=0,
+#                   on the CPU after the GPU's scan
 #     cell-ab       the grid's cells $KIV_NEEDLE_CELLS (default 9: 4096 tokens, depth 0.9, the one
 #                   the CPU passes and CUDA missed) in float32, once as is and once with each of
 #                   KIV_ATTENTION_REFERENCE=1, KIV_UNFUSED_LAYER=1, KIV_SCAN_GUESS=0: which GPU
@@ -54,6 +58,13 @@ has faithful-b && run needle-faithful-fp32-b "KIV_DTYPE=float32" --parts needle 
   --needle-cells 10,11,12,13,14 "${FAITHFUL[@]}"
 { has faithful || has kl-faithful; } &&
   run kl-faithful "" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
+has kl-faithful-fp32 &&
+  run kl-faithful-fp32 "KIV_DTYPE=float32" --parts kl --no-codec-arm --no-recall "${FAITHFUL[@]}"
+if has faithful-cold-ab; then
+  CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-12,13}" "${FAITHFUL[@]}")
+  run faithful-cells-gpu-cold "KIV_DTYPE=float32" "${CELLS[@]}"
+  run faithful-cells-cpu-cold "KIV_DTYPE=float32 KIV_GPU_COLD=0" "${CELLS[@]}"
+fi
 if has cell-ab; then
   CELLS=(--parts needle --needle-cells "${KIV_NEEDLE_CELLS:-9}")
   run cell-fp32 "KIV_DTYPE=float32" "${CELLS[@]}"
