@@ -28,6 +28,12 @@
 #endif
 
 namespace kiv {
+
+bool SwitchOn(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr || std::string(value) != "0";
+}
+
 #ifdef KIV_HAVE_KERNELS
 namespace {
 
@@ -39,12 +45,6 @@ T* Ptr(const torch::Tensor& t) {
 
 void Check(int err, const std::string& error, const char* what) {
   TORCH_CHECK(err == 0, what, " failed: CUDA error ", err, " ", error);
-}
-
-// An A/B switch that is on unless the environment sets it to "0".
-bool SwitchOn(const char* name) {
-  const char* value = std::getenv(name);
-  return value == nullptr || std::string(value) != "0";
 }
 
 // Device scratch of at least `bytes` bytes for one launch (uint8), rounded up to a power of two

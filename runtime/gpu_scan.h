@@ -21,6 +21,10 @@
 
 namespace kiv {
 
+// An A/B switch of the GPU path that is on unless the environment sets it to "0" (KIV_SCAN_SAMPLE,
+// KIV_GPU_COLD, ...).
+bool SwitchOn(const char* name);
+
 class GpuSignatureIndex {
  public:
   // Whether this build has the kernels (kernels/scan.h) that Select* run.

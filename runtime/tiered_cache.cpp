@@ -107,10 +107,9 @@ TieredCache::TieredCache(const CacheShape& shape, const TieredCacheOptions& opti
     gpu_index_->Reserve(options.reserve_cold_tokens);
   // KIV_GPU_COLD=0: the cold step after the GPU scan on the CPU, as options.gpu_cold = false (for
   // comparison runs of the CLI, which has no flag for it).
-  const char* gpu_cold_env = std::getenv("KIV_GPU_COLD");
-  const bool gpu_cold = options.gpu_cold && !(gpu_cold_env && std::string(gpu_cold_env) == "0");
-  if (gpu_index_ && gpu_cold && !options.oracle && !options.measure_recall && !options.exact_cold &&
-      options.summary_page == 0 && GpuColdTier::Supports(shape, options)) {
+  if (gpu_index_ && options.gpu_cold && SwitchOn("KIV_GPU_COLD") && !options.oracle &&
+      !options.measure_recall && !options.exact_cold && options.summary_page == 0 &&
+      GpuColdTier::Supports(shape, options)) {
     gpu_records_ = std::make_unique<GpuRecordArena>(uint32_t(signatures_.size()), record_bytes(),
                                                     options.max_cold_tokens);
     gpu_cold_ = std::make_unique<GpuColdTier>(shape, options, codec_, gpu_index_.get(),
@@ -244,10 +243,7 @@ torch::Tensor TieredCache::Attend(int64_t layer, const torch::Tensor& q, const t
     const torch::Tensor row = step_.slice(0, row_at, row_at + 2).view(torch::kInt64);
     // One kernel for the two row writes, q's float copy and the scan's queries where the layouts
     // allow (KIV_FUSED_QUERIES=0: the scan's queries in a kernel of their own, for comparison).
-    static const bool fused_queries = [] {
-      const char* e = std::getenv("KIV_FUSED_QUERIES");
-      return e == nullptr || std::string(e) != "0";
-    }();
+    static const bool fused_queries = SwitchOn("KIV_FUSED_QUERIES");
     torch::Tensor blobs;
     torch::Tensor qf = gpu_cold_->WriteDecodeKv(q, k, v, hot_k_buf_[layer], hot_v_buf_[layer], row,
                                                 fused_queries ? &blobs : nullptr);
